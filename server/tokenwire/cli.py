@@ -1,0 +1,76 @@
+"""The ``tokenwire`` command: ``tokenwire serve`` runs the server under uvicorn.
+
+Every flag mirrors a ``TOKENWIRE_*`` setting; a flag given on the command line wins over the
+environment. Flags are passed to worker processes through the environment, so
+``--workers N`` runs N identical workers.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+import uvicorn
+from pydantic import ValidationError
+
+from tokenwire.providers import PROVIDERS
+from tokenwire.settings import Settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+
+
+@app.callback()
+def main() -> None:
+    """Stream LLM tokens over Server-Sent Events and WebSocket."""
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address [env TOKENWIRE_HOST].")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port [env TOKENWIRE_PORT].")] = None,
+    provider: Annotated[
+        str | None,
+        typer.Option(help=f"One of: {', '.join(PROVIDERS)} [env TOKENWIRE_PROVIDER]."),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="local: a GGUF path; openai: a model id [env TOKENWIRE_MODEL]."),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes [env TOKENWIRE_WORKERS].")
+    ] = None,
+    log_level: Annotated[
+        str | None, typer.Option(help="critical..trace [env TOKENWIRE_LOG_LEVEL].")
+    ] = None,
+) -> None:
+    """Run the server (uvicorn, uvloop and httptools when installed)."""
+    flags = {
+        "host": host,
+        "port": port,
+        "provider": provider,
+        "model": model,
+        "workers": workers,
+        "log_level": log_level,
+    }
+    for name, value in flags.items():
+        if value is not None:
+            os.environ[f"TOKENWIRE_{name.upper()}"] = str(value)
+    try:
+        settings = Settings()
+        if settings.provider not in PROVIDERS:
+            raise typer.BadParameter(
+                f"unknown provider {settings.provider!r}; choose one of: {', '.join(PROVIDERS)}",
+                param_hint="--provider",
+            )
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    uvicorn.run(
+        "tokenwire.app:create_app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level=settings.log_level,
+        ws_per_message_deflate=False,
+    )

@@ -1,0 +1,32 @@
+"""Wire protocol v1: event models and codecs for SSE, WebSocket and OpenAI chunks. No I/O here."""
+
+from tokenwire.protocol.events import (
+    ErrorEvent,
+    Event,
+    FinishReason,
+    StreamEnd,
+    StreamReset,
+    StreamResumed,
+    StreamStart,
+    TextDelta,
+    Usage,
+    event_json,
+    parse_event,
+)
+from tokenwire.protocol.requests import ChatMessage, GenerateParams
+
+__all__ = [
+    "ChatMessage",
+    "ErrorEvent",
+    "Event",
+    "FinishReason",
+    "GenerateParams",
+    "StreamEnd",
+    "StreamReset",
+    "StreamResumed",
+    "StreamStart",
+    "TextDelta",
+    "Usage",
+    "event_json",
+    "parse_event",
+]

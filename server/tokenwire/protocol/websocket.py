@@ -1,0 +1,60 @@
+"""WebSocket JSON framing of wire protocol v1. Pure: no I/O.
+
+Every message is one JSON text frame. Server -> client frames are the events of
+:mod:`tokenwire.protocol.events` plus ``{"type":"pong","id":...}``; client -> server frames are
+the messages of :mod:`tokenwire.protocol.requests`.
+"""
+
+from __future__ import annotations
+
+import json
+
+from pydantic import ValidationError
+
+from tokenwire.errors import InvalidRequest
+from tokenwire.protocol.events import Event, event_json
+from tokenwire.protocol.requests import (
+    CLIENT_MESSAGE_ADAPTER,
+    ClientMessage,
+    describe_validation_error,
+)
+
+
+class CloseCode:
+    """WebSocket close codes tokenwire sends (RFC 6455 section 7.4.1; 1012/1013 IANA registry)."""
+
+    NORMAL = 1000
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013
+
+
+def encode_event(event: Event) -> str:
+    """The JSON text frame of one event."""
+    return event_json(event)
+
+
+def encode_pong(ping_id: str | int | None) -> str:
+    """The answer to a client ``ping`` message, echoing its id."""
+    return json.dumps({"type": "pong", "id": ping_id}, separators=(",", ":"), ensure_ascii=False)
+
+
+def decode_client_message(frame: str | bytes) -> ClientMessage:
+    """Parse one client frame.
+
+    Raises:
+        InvalidRequest: the frame is not JSON, not an object, has an unknown ``type`` or an
+            invalid field; the message names the problem (e.g. ``messages: Field required``).
+    """
+    try:
+        data = json.loads(frame)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"message is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidRequest("message must be a JSON object with a 'type' field")
+    try:
+        return CLIENT_MESSAGE_ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        raise InvalidRequest(describe_validation_error(exc)) from exc

@@ -1,0 +1,98 @@
+"""The Provider interface: one method that streams a generation, and its event types.
+
+``Provider.stream(params, model)`` returns an async iterator of :data:`ProviderEvent`:
+an optional :class:`Prompt` (the prompt's size, once known), any number of :class:`Delta`, and
+at most one :class:`Finish` as the last item. Closing the iterator early (``aclose()``, or
+cancelling the task that iterates it) must stop the upstream work within one token: the HTTP
+response closed, the llama.cpp loop stopped. Failures are raised as
+:class:`tokenwire.errors.ProviderError` (or a subclass), never as an SDK's own exception.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import ClassVar, Self
+
+from tokenwire.protocol.events import FinishReason, Usage
+from tokenwire.protocol.requests import GenerateParams
+from tokenwire.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """The prompt's size in tokens, sent once before the first delta when the provider knows it."""
+
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """Generated text; ``tokens`` is how many completion tokens it holds (usually 1)."""
+
+    text: str
+    tokens: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """The provider's own end: why it stopped and, when it reports one, the usage."""
+
+    reason: FinishReason
+    usage: Usage | None = None
+
+
+ProviderEvent = Prompt | Delta | Finish
+
+
+class Provider(ABC):
+    """A model backend. Use as an async context manager (``start`` / ``aclose``)."""
+
+    name: ClassVar[str]
+
+    @classmethod
+    @abstractmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        """Build the provider from the server settings (no I/O; ``start`` does that)."""
+
+    @property
+    @abstractmethod
+    def models(self) -> list[str]:
+        """Model ids this provider serves; the first is the default."""
+
+    def resolve_model(self, requested: str | None) -> str:
+        """The model a request will run on. Raises :class:`tokenwire.errors.NotFound`."""
+        from tokenwire.errors import NotFound
+
+        if requested is None:
+            return self.models[0]
+        if requested not in self.models:
+            raise NotFound(
+                f"model {requested!r} is not served by provider {self.name!r}; "
+                f"available: {', '.join(self.models)}"
+            )
+        return requested
+
+    @abstractmethod
+    def stream(self, params: GenerateParams, model: str) -> AsyncIterator[ProviderEvent]:
+        """Stream one generation. See the module docstring for the contract."""
+
+    async def start(self) -> None:
+        """Acquire resources (load a model, open a client). Called once before any stream."""
+
+    async def aclose(self) -> None:
+        """Release resources. Streams still running are the caller's to cancel first."""
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

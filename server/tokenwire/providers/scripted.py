@@ -1,0 +1,154 @@
+"""The scripted provider: deterministic text on a deterministic clock, with injectable faults.
+
+It serves the model id ``scripted``. Token ``i`` (from 0) is the ``i``-th word of a fixed
+paragraph, cycled, with a leading space from the second on; :func:`scripted_text` gives the
+exact text of ``n`` tokens, so tests can compare what a client received byte for byte.
+
+Timing: the first token comes ``ttft`` seconds after the stream starts, then one every
+``interval`` seconds, each delay stretched by up to ``jitter`` seconds (seeded, so repeatable).
+Faults: ``error_after=N`` raises a retryable :class:`ProviderError` after N tokens;
+``stall_after=N`` with ``stall=T`` sleeps T seconds after N tokens (``stall_after=0``: before the
+first one). Every stream is recorded in :attr:`ScriptedProvider.records` so tests can check how
+many tokens were produced and when the stream was closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
+from typing import Self
+
+from tokenwire.errors import ProviderError
+from tokenwire.protocol.events import FinishReason, Usage
+from tokenwire.protocol.requests import GenerateParams
+from tokenwire.providers.base import Delta, Finish, Prompt, Provider, ProviderEvent
+from tokenwire.settings import Settings
+
+MODEL_ID = "scripted"
+
+_PARAGRAPH = (
+    "Tokens arrive one by one, each a small promise kept: the server reads them from the model, "
+    "numbers them, and hands them to every listener in order, so that a reader who loses the "
+    "line can pick it up again exactly where it dropped."
+).split()
+
+
+def scripted_token(index: int) -> str:
+    """The text of token ``index`` (from 0)."""
+    word = _PARAGRAPH[index % len(_PARAGRAPH)]
+    return word if index == 0 else f" {word}"
+
+
+def scripted_text(tokens: int) -> str:
+    """The exact text of the first ``tokens`` tokens."""
+    return "".join(scripted_token(i) for i in range(tokens))
+
+
+@dataclass(frozen=True)
+class Script:
+    """What one scripted stream does. Durations in seconds."""
+
+    tokens: int = 32
+    ttft: float = 0.0
+    interval: float = 0.0
+    jitter: float = 0.0
+    error_after: int | None = None
+    stall_after: int | None = None
+    stall: float = 0.0
+    seed: int = 0
+
+
+@dataclass
+class StreamRecord:
+    """What happened to one scripted stream (for tests and benchmarks).
+
+    ``produced`` counts tokens yielded; ``closed_at`` is ``time.monotonic()`` when the iterator
+    was closed (by the consumer or by running to the end), ``None`` while it runs.
+    """
+
+    script: Script
+    started_at: float = field(default_factory=time.monotonic)
+    produced: int = 0
+    token_times: list[float] = field(default_factory=list)
+    closed_at: float | None = None
+    completed: bool = False
+
+
+class ScriptedProvider(Provider):
+    """Deterministic provider for tests, benchmarks and demos without a model."""
+
+    name = "scripted"
+
+    def __init__(
+        self,
+        script: Script | None = None,
+        *,
+        script_for: Callable[[GenerateParams], Script] | None = None,
+    ) -> None:
+        self.script = script or Script()
+        self._script_for = script_for
+        self.records: list[StreamRecord] = []
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        return cls(
+            Script(
+                tokens=settings.scripted_tokens,
+                ttft=settings.scripted_ttft,
+                interval=settings.scripted_interval,
+                jitter=settings.scripted_jitter,
+                error_after=settings.scripted_error_after,
+                stall_after=settings.scripted_stall_after,
+                stall=settings.scripted_stall,
+            )
+        )
+
+    @property
+    def models(self) -> list[str]:
+        return [MODEL_ID]
+
+    def script_of(self, params: GenerateParams) -> Script:
+        script = self._script_for(params) if self._script_for else self.script
+        if params.max_tokens is not None and params.max_tokens < script.tokens:
+            script = replace(script, tokens=params.max_tokens)
+        return script
+
+    def stream(self, params: GenerateParams, model: str) -> AsyncIterator[ProviderEvent]:
+        script = self.script_of(params)
+        record = StreamRecord(script)
+        self.records.append(record)
+        limited = params.max_tokens is not None and params.max_tokens <= script.tokens
+        prompt_tokens = sum(len(message.content.split()) for message in params.messages)
+        return self._run(script, record, prompt_tokens, limited)
+
+    async def _run(
+        self, script: Script, record: StreamRecord, prompt_tokens: int, limited: bool
+    ) -> AsyncIterator[ProviderEvent]:
+        rng = random.Random(script.seed)
+        try:
+            yield Prompt(prompt_tokens)
+            for index in range(script.tokens):
+                if script.stall_after == index and script.stall > 0:
+                    await asyncio.sleep(script.stall)
+                if script.error_after == index:
+                    raise ProviderError(
+                        f"scripted failure after {index} tokens", retryable=True
+                    )
+                delay = script.ttft if index == 0 else script.interval
+                if script.jitter:
+                    delay += rng.uniform(0, script.jitter)
+                if delay:
+                    await asyncio.sleep(delay)
+                record.produced += 1
+                record.token_times.append(time.monotonic())
+                yield Delta(scripted_token(index))
+            if script.error_after == script.tokens:
+                raise ProviderError(f"scripted failure after {script.tokens} tokens", retryable=True)
+            record.completed = True
+            reason = FinishReason.LENGTH if limited else FinishReason.STOP
+            yield Finish(reason, Usage.of(prompt_tokens, record.produced))
+        finally:
+            record.closed_at = time.monotonic()

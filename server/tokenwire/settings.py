@@ -1,0 +1,88 @@
+"""Server settings, read from the environment (prefix ``TOKENWIRE_``) and from CLI flags.
+
+Lists (``TOKENWIRE_API_KEYS``, ``TOKENWIRE_ALLOWED_ORIGINS``) are comma-separated. Durations are
+in seconds; ``None`` (an empty variable) disables a timeout where the field allows it.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class OverflowPolicy(StrEnum):
+    """What a subscription does when its bounded queue is full."""
+
+    BLOCK = "block"  # the producer (and so the provider) waits
+    COALESCE = "coalesce"  # queued text deltas merge into one event (lossless)
+    DISCONNECT = "disconnect"  # a consumer that stays full is evicted (slow_consumer)
+
+
+class DisconnectPolicy(StrEnum):
+    """What happens to a generation when its client goes away."""
+
+    CANCEL = "cancel"  # stop the provider
+    DETACH = "detach"  # keep generating for a grace period so that a client may resume
+
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    """All of tokenwire's settings; each is also an env variable ``TOKENWIRE_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="TOKENWIRE_", extra="ignore")
+
+    # server
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    workers: Annotated[int, Field(ge=1)] = 1
+    log_level: str = "info"
+
+    # provider
+    provider: str = "local"
+    model: str | None = None  # local: a GGUF path (default: the bundled SmolLM2); openai: model id
+    max_tokens: Annotated[int, Field(ge=1)] = 512  # default when a request gives none
+    max_tokens_limit: Annotated[int, Field(ge=1)] = 4096  # upper bound a request may ask for
+    local_n_ctx: Annotated[int, Field(ge=128)] = 2048
+    local_threads: Annotated[int | None, Field(ge=1)] = None  # llama.cpp threads; None = auto
+    openai_base_url: str | None = None
+    openai_api_key: str | None = None
+    openai_timeout: Annotated[float, Field(gt=0)] = 60.0
+    scripted_tokens: Annotated[int, Field(ge=0)] = 32
+    scripted_ttft: Annotated[float, Field(ge=0)] = 0.0
+    scripted_interval: Annotated[float, Field(ge=0)] = 0.0
+    scripted_jitter: Annotated[float, Field(ge=0)] = 0.0
+    scripted_error_after: Annotated[int | None, Field(ge=0)] = None
+    scripted_stall_after: Annotated[int | None, Field(ge=0)] = None
+    scripted_stall: Annotated[float, Field(ge=0)] = 0.0
+
+    # streams
+    stream_log: str = "memory"
+    queue_maxsize: Annotated[int, Field(ge=1)] = 64
+    overflow: OverflowPolicy = OverflowPolicy.BLOCK
+    on_disconnect: DisconnectPolicy = DisconnectPolicy.CANCEL
+    heartbeat_interval: Annotated[float | None, Field(gt=0)] = 15.0
+    send_timeout: Annotated[float | None, Field(gt=0)] = 30.0
+
+    # access
+    api_keys: CommaList = []
+    allowed_origins: CommaList = []
+
+    @field_validator("api_keys", "allowed_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_log_level(cls, value: str) -> str:
+        levels = ("critical", "error", "warning", "info", "debug", "trace")
+        if value.lower() not in levels:
+            raise ValueError(f"log_level must be one of {', '.join(levels)}")
+        return value.lower()

@@ -1,0 +1,236 @@
+"""Generation: runs one provider call as a task and publishes its events to subscriptions.
+
+Data flows one way: provider -> Generation -> Subscription(queue) -> transport. Control flows
+back: :meth:`Generation.cancel` (an explicit cancel, or a disconnect under the ``cancel``
+policy) cancels the task, which closes the provider's iterator and so stops the upstream work.
+
+Every generation publishes, in order: ``stream.start``; ``text.delta`` per provider delta;
+``error`` if the provider failed; exactly one ``stream.end`` with the finish reason and the usage
+(the provider's own when it reports one, else what was counted so far). Its end is logged once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from contextlib import aclosing
+from enum import StrEnum
+
+from tokenwire.errors import ErrorCode, ProviderError
+from tokenwire.protocol.events import (
+    ErrorEvent,
+    Event,
+    FinishReason,
+    StreamEnd,
+    StreamStart,
+    TextDelta,
+    Usage,
+)
+from tokenwire.protocol.requests import GenerateParams
+from tokenwire.providers.base import Delta, Finish, Prompt, Provider
+from tokenwire.settings import DisconnectPolicy, OverflowPolicy
+from tokenwire.streams.subscription import Subscription
+
+log = logging.getLogger("tokenwire.streams")
+
+
+class GenerationState(StrEnum):
+    CREATED = "created"
+    RUNNING = "running"
+    ENDED = "ended"
+
+
+class Generation:
+    """One stream: one provider call, numbered events, any number of subscriptions.
+
+    Args:
+        stream_id: opaque id of the stream.
+        provider: the backend to call; ``model`` must be one it resolved.
+        params: what to generate.
+        transport: name of the transport that started it ("sse", "websocket", "openai"), logged.
+        request_id: echoed in ``stream.start`` (WebSocket ``generate.request_id``).
+        on_disconnect: what a disconnect of the last subscriber does (``cancel`` stops it).
+    """
+
+    def __init__(
+        self,
+        stream_id: str,
+        provider: Provider,
+        params: GenerateParams,
+        *,
+        model: str,
+        transport: str,
+        request_id: str | None = None,
+        on_disconnect: DisconnectPolicy = DisconnectPolicy.CANCEL,
+        on_ended: Callable[[Generation], None] | None = None,
+    ) -> None:
+        self.stream_id = stream_id
+        self.provider = provider
+        self.params = params
+        self.model = model
+        self.transport = transport
+        self.request_id = request_id
+        self.on_disconnect = on_disconnect
+        self.state = GenerationState.CREATED
+        self.seq = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.finish_reason: FinishReason | None = None
+        self.usage: Usage | None = None
+        self.created = time.time()
+        self.started_at = time.monotonic()
+        self.first_token_at: float | None = None
+        self.ended = asyncio.Event()
+        self.subscriptions: list[Subscription] = []
+        self._on_ended = on_ended
+        self._task: asyncio.Task[None] | None = None
+        self._cancel_requested = False
+
+    # -- subscriptions ------------------------------------------------------------------------
+
+    def subscribe(
+        self, *, maxsize: int = 64, overflow: OverflowPolicy = OverflowPolicy.BLOCK
+    ) -> Subscription:
+        """Attach a consumer. It receives every event published from now on."""
+        subscription = Subscription(self.stream_id, maxsize=maxsize, overflow=overflow)
+        self.subscriptions.append(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription, *, disconnected: bool = False) -> None:
+        """Detach a consumer. ``disconnected=True`` means its client went away before the end:
+        if it was the last one and the policy is ``cancel``, the generation is cancelled."""
+        subscription.close()
+        if subscription in self.subscriptions:
+            self.subscriptions.remove(subscription)
+        if (
+            disconnected
+            and not self.subscriptions
+            and self.on_disconnect is DisconnectPolicy.CANCEL
+        ):
+            self.cancel()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> asyncio.Task[None]:
+        """Run the provider in a new task. Raises ``RuntimeError`` if already started."""
+        if self._task is not None:
+            raise RuntimeError(f"generation {self.stream_id} was already started")
+        self.state = GenerationState.RUNNING
+        self._task = asyncio.create_task(self._run(), name=f"generation-{self.stream_id}")
+        return self._task
+
+    def cancel(self) -> bool:
+        """Stop the generation: the provider is closed and the stream ends with finish_reason
+        ``cancelled`` and the usage so far. Returns False if it had already ended."""
+        if self.state is GenerationState.ENDED or self._cancel_requested:
+            return False
+        self._cancel_requested = True
+        if self._task is not None:
+            self._task.cancel()
+        return True
+
+    async def wait(self) -> None:
+        """Wait until ``stream.end`` has been published."""
+        await self.ended.wait()
+
+    # -- the run ------------------------------------------------------------------------------
+
+    async def _publish(self, event: Event) -> None:
+        for subscription in list(self.subscriptions):
+            await subscription.put(event)
+
+    def _next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    async def _run(self) -> None:
+        finish = FinishReason.STOP
+        provider_usage: Usage | None = None
+        error: ErrorEvent | None = None
+        external_cancel = False
+        try:
+            await self._publish(
+                StreamStart(
+                    stream_id=self.stream_id,
+                    seq=self._next_seq(),
+                    model=self.model,
+                    created=int(self.created),
+                    request_id=self.request_id,
+                )
+            )
+            if self._cancel_requested:  # cancelled between create() and start()
+                raise asyncio.CancelledError
+            async with aclosing(self.provider.stream(self.params, self.model)) as events:
+                async for item in events:
+                    if isinstance(item, Delta):
+                        if self.first_token_at is None:
+                            self.first_token_at = time.monotonic()
+                        self.completion_tokens += item.tokens
+                        await self._publish(
+                            TextDelta(stream_id=self.stream_id, seq=self._next_seq(), delta=item.text)
+                        )
+                    elif isinstance(item, Prompt):
+                        self.prompt_tokens = item.tokens
+                    elif isinstance(item, Finish):
+                        finish, provider_usage = item.reason, item.usage
+        except asyncio.CancelledError:
+            finish = FinishReason.CANCELLED
+            task = asyncio.current_task()
+            if self._cancel_requested and task is not None:
+                task.uncancel()
+            else:
+                external_cancel = True  # server shutdown: still end the stream, then re-raise
+        except ProviderError as exc:
+            finish = FinishReason.ERROR
+            error = self._error(exc.code, exc.message, exc.retryable)
+        except Exception:
+            log.exception("generation %s failed", self.stream_id)
+            finish = FinishReason.ERROR
+            error = self._error(ErrorCode.INTERNAL_ERROR, "internal error", False)
+        self.usage = provider_usage or Usage.of(self.prompt_tokens, self.completion_tokens)
+        self.finish_reason = finish
+        try:
+            if error is not None:
+                await self._publish(error)
+            await self._publish(
+                StreamEnd(
+                    stream_id=self.stream_id,
+                    seq=self._next_seq(),
+                    finish_reason=finish,
+                    usage=self.usage,
+                )
+            )
+        finally:
+            self._end()
+        if external_cancel:
+            raise asyncio.CancelledError
+
+    def _error(self, code: ErrorCode, message: str, retryable: bool) -> ErrorEvent:
+        return ErrorEvent(
+            stream_id=self.stream_id,
+            seq=self._next_seq(),
+            code=code,
+            message=message,
+            retryable=retryable,
+        )
+
+    def _end(self) -> None:
+        self.state = GenerationState.ENDED
+        self.ended.set()
+        now = time.monotonic()
+        ttft = None if self.first_token_at is None else self.first_token_at - self.started_at
+        log.info(
+            "stream ended",
+            extra={
+                "stream_id": self.stream_id,
+                "transport": self.transport,
+                "finish_reason": str(self.finish_reason),
+                "tokens": self.completion_tokens,
+                "ttft_s": None if ttft is None else round(ttft, 6),
+                "duration_s": round(now - self.started_at, 6),
+            },
+        )
+        if self._on_ended is not None:
+            self._on_ended(self)

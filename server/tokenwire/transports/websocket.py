@@ -1,0 +1,158 @@
+"""The WebSocket transport: many streams multiplexed on one socket, JSON text frames.
+
+:class:`WebSocketTransport` writes frames (one lock serializes the writers of all streams);
+:class:`WebSocketSession` is the connection's life: it reads client messages (``generate``,
+``cancel``, ``ping``), runs one :func:`pump` task per stream, and on disconnect detaches every
+subscription with ``disconnected=True`` so each generation follows its disconnect policy.
+
+A bad client message gets ``{"type":"error","code":"invalid_request",...}`` without a
+stream_id, and the socket stays open. Close codes are listed in
+:class:`tokenwire.protocol.websocket.CloseCode` (RFC 6455 section 7.4.1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from tokenwire.errors import ErrorCode, TokenwireError
+from tokenwire.protocol import websocket as codec
+from tokenwire.protocol.events import ErrorEvent, Event
+from tokenwire.protocol.requests import (
+    CancelMessage,
+    ClientMessage,
+    GenerateMessage,
+    GenerateParams,
+    PingMessage,
+    ResumeMessage,
+)
+from tokenwire.settings import Settings
+from tokenwire.streams.generation import Generation
+from tokenwire.streams.registry import StreamRegistry
+from tokenwire.streams.subscription import Subscription
+from tokenwire.transports.base import Transport, pump
+
+log = logging.getLogger("tokenwire.websocket")
+
+
+class WebSocketTransport(Transport):
+    """Writes JSON text frames to a Starlette WebSocket; safe to share between stream tasks."""
+
+    name = "websocket"
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self._websocket = websocket
+        self._lock = asyncio.Lock()
+
+    async def send_events(self, events: list[Event]) -> None:
+        async with self._lock:
+            for event in events:
+                await self._websocket.send_text(codec.encode_event(event))
+
+    async def send_heartbeat(self) -> None:
+        """Nothing to send: liveness is the server's protocol-level ping/pong (RFC 6455 5.5.2)."""
+
+    async def send_text(self, text: str) -> None:
+        async with self._lock:
+            await self._websocket.send_text(text)
+
+
+class WebSocketSession:
+    """One client socket: reads its messages and delivers its streams until it closes."""
+
+    def __init__(
+        self,
+        websocket: WebSocket,
+        registry: StreamRegistry,
+        settings: Settings,
+        *,
+        limit_params: Callable[[GenerateParams], GenerateParams],
+    ) -> None:
+        self.websocket = websocket
+        self.registry = registry
+        self.settings = settings
+        self.transport = WebSocketTransport(websocket)
+        self._limit_params = limit_params
+        self._streams: dict[str, tuple[Generation, Subscription, asyncio.Task[None]]] = {}
+
+    async def run(self) -> None:
+        """Accept, serve messages until the client disconnects, then detach every stream."""
+        await self.websocket.accept()
+        try:
+            while True:
+                frame = await self.websocket.receive()
+                if frame["type"] == "websocket.disconnect":
+                    break
+                data = frame.get("text")
+                if data is None:
+                    data = frame.get("bytes") or b""
+                await self._handle(data)
+        except (WebSocketDisconnect, OSError):
+            pass
+        finally:
+            await self._detach_all()
+
+    async def _handle(self, data: str | bytes) -> None:
+        try:
+            message = codec.decode_client_message(data)
+            await self._dispatch(message)
+        except TokenwireError as exc:
+            await self._send_error(exc.code, exc.message, exc.retryable)
+
+    async def _dispatch(self, message: ClientMessage) -> None:
+        if isinstance(message, GenerateMessage):
+            self._generate(message)
+        elif isinstance(message, CancelMessage):
+            self.registry.cancel(message.stream_id)
+        elif isinstance(message, PingMessage):
+            await self.transport.send_text(codec.encode_pong(message.id))
+        elif isinstance(message, ResumeMessage):
+            await self._send_error(
+                ErrorCode.INVALID_REQUEST, "resume is not supported by this server yet", False
+            )
+
+    def _generate(self, message: GenerateMessage) -> None:
+        params = self._limit_params(
+            GenerateParams.model_validate(message.model_dump(exclude={"type", "request_id"}))
+        )
+        generation = self.registry.create(
+            params,
+            transport=self.transport.name,
+            request_id=message.request_id,
+            on_disconnect=self.settings.on_disconnect,
+        )
+        subscription = generation.subscribe(
+            maxsize=self.settings.queue_maxsize, overflow=self.settings.overflow
+        )
+        task = asyncio.create_task(self._deliver(generation, subscription))
+        self._streams[generation.stream_id] = (generation, subscription, task)
+        generation.start()
+
+    async def _deliver(self, generation: Generation, subscription: Subscription) -> None:
+        delivered = False
+        try:
+            await pump(subscription, self.transport)
+            delivered = True
+        except (WebSocketDisconnect, OSError, RuntimeError):
+            pass  # the socket is gone; the reader loop sees the disconnect and cleans up
+        finally:
+            self._streams.pop(generation.stream_id, None)
+            generation.unsubscribe(subscription, disconnected=not delivered)
+
+    async def _send_error(self, code: ErrorCode, message: str, retryable: bool) -> None:
+        event = ErrorEvent(code=code, message=message, retryable=retryable)
+        await self.transport.send_text(codec.encode_event(event))
+
+    async def _detach_all(self) -> None:
+        streams = list(self._streams.values())
+        for _, _, task in streams:
+            task.cancel()
+        await asyncio.gather(*(task for _, _, task in streams), return_exceptions=True)
+        if self.websocket.application_state is WebSocketState.CONNECTED:
+            try:
+                await self.websocket.close(codec.CloseCode.NORMAL)
+            except (RuntimeError, OSError):
+                pass
