@@ -74,3 +74,7 @@ def serve(
         log_level=settings.log_level,
         ws_per_message_deflate=False,
     )
+
+
+if __name__ == "__main__":
+    app()

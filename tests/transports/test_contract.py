@@ -216,3 +216,16 @@ async def test_sse_cancel_from_another_connection():
     assert events[-1].finish_reason == "cancelled"
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
     assert provider.records[0].closed_at is not None
+
+
+async def test_disconnect_mid_stream_stops_the_provider(transport):
+    app, provider = scripted_app(Script(tokens=1000, interval=0.005))
+    async with connect(app, "uvicorn", transport) as client:
+        async with client.stream(USER) as events:
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    break
+        await wait_for(lambda: provider.records[0].closed_at is not None)
+        await wait_for(lambda: len(app.state.tokenwire.registry) == 0)
+    assert provider.records[0].produced < 1000
+    assert not provider.records[0].completed

