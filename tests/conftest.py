@@ -29,7 +29,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def scripted_app(script: Script | None = None, **settings: Any) -> tuple[Starlette, ScriptedProvider]:
+def scripted_app(
+    script: Script | None = None, **settings: Any
+) -> tuple[Starlette, ScriptedProvider]:
     provider = ScriptedProvider(script or Script(tokens=12))
     return create_app(Settings(provider="scripted", **settings), provider=provider), provider
 
@@ -84,9 +86,9 @@ def transport(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-async def wait_for(predicate: Any, timeout: float = 5.0) -> None:
-    """Poll ``predicate()`` until true. Raises AssertionError after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
+async def wait_for(predicate: Any, within: float = 5.0) -> None:
+    """Poll ``predicate()`` until true. Raises AssertionError after ``within`` seconds."""
+    deadline = time.monotonic() + within
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")

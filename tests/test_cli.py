@@ -45,8 +45,15 @@ def stop(process: subprocess.Popen[bytes]) -> str:
 def test_serve_flags_win_over_env():
     port = free_port()
     process = start(
-        "--provider", "scripted", "--port", str(port),
-        env={"TOKENWIRE_PROVIDER": "local", "TOKENWIRE_PORT": "1", "TOKENWIRE_SCRIPTED_TOKENS": "5"},
+        "--provider",
+        "scripted",
+        "--port",
+        str(port),
+        env={
+            "TOKENWIRE_PROVIDER": "local",
+            "TOKENWIRE_PORT": "1",
+            "TOKENWIRE_SCRIPTED_TOKENS": "5",
+        },
     )
     try:
         health = wait_healthy(port, process)

@@ -107,8 +107,7 @@ class TokenwireApp:
             return params.model_copy(update={"max_tokens": self.settings.max_tokens})
         if params.max_tokens > self.settings.max_tokens_limit:
             raise _ValidationFailed(
-                f"max_tokens: must be <= {self.settings.max_tokens_limit}, "
-                f"got {params.max_tokens}"
+                f"max_tokens: must be <= {self.settings.max_tokens_limit}, got {params.max_tokens}"
             )
         return params
 

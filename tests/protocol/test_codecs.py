@@ -46,8 +46,9 @@ SSE_TABLE = [
         '"delta":"é🙂"}\n\n'.encode(),
     ),
     (
-        ErrorEvent(stream_id="s1", seq=5, code=ErrorCode.PROVIDER_ERROR, message="boom",
-                   retryable=True),
+        ErrorEvent(
+            stream_id="s1", seq=5, code=ErrorCode.PROVIDER_ERROR, message="boom", retryable=True
+        ),
         b'id: 5\nevent: error\ndata: {"type":"error","stream_id":"s1","seq":5,'
         b'"code":"provider_error","message":"boom","retryable":true}\n\n',
     ),
@@ -121,8 +122,11 @@ def test_sse_retry_and_ping():
         (
             b'{"type":"generate","request_id":"r1","messages":[{"role":"user","content":"hi"}]}',
             GenerateMessage.model_validate(
-                {"type": "generate", "request_id": "r1",
-                 "messages": [{"role": "user", "content": "hi"}]}
+                {
+                    "type": "generate",
+                    "request_id": "r1",
+                    "messages": [{"role": "user", "content": "hi"}],
+                }
             ),
         ),
     ],
@@ -156,8 +160,10 @@ def test_pong_echoes_id():
 
 def test_openai_chunks_are_byte_exact():
     encoder = oai.ChunkEncoder("chatcmpl-1", "m", 1700000000, include_usage=True)
-    head = '{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,"model":"m",' \
+    head = (
+        '{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,"model":"m",'
         '"system_fingerprint":null,'
+    )
     frames = [
         encoder.encode_event(StreamStart(stream_id="s", seq=1, model="m", created=1)),
         encoder.encode_event(TextDelta(stream_id="s", seq=2, delta="Hi")),
@@ -165,21 +171,30 @@ def test_openai_chunks_are_byte_exact():
             StreamEnd(stream_id="s", seq=3, finish_reason=FinishReason.LENGTH, usage=USAGE)
         ),
     ]
-    assert frames[0] == (
-        f'data: {head}"choices":[{{"index":0,"delta":{{"role":"assistant","content":""}},'
-        f'"logprobs":null,"finish_reason":null}}],"usage":null}}\n\n'
-    ).encode()
-    assert frames[1] == (
-        f'data: {head}"choices":[{{"index":0,"delta":{{"content":"Hi"}},'
-        f'"logprobs":null,"finish_reason":null}}],"usage":null}}\n\n'
-    ).encode()
-    assert frames[2] == (
-        f'data: {head}"choices":[{{"index":0,"delta":{{}},"logprobs":null,'
-        f'"finish_reason":"length"}}],"usage":null}}\n\n'
-        f'data: {head}"choices":[],"usage":{{"prompt_tokens":5,"completion_tokens":3,'
-        f'"total_tokens":8}}}}\n\n'
-        "data: [DONE]\n\n"
-    ).encode()
+    assert (
+        frames[0]
+        == (
+            f'data: {head}"choices":[{{"index":0,"delta":{{"role":"assistant","content":""}},'
+            f'"logprobs":null,"finish_reason":null}}],"usage":null}}\n\n'
+        ).encode()
+    )
+    assert (
+        frames[1]
+        == (
+            f'data: {head}"choices":[{{"index":0,"delta":{{"content":"Hi"}},'
+            f'"logprobs":null,"finish_reason":null}}],"usage":null}}\n\n'
+        ).encode()
+    )
+    assert (
+        frames[2]
+        == (
+            f'data: {head}"choices":[{{"index":0,"delta":{{}},"logprobs":null,'
+            f'"finish_reason":"length"}}],"usage":null}}\n\n'
+            f'data: {head}"choices":[],"usage":{{"prompt_tokens":5,"completion_tokens":3,'
+            f'"total_tokens":8}}}}\n\n'
+            "data: [DONE]\n\n"
+        ).encode()
+    )
 
 
 def test_openai_chunks_without_usage_have_no_usage_key():
@@ -198,8 +213,12 @@ def test_openai_error_replaces_the_finish_chunk():
         ErrorEvent(stream_id="s", seq=2, code=ErrorCode.PROVIDER_ERROR, message="upstream down")
     )
     assert json.loads(error.removeprefix(b"data: ")) == {
-        "error": {"message": "upstream down", "type": "server_error", "param": None,
-                  "code": "provider_error"}
+        "error": {
+            "message": "upstream down",
+            "type": "server_error",
+            "param": None,
+            "code": "provider_error",
+        }
     }
     end = encoder.encode_event(
         StreamEnd(stream_id="s", seq=3, finish_reason=FinishReason.ERROR, usage=None)
@@ -211,8 +230,12 @@ def test_openai_request_maps_to_generate_params():
     request = oai.ChatCompletionRequest.model_validate(
         {
             "model": "m",
-            "messages": [{"role": "user", "content": [{"type": "text", "text": "a"},
-                                                      {"type": "text", "text": "b"}]}],
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
+                }
+            ],
             "max_completion_tokens": 9,
             "stream": True,
             "stream_options": {"include_usage": True},

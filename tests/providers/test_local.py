@@ -76,7 +76,9 @@ def test_local_model_through_the_openai_sdk(local_server):
             stream_options={"include_usage": True},
         )
         chunks = list(stream)
-    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    pieces = [
+        c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
+    ]
     assert len(pieces) >= 20
     assert chunks[-1].usage.completion_tokens == len(pieces)
 

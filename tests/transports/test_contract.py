@@ -159,8 +159,9 @@ async def test_websocket_multiplexes_concurrent_streams(level):
     app, _ = scripted_app(Script(tokens=20, interval=0.001))
     async with raw_ws(app, level) as ws:
         for request_id in ("a", "b", "c"):
-            await ws.send_text(json.dumps({"type": "generate", "request_id": request_id,
-                                           "messages": USER}))
+            await ws.send_text(
+                json.dumps({"type": "generate", "request_id": request_id, "messages": USER})
+            )
         streams = await read_until_ends(ws, 3)
     assert sorted(frames[0]["request_id"] for frames in streams.values()) == ["a", "b", "c"]
     for frames in streams.values():

@@ -111,7 +111,9 @@ def test_provider_failure_mid_stream_raises_in_the_sdk(server):
 
 def test_provider_failure_without_streaming_is_a_502(server):
     with sdk(server) as client, pytest.raises(openai.InternalServerError) as caught:
-        client.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "fail"}])
+        client.chat.completions.create(
+            model="scripted", messages=[{"role": "user", "content": "fail"}]
+        )
     assert caught.value.status_code == 502
     assert caught.value.body["code"] == "provider_error"
 

@@ -87,7 +87,7 @@ class ResumeMessage(BaseModel):
 
 
 class PingMessage(BaseModel):
-    """WebSocket client message: application-level ping, answered by ``{"type":"pong","id":...}``."""
+    """WebSocket client message: an application-level ping, answered by a ``pong`` with its id."""
 
     model_config = ConfigDict(extra="forbid")
 

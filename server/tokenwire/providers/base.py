@@ -79,10 +79,10 @@ class Provider(ABC):
     def stream(self, params: GenerateParams, model: str) -> AsyncIterator[ProviderEvent]:
         """Stream one generation. See the module docstring for the contract."""
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - an optional hook, a no-op by default
         """Acquire resources (load a model, open a client). Called once before any stream."""
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - an optional hook, a no-op by default
         """Release resources. Streams still running are the caller's to cancel first."""
 
     async def __aenter__(self) -> Self:

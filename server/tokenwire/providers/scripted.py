@@ -134,9 +134,7 @@ class ScriptedProvider(Provider):
                 if script.stall_after == index and script.stall > 0:
                     await asyncio.sleep(script.stall)
                 if script.error_after == index:
-                    raise ProviderError(
-                        f"scripted failure after {index} tokens", retryable=True
-                    )
+                    raise ProviderError(f"scripted failure after {index} tokens", retryable=True)
                 delay = script.ttft if index == 0 else script.interval
                 if script.jitter:
                     delay += rng.uniform(0, script.jitter)
@@ -146,7 +144,9 @@ class ScriptedProvider(Provider):
                 record.token_times.append(time.monotonic())
                 yield Delta(scripted_token(index))
             if script.error_after == script.tokens:
-                raise ProviderError(f"scripted failure after {script.tokens} tokens", retryable=True)
+                raise ProviderError(
+                    f"scripted failure after {script.tokens} tokens", retryable=True
+                )
             record.completed = True
             reason = FinishReason.LENGTH if limited else FinishReason.STOP
             yield Finish(reason, Usage.of(prompt_tokens, record.produced))

@@ -169,7 +169,9 @@ class Generation:
                             self.first_token_at = time.monotonic()
                         self.completion_tokens += item.tokens
                         await self._publish(
-                            TextDelta(stream_id=self.stream_id, seq=self._next_seq(), delta=item.text)
+                            TextDelta(
+                                stream_id=self.stream_id, seq=self._next_seq(), delta=item.text
+                            )
                         )
                     elif isinstance(item, Prompt):
                         self.prompt_tokens = item.tokens

@@ -74,7 +74,9 @@ class Subscription:
                 self._pending = event
             else:
                 self._pending = TextDelta(
-                    stream_id=event.stream_id, seq=event.seq, delta=self._pending.delta + event.delta
+                    stream_id=event.stream_id,
+                    seq=event.seq,
+                    delta=self._pending.delta + event.delta,
                 )
                 self.coalesced += 1
             return

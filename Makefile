@@ -1,0 +1,35 @@
+# The two commands of the README: `make serve` and `make test`. Each sets up what it needs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ARGS ?=
+
+.PHONY: serve test lint bench clean
+
+serve: $(VENV)/.installed-local  ## set up, then serve the bundled local model on 127.0.0.1:8000
+	$(BIN)/tokenwire serve $(ARGS)
+
+test: $(VENV)/.installed-dev  ## set up, then run every test
+	$(BIN)/python -m pytest $(ARGS)
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check server clients tests benchmarks
+
+bench: $(VENV)/.installed-dev  ## local model throughput through the server vs llama-cpp-python
+	$(BIN)/python benchmarks/local_throughput.py $(ARGS)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed-local: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[local]'
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev,redis]'
+	touch $@ $(VENV)/.installed-local
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
