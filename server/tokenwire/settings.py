@@ -1,7 +1,6 @@
 """Server settings, read from the environment (prefix ``TOKENWIRE_``) and from CLI flags.
 
-Lists (``TOKENWIRE_API_KEYS``, ``TOKENWIRE_ALLOWED_ORIGINS``) are comma-separated. Durations are
-in seconds; ``None`` (an empty variable) disables a timeout where the field allows it.
+Durations are in seconds; ``None`` disables a timeout or heartbeat where the field allows it.
 """
 
 from __future__ import annotations
@@ -10,7 +9,7 @@ from enum import StrEnum
 from typing import Annotated
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class OverflowPolicy(StrEnum):
@@ -26,9 +25,6 @@ class DisconnectPolicy(StrEnum):
 
     CANCEL = "cancel"  # stop the provider
     DETACH = "detach"  # keep generating for a grace period so that a client may resume
-
-
-CommaList = Annotated[list[str], NoDecode]
 
 
 class Settings(BaseSettings):
@@ -61,23 +57,10 @@ class Settings(BaseSettings):
     scripted_stall: Annotated[float, Field(ge=0)] = 0.0
 
     # streams
-    stream_log: str = "memory"
     queue_maxsize: Annotated[int, Field(ge=1)] = 64
     overflow: OverflowPolicy = OverflowPolicy.BLOCK
     on_disconnect: DisconnectPolicy = DisconnectPolicy.CANCEL
     heartbeat_interval: Annotated[float | None, Field(gt=0)] = 15.0
-    send_timeout: Annotated[float | None, Field(gt=0)] = 30.0
-
-    # access
-    api_keys: CommaList = []
-    allowed_origins: CommaList = []
-
-    @field_validator("api_keys", "allowed_origins", mode="before")
-    @classmethod
-    def _split_commas(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [item.strip() for item in value.split(",") if item.strip()]
-        return value
 
     @field_validator("log_level")
     @classmethod
