@@ -98,7 +98,7 @@ class TokenwireApp:
     def __init__(self, settings: Settings, provider: Provider) -> None:
         self.settings = settings
         self.provider = provider
-        self.registry = StreamRegistry(provider)
+        self.registry = StreamRegistry(provider, settings)
         self.started = int(time.time())
 
     def limit_params(self, params: GenerateParams) -> GenerateParams:
@@ -116,18 +116,15 @@ class TokenwireApp:
     async def create_stream(self, request: Request) -> Response:
         try:
             params = self.limit_params(_validate(GenerateParams, await _json_body(request)))
-            generation = self.registry.create(
-                params, transport="sse", on_disconnect=self.settings.on_disconnect
-            )
+            generation = self.registry.create(params, transport="sse")
         except TokenwireError as exc:
             return error_response(exc)
-        subscription = generation.subscribe(
-            maxsize=self.settings.queue_maxsize, overflow=self.settings.overflow
-        )
+        subscription = self.registry.subscribe(generation)
         return EventStreamResponse(  # type: ignore[return-value]
             generation,
             subscription,
             heartbeat_interval=self.settings.heartbeat_interval,
+            send_timeout=self.settings.send_timeout,
             headers={"X-Stream-Id": generation.stream_id},
         )
 
@@ -161,16 +158,12 @@ class TokenwireApp:
         try:
             body = _validate(oai.ChatCompletionRequest, await _json_body(request))
             params = self.limit_params(body.to_generate_params())
-            generation = self.registry.create(
-                params, transport="openai", on_disconnect=self.settings.on_disconnect
-            )
+            generation = self.registry.create(params, transport="openai")
         except TokenwireError as exc:
             return openai_error_response(exc)
         completion_id = "chatcmpl-" + secrets.token_urlsafe(18)
         created = int(generation.created)
-        subscription = generation.subscribe(
-            maxsize=self.settings.queue_maxsize, overflow=self.settings.overflow
-        )
+        subscription = self.registry.subscribe(generation)
         if body.stream:
             encoder = oai.ChunkEncoder(
                 completion_id, generation.model, created, include_usage=body.include_usage
@@ -180,13 +173,14 @@ class TokenwireApp:
                 subscription,
                 encode=encoder.encode_event,
                 heartbeat_interval=self.settings.heartbeat_interval,
+                send_timeout=self.settings.send_timeout,
             )
         collector = _Collector()
         generation.start()
         try:
-            await pump(subscription, collector)
+            await pump(generation, subscription, collector)
         finally:
-            generation.unsubscribe(subscription, disconnected=not collector.ended)
+            generation.unsubscribe(subscription, "ended" if collector.ended else "disconnected")
         if collector.error is not None:
             error = collector.error
             failure = TokenwireError(error.message, retryable=error.retryable, code=error.code)

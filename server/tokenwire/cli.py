@@ -73,6 +73,9 @@ def serve(
         workers=settings.workers,
         log_level=settings.log_level,
         ws_per_message_deflate=False,
+        ws_ping_interval=settings.ws_ping_interval,
+        ws_ping_timeout=settings.ws_ping_timeout,
+        ws_max_size=settings.ws_max_message_size,
     )
 
 

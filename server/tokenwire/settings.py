@@ -6,7 +6,7 @@ Durations are in seconds; ``None`` disables a timeout or heartbeat where the fie
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -60,7 +60,18 @@ class Settings(BaseSettings):
     queue_maxsize: Annotated[int, Field(ge=1)] = 64
     overflow: OverflowPolicy = OverflowPolicy.BLOCK
     on_disconnect: DisconnectPolicy = DisconnectPolicy.CANCEL
-    heartbeat_interval: Annotated[float | None, Field(gt=0)] = 15.0
+    slow_consumer_timeout: Annotated[float, Field(gt=0)] = 5.0  # overflow=disconnect: evict after
+    detach_grace: Annotated[float, Field(ge=0)] = 60.0  # on_disconnect=detach: cancel after
+    first_token_timeout: Annotated[float | None, Field(gt=0)] = 120.0
+    max_stream_duration: Annotated[float | None, Field(gt=0)] = 900.0
+
+    # liveness
+    heartbeat_interval: Annotated[float | None, Field(gt=0)] = 15.0  # SSE `: ping` when idle
+    send_timeout: Annotated[float | None, Field(gt=0)] = 30.0  # bound on every write
+    ws_ping_interval: Annotated[float | None, Field(gt=0)] = 20.0  # RFC 6455 ping frames
+    ws_ping_timeout: Annotated[float | None, Field(gt=0)] = 20.0  # no pong: close 1011
+    ws_max_message_size: Annotated[int, Field(ge=1024)] = 65536  # bytes; larger: close 1009
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("log_level")
     @classmethod

@@ -41,7 +41,9 @@ class GenerateParams(BaseModel):
     """What to generate: the fields shared by ``POST /v1/streams`` and WebSocket ``generate``.
 
     ``max_tokens`` is in tokens; ``temperature`` in [0, 2]; ``top_p`` in (0, 1].
-    ``model`` defaults to the provider's default model.
+    ``model`` defaults to the provider's default model. ``on_disconnect`` chooses what happens
+    to the generation if the client goes away: ``cancel`` stops it, ``detach`` lets it run on
+    for the server's grace period.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -53,6 +55,7 @@ class GenerateParams(BaseModel):
     top_p: Annotated[float | None, Field(gt=0, le=1)] = None
     stop: str | list[str] | None = None
     seed: int | None = None
+    on_disconnect: Literal["cancel", "detach"] | None = None  # default: the server's setting
 
     def stop_list(self) -> list[str]:
         if self.stop is None:

@@ -21,14 +21,16 @@ from tokenwire.protocol.requests import (
 
 
 class CloseCode:
-    """WebSocket close codes tokenwire sends (RFC 6455 section 7.4.1; 1012/1013 IANA registry)."""
+    """WebSocket close codes (RFC 6455 section 7.4.1; 1012 and 1013 from the IANA registry;
+    4000-4999 are private-use codes, tokenwire's own)."""
 
     NORMAL = 1000
     POLICY_VIOLATION = 1008
-    MESSAGE_TOO_BIG = 1009
-    INTERNAL_ERROR = 1011
-    SERVICE_RESTART = 1012
+    MESSAGE_TOO_BIG = 1009  # sent by uvicorn (ws_max_size)
+    INTERNAL_ERROR = 1011  # sent by uvicorn, also when pings go unanswered
+    SERVICE_RESTART = 1012  # sent by uvicorn at shutdown: reconnect and resume
     TRY_AGAIN_LATER = 1013
+    SLOW_CONSUMER = 4008  # the client did not keep up: reconnect and resume (retryable)
 
 
 def encode_event(event: Event) -> str:

@@ -7,6 +7,15 @@ policy) cancels the task, which closes the provider's iterator and so stops the 
 Every generation publishes, in order: ``stream.start``; ``text.delta`` per provider delta;
 ``error`` if the provider failed; exactly one ``stream.end`` with the finish reason and the usage
 (the provider's own when it reports one, else what was counted so far). Its end is logged once.
+
+Deadlines (seconds, ``None`` to disable), each ending the stream and closing the provider:
+``first_token_timeout`` -> ``error`` (provider_timeout, retryable) then ``stream.end``
+(finish_reason error); ``max_duration`` -> ``stream.end`` (finish_reason timeout). The token
+limit is the request's ``max_tokens`` (finish_reason length), enforced by the provider.
+
+Disconnect policy, applied when the last subscriber goes away before the end: ``cancel`` stops
+the generation at once, also while the provider still waits for its first token; ``detach``
+lets it run on, and cancels it if nobody has subscribed again within ``detach_grace`` seconds.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import time
 from collections.abc import Callable
 from contextlib import aclosing
 from enum import StrEnum
+from typing import Literal
 
 from tokenwire.errors import ErrorCode, ProviderError
 from tokenwire.protocol.events import (
@@ -34,6 +44,9 @@ from tokenwire.settings import DisconnectPolicy, OverflowPolicy
 from tokenwire.streams.subscription import Subscription
 
 log = logging.getLogger("tokenwire.streams")
+
+
+Detach = Literal["ended", "disconnected", "evicted"]
 
 
 class GenerationState(StrEnum):
@@ -64,6 +77,9 @@ class Generation:
         transport: str,
         request_id: str | None = None,
         on_disconnect: DisconnectPolicy = DisconnectPolicy.CANCEL,
+        detach_grace: float = 60.0,
+        first_token_timeout: float | None = None,
+        max_duration: float | None = None,
         on_ended: Callable[[Generation], None] | None = None,
     ) -> None:
         self.stream_id = stream_id
@@ -73,6 +89,9 @@ class Generation:
         self.transport = transport
         self.request_id = request_id
         self.on_disconnect = on_disconnect
+        self.detach_grace = detach_grace
+        self.first_token_timeout = first_token_timeout
+        self.max_duration = max_duration
         self.state = GenerationState.CREATED
         self.seq = 0
         self.prompt_tokens = 0
@@ -87,28 +106,50 @@ class Generation:
         self._on_ended = on_ended
         self._task: asyncio.Task[None] | None = None
         self._cancel_requested = False
+        self._grace: asyncio.TimerHandle | None = None
 
     # -- subscriptions ------------------------------------------------------------------------
 
     def subscribe(
-        self, *, maxsize: int = 64, overflow: OverflowPolicy = OverflowPolicy.BLOCK
+        self,
+        *,
+        maxsize: int = 64,
+        overflow: OverflowPolicy = OverflowPolicy.BLOCK,
+        evict_after: float = 5.0,
     ) -> Subscription:
-        """Attach a consumer. It receives every event published from now on."""
-        subscription = Subscription(self.stream_id, maxsize=maxsize, overflow=overflow)
+        """Attach a consumer. It receives every event published from now on.
+
+        ``evict_after`` (seconds) applies to the ``disconnect`` overflow policy."""
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+        subscription = Subscription(
+            self.stream_id, maxsize=maxsize, overflow=overflow, evict_after=evict_after
+        )
         self.subscriptions.append(subscription)
         return subscription
 
-    def unsubscribe(self, subscription: Subscription, *, disconnected: bool = False) -> None:
-        """Detach a consumer. ``disconnected=True`` means its client went away before the end:
-        if it was the last one and the policy is ``cancel``, the generation is cancelled."""
+    def unsubscribe(self, subscription: Subscription, reason: Detach = "ended") -> None:
+        """Detach a consumer.
+
+        ``reason``: ``ended`` (it saw ``stream.end``), ``disconnected`` (its client went away:
+        if it was the last subscriber, the disconnect policy applies) or ``evicted`` (the server
+        cut off a slow consumer, which may resume: the generation runs on for the grace period).
+        """
         subscription.close()
         if subscription in self.subscriptions:
             self.subscriptions.remove(subscription)
-        if (
-            disconnected
-            and not self.subscriptions
-            and self.on_disconnect is DisconnectPolicy.CANCEL
-        ):
+        if reason == "ended" or self.subscriptions or self.state is GenerationState.ENDED:
+            return
+        if reason == "disconnected" and self.on_disconnect is DisconnectPolicy.CANCEL:
+            self.cancel()
+        elif self._grace is None:
+            loop = asyncio.get_running_loop()
+            self._grace = loop.call_later(self.detach_grace, self._grace_expired)
+
+    def _grace_expired(self) -> None:
+        self._grace = None
+        if not self.subscriptions:
             self.cancel()
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -131,6 +172,10 @@ class Generation:
             self._task.cancel()
         return True
 
+    def usage_so_far(self) -> Usage:
+        """The usage counted so far (the final one once the stream has ended)."""
+        return self.usage or Usage.of(self.prompt_tokens, self.completion_tokens)
+
     async def wait(self) -> None:
         """Wait until ``stream.end`` has been published."""
         await self.ended.wait()
@@ -147,6 +192,8 @@ class Generation:
 
     async def _run(self) -> None:
         finish = FinishReason.STOP
+        first_by: float | None = None
+        end_by: float | None = None
         provider_usage: Usage | None = None
         error: ErrorEvent | None = None
         external_cancel = False
@@ -162,11 +209,20 @@ class Generation:
             )
             if self._cancel_requested:  # cancelled between create() and start()
                 raise asyncio.CancelledError
-            async with aclosing(self.provider.stream(self.params, self.model)) as events:
+            loop = asyncio.get_running_loop()
+            end_by = None if self.max_duration is None else loop.time() + self.max_duration
+            first_by = (
+                None if self.first_token_timeout is None else loop.time() + self.first_token_timeout
+            )
+            async with (
+                aclosing(self.provider.stream(self.params, self.model)) as events,
+                asyncio.timeout(_earliest(first_by, end_by)) as deadline,
+            ):
                 async for item in events:
                     if isinstance(item, Delta):
                         if self.first_token_at is None:
                             self.first_token_at = time.monotonic()
+                            deadline.reschedule(end_by)
                         self.completion_tokens += item.tokens
                         await self._publish(
                             TextDelta(
@@ -184,6 +240,17 @@ class Generation:
                 task.uncancel()
             else:
                 external_cancel = True  # server shutdown: still end the stream, then re-raise
+        except TimeoutError:
+            waiting_for_first = self.first_token_at is None and first_by is not None
+            if waiting_for_first and (end_by is None or first_by <= end_by):
+                finish = FinishReason.ERROR
+                error = self._error(
+                    ErrorCode.PROVIDER_TIMEOUT,
+                    f"no first token within {self.first_token_timeout} s",
+                    True,
+                )
+            else:
+                finish = FinishReason.TIMEOUT
         except ProviderError as exc:
             finish = FinishReason.ERROR
             error = self._error(exc.code, exc.message, exc.retryable)
@@ -220,6 +287,9 @@ class Generation:
 
     def _end(self) -> None:
         self.state = GenerationState.ENDED
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
         self.ended.set()
         now = time.monotonic()
         ttft = None if self.first_token_at is None else self.first_token_at - self.started_at
@@ -236,3 +306,8 @@ class Generation:
         )
         if self._on_ended is not None:
             self._on_ended(self)
+
+
+def _earliest(*times: float | None) -> float | None:
+    known = [t for t in times if t is not None]
+    return min(known) if known else None

@@ -8,8 +8,9 @@ import secrets
 from tokenwire.errors import NotFound
 from tokenwire.protocol.requests import GenerateParams
 from tokenwire.providers.base import Provider
-from tokenwire.settings import DisconnectPolicy
+from tokenwire.settings import DisconnectPolicy, Settings
 from tokenwire.streams.generation import Generation
+from tokenwire.streams.subscription import Subscription
 
 
 def new_stream_id() -> str:
@@ -18,11 +19,12 @@ def new_stream_id() -> str:
 
 
 class StreamRegistry:
-    """Creates, finds, cancels and forgets generations. A generation leaves the registry as
-    soon as its ``stream.end`` is published."""
+    """Creates, finds, cancels and forgets generations, with the limits and policies of
+    ``settings``. A generation leaves the registry as soon as its ``stream.end`` is published."""
 
-    def __init__(self, provider: Provider) -> None:
+    def __init__(self, provider: Provider, settings: Settings | None = None) -> None:
         self.provider = provider
+        self.settings = settings or Settings()
         self._live: dict[str, Generation] = {}
 
     def __len__(self) -> int:
@@ -34,9 +36,9 @@ class StreamRegistry:
         *,
         transport: str,
         request_id: str | None = None,
-        on_disconnect: DisconnectPolicy = DisconnectPolicy.CANCEL,
     ) -> Generation:
         """A new generation, registered but not started (subscribe first, then ``start()``).
+        Its disconnect policy is the request's ``on_disconnect``, else the server's.
 
         Raises:
             NotFound: the provider does not serve ``params.model``.
@@ -49,11 +51,22 @@ class StreamRegistry:
             model=model,
             transport=transport,
             request_id=request_id,
-            on_disconnect=on_disconnect,
+            on_disconnect=DisconnectPolicy(params.on_disconnect or self.settings.on_disconnect),
+            detach_grace=self.settings.detach_grace,
+            first_token_timeout=self.settings.first_token_timeout,
+            max_duration=self.settings.max_stream_duration,
             on_ended=self._forget,
         )
         self._live[generation.stream_id] = generation
         return generation
+
+    def subscribe(self, generation: Generation) -> Subscription:
+        """Attach a consumer with the server's queue size and overflow policy."""
+        return generation.subscribe(
+            maxsize=self.settings.queue_maxsize,
+            overflow=self.settings.overflow,
+            evict_after=self.settings.slow_consumer_timeout,
+        )
 
     def get(self, stream_id: str) -> Generation:
         """The live generation ``stream_id``. Raises :class:`NotFound`."""

@@ -3,16 +3,21 @@
 A transport moves already-decided events onto the wire; it makes no decisions of its own.
 :func:`pump` is the shared loop: it drains a :class:`Subscription` in batches (whatever is queued
 goes out in one write), sends a heartbeat whenever the stream has been idle for
-``heartbeat_interval`` seconds (also before the first token), and returns after ``stream.end``.
+``heartbeat_interval`` seconds (also before the first token), bounds every write by
+``send_timeout`` seconds, and returns after ``stream.end``.
 """
 
 from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable
+from enum import StrEnum
 from typing import ClassVar
 
-from tokenwire.protocol.events import Event
+from tokenwire.errors import ErrorCode
+from tokenwire.protocol.events import ErrorEvent, Event, FinishReason, StreamEnd
+from tokenwire.streams.generation import Generation
 from tokenwire.streams.subscription import Subscription, ends_stream
 
 
@@ -33,27 +38,77 @@ class Transport(ABC):
         """Keep an idle connection open (SSE: a ``: ping`` comment)."""
 
 
+class SendTimeout(TimeoutError):
+    """A write did not complete within the send timeout: the client is not reading.
+
+    A ``TimeoutError``, and so an ``OSError``: transports treat it as a lost client."""
+
+
+class Delivery(StrEnum):
+    """How :func:`pump` ended."""
+
+    ENDED = "ended"  # stream.end was written
+    EVICTED = "evicted"  # the consumer was too slow (overflow=disconnect); it was told so
+
+
+async def _bounded(write: Awaitable[None], send_timeout: float | None) -> None:
+    try:
+        async with asyncio.timeout(send_timeout):
+            await write
+    except TimeoutError as exc:
+        raise SendTimeout(f"a write took longer than {send_timeout} s") from exc
+
+
+def eviction_events(generation: Generation, cursor: int) -> list[Event]:
+    """What an evicted consumer is told: ``error`` (slow_consumer, retryable) and a
+    ``stream.end`` (finish_reason error, usage so far). Both carry ``cursor``, the seq of the
+    last event the consumer was sent, so that resuming after either loses nothing."""
+    message = "the client did not keep up with the stream; resume after the last seq seen"
+    return [
+        ErrorEvent(
+            stream_id=generation.stream_id,
+            seq=cursor,
+            code=ErrorCode.SLOW_CONSUMER,
+            message=message,
+            retryable=True,
+        ),
+        StreamEnd(
+            stream_id=generation.stream_id,
+            seq=cursor,
+            finish_reason=FinishReason.ERROR,
+            usage=generation.usage_so_far(),
+        ),
+    ]
+
+
 async def pump(
+    generation: Generation,
     subscription: Subscription,
     transport: Transport,
     *,
     heartbeat_interval: float | None = None,
-) -> None:
+    send_timeout: float | None = None,
+) -> Delivery:
     """Deliver ``subscription``'s events through ``transport`` until ``stream.end`` is written.
 
+    Raises :class:`SendTimeout` (an ``OSError``) when a write takes longer than
+    ``send_timeout`` seconds, and the transport's ``OSError`` when the client is gone.
     Cancelling it is safe: no queued event is lost from the subscription (the caller decides
     what a cancel means for the generation). A heartbeat goes out after each
     ``heartbeat_interval`` seconds (``None``: never) without an event.
     """
+    cursor = 0
     while True:
         try:
             async with asyncio.timeout(heartbeat_interval):
                 batch = await subscription.get_batch()
         except TimeoutError:
-            await transport.send_heartbeat()
+            await _bounded(transport.send_heartbeat(), send_timeout)
             continue
-        if not batch:  # evicted: the caller reports it
-            return
-        await transport.send_events(batch)
+        if not batch:
+            await _bounded(transport.send_events(eviction_events(generation, cursor)), send_timeout)
+            return Delivery.EVICTED
+        await _bounded(transport.send_events(batch), send_timeout)
+        cursor = getattr(batch[-1], "seq", None) or cursor
         if ends_stream(batch):
-            return
+            return Delivery.ENDED

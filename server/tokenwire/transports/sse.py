@@ -2,9 +2,10 @@
 
 :class:`SSETransport` writes frames; :class:`EventStreamResponse` is the ASGI response that runs,
 in one task group, the :func:`pump` and a listener for ``http.disconnect``. Whichever finishes
-first cancels the other. A disconnect before ``stream.end`` detaches the subscription with
-``disconnected=True``, so the generation follows its disconnect policy at once, also while the
-provider is still waiting for its first token.
+first cancels the other. A disconnect before ``stream.end`` (or a write that exceeds the send
+timeout) detaches the subscription as ``disconnected``, so the generation follows its disconnect
+policy at once, also while the provider is still waiting for its first token. An evicted slow
+consumer is sent ``error`` (slow_consumer) and ``stream.end``, and the response ends.
 
 The same response carries OpenAI ``chat.completion.chunk`` frames when given that codec.
 """
@@ -18,9 +19,9 @@ from starlette.types import Receive, Scope, Send
 
 from tokenwire.protocol import sse
 from tokenwire.protocol.events import Event
-from tokenwire.streams.generation import Generation, GenerationState
+from tokenwire.streams.generation import Detach, Generation, GenerationState
 from tokenwire.streams.subscription import Subscription
-from tokenwire.transports.base import Transport, pump
+from tokenwire.transports.base import Delivery, Transport, pump
 
 Encoder = Callable[[Event], bytes]
 
@@ -57,12 +58,14 @@ class EventStreamResponse:
         *,
         encode: Encoder = sse.encode_event,
         heartbeat_interval: float | None = 15.0,
+        send_timeout: float | None = 30.0,
         headers: dict[str, str] | None = None,
     ) -> None:
         self.generation = generation
         self.subscription = subscription
         self.encode = encode
         self.heartbeat_interval = heartbeat_interval
+        self.send_timeout = send_timeout
         self.headers = {**sse.HEADERS, **(headers or {})}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -70,18 +73,22 @@ class EventStreamResponse:
         raw_headers += [(k.lower().encode(), v.encode()) for k, v in self.headers.items()]
         await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
         transport = SSETransport(send, self.encode)
-        delivered = False
+        outcome: Detach = "disconnected"
 
         async with anyio.create_task_group() as group:
 
             async def deliver() -> None:
-                nonlocal delivered
+                nonlocal outcome
                 try:
-                    await pump(
-                        self.subscription, transport, heartbeat_interval=self.heartbeat_interval
+                    delivery = await pump(
+                        self.generation,
+                        self.subscription,
+                        transport,
+                        heartbeat_interval=self.heartbeat_interval,
+                        send_timeout=self.send_timeout,
                     )
-                    delivered = True
-                except OSError:  # the client went away mid-write
+                    outcome = "evicted" if delivery is Delivery.EVICTED else "ended"
+                except OSError:  # the client went away, or stopped reading (send timeout)
                     pass
                 group.cancel_scope.cancel()
 
@@ -94,6 +101,7 @@ class EventStreamResponse:
             group.start_soon(listen_for_disconnect)
             if self.generation.state is GenerationState.CREATED:
                 self.generation.start()
-        self.generation.unsubscribe(self.subscription, disconnected=not delivered)
-        if delivered:
+        self.generation.unsubscribe(self.subscription, outcome)
+        if outcome != "disconnected":
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+        # else: the response stays incomplete and uvicorn closes the connection

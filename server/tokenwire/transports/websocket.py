@@ -3,7 +3,7 @@
 :class:`WebSocketTransport` writes frames (one lock serializes the writers of all streams);
 :class:`WebSocketSession` is the connection's life: it reads client messages (``generate``,
 ``cancel``, ``ping``), runs one :func:`pump` task per stream, and on disconnect detaches every
-subscription with ``disconnected=True`` so each generation follows its disconnect policy.
+subscription as ``disconnected`` so each generation follows its disconnect policy.
 
 A bad client message gets ``{"type":"error","code":"invalid_request",...}`` without a
 stream_id, and the socket stays open. Close codes are listed in
@@ -30,10 +30,10 @@ from tokenwire.protocol.requests import (
     ResumeMessage,
 )
 from tokenwire.settings import Settings
-from tokenwire.streams.generation import Generation
+from tokenwire.streams.generation import Detach, Generation
 from tokenwire.streams.registry import StreamRegistry
 from tokenwire.streams.subscription import Subscription
-from tokenwire.transports.base import Transport, pump
+from tokenwire.transports.base import Delivery, SendTimeout, Transport, pump
 
 log = logging.getLogger("tokenwire.websocket")
 
@@ -61,7 +61,13 @@ class WebSocketTransport(Transport):
 
 
 class WebSocketSession:
-    """One client socket: reads its messages and delivers its streams until it closes."""
+    """One client socket: reads its messages and delivers its streams until it closes.
+
+    Close codes sent: 1000 after the client's own close; 4008 when the client did not keep
+    up (a subscription was evicted as a slow consumer, or a write exceeded the send timeout).
+    uvicorn itself sends 1009 for a message over the size limit, 1011 when pings go
+    unanswered, and 1012 at shutdown.
+    """
 
     def __init__(
         self,
@@ -77,23 +83,35 @@ class WebSocketSession:
         self.transport = WebSocketTransport(websocket)
         self._limit_params = limit_params
         self._streams: dict[str, tuple[Generation, Subscription, asyncio.Task[None]]] = {}
+        self._close_code: int | None = None
+        self._closing = asyncio.Event()
 
     async def run(self) -> None:
-        """Accept, serve messages until the client disconnects, then detach every stream."""
+        """Accept, serve messages until the client disconnects or is cut off, then detach
+        every stream (each follows its disconnect policy)."""
         await self.websocket.accept()
+        reader = asyncio.create_task(self._read())
+        closing = asyncio.create_task(self._closing.wait())
+        try:
+            await asyncio.wait({reader, closing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            reader.cancel()
+            closing.cancel()
+            await self._detach_all()
+            await self._close()
+
+    async def _read(self) -> None:
         try:
             while True:
                 frame = await self.websocket.receive()
                 if frame["type"] == "websocket.disconnect":
-                    break
+                    return
                 data = frame.get("text")
                 if data is None:
                     data = frame.get("bytes") or b""
                 await self._handle(data)
         except (WebSocketDisconnect, OSError):
-            pass
-        finally:
-            await self._detach_all()
+            return
 
     async def _handle(self, data: str | bytes) -> None:
         try:
@@ -119,28 +137,34 @@ class WebSocketSession:
             GenerateParams.model_validate(message.model_dump(exclude={"type", "request_id"}))
         )
         generation = self.registry.create(
-            params,
-            transport=self.transport.name,
-            request_id=message.request_id,
-            on_disconnect=self.settings.on_disconnect,
+            params, transport=self.transport.name, request_id=message.request_id
         )
-        subscription = generation.subscribe(
-            maxsize=self.settings.queue_maxsize, overflow=self.settings.overflow
-        )
+        subscription = self.registry.subscribe(generation)
         task = asyncio.create_task(self._deliver(generation, subscription))
         self._streams[generation.stream_id] = (generation, subscription, task)
         generation.start()
 
     async def _deliver(self, generation: Generation, subscription: Subscription) -> None:
-        delivered = False
+        outcome: Detach = "disconnected"
         try:
-            await pump(subscription, self.transport)
-            delivered = True
+            delivery = await pump(
+                generation, subscription, self.transport, send_timeout=self.settings.send_timeout
+            )
+            outcome = "evicted" if delivery is Delivery.EVICTED else "ended"
+        except SendTimeout:
+            self._cut_off(codec.CloseCode.SLOW_CONSUMER)
         except (WebSocketDisconnect, OSError, RuntimeError):
-            pass  # the socket is gone; the reader loop sees the disconnect and cleans up
+            pass  # the socket is gone; the reader sees the disconnect and cleans up
         finally:
             self._streams.pop(generation.stream_id, None)
-            generation.unsubscribe(subscription, disconnected=not delivered)
+            generation.unsubscribe(subscription, outcome)
+        if outcome == "evicted":
+            self._cut_off(codec.CloseCode.SLOW_CONSUMER)
+
+    def _cut_off(self, code: int) -> None:
+        if self._close_code is None:
+            self._close_code = code
+        self._closing.set()
 
     async def _send_error(self, code: ErrorCode, message: str, retryable: bool) -> None:
         event = ErrorEvent(code=code, message=message, retryable=retryable)
@@ -151,8 +175,12 @@ class WebSocketSession:
         for _, _, task in streams:
             task.cancel()
         await asyncio.gather(*(task for _, _, task in streams), return_exceptions=True)
-        if self.websocket.application_state is WebSocketState.CONNECTED:
-            try:
-                await self.websocket.close(codec.CloseCode.NORMAL)
-            except (RuntimeError, OSError):
-                pass
+
+    async def _close(self) -> None:
+        if self.websocket.application_state is not WebSocketState.CONNECTED:
+            return
+        try:  # bounded: a peer that reads nothing may never take the close frame
+            async with asyncio.timeout(self.settings.send_timeout):
+                await self.websocket.close(self._close_code or codec.CloseCode.NORMAL)
+        except (TimeoutError, RuntimeError, OSError):
+            pass
