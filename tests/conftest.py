@@ -54,7 +54,24 @@ class UvicornThread:
             app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", **config
         )
         self.server = uvicorn.Server(self.config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self.server.serve())
+
+    def call(self, fn: Any) -> Any:
+        """Run ``fn()`` on the server's event loop thread and return its result."""
+
+        async def in_loop() -> Any:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(in_loop(), self.loop).result(timeout=10)
+
+    def task_count(self) -> int:
+        """Tasks alive on the server's loop, not counting the one that counts them."""
+        return self.call(lambda: len(asyncio.all_tasks()) - 1)
 
     @property
     def base_url(self) -> str:
@@ -72,6 +89,8 @@ class UvicornThread:
     def __exit__(self, *exc_info: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+        if not self.thread.is_alive():
+            self.loop.close()
 
 
 @contextlib.contextmanager

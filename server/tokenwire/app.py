@@ -33,6 +33,7 @@ from starlette.websockets import WebSocket
 
 from tokenwire import __version__
 from tokenwire.errors import ErrorCode, InvalidRequest, NotFound, TokenwireError
+from tokenwire.logs import configure_logging
 from tokenwire.protocol import openai as oai
 from tokenwire.protocol.events import ErrorEvent, FinishReason, StreamEnd, TextDelta
 from tokenwire.protocol.requests import GenerateParams, describe_validation_error
@@ -272,5 +273,8 @@ def create_app(settings: Settings | None = None, *, provider: Provider | None = 
 
 
 def create_app_from_env() -> Starlette:
-    """Factory for ``uvicorn --factory`` and multi-worker runs: settings from ``TOKENWIRE_*``."""
-    return create_app(Settings())
+    """Factory for ``uvicorn --factory`` and multi-worker runs: settings from ``TOKENWIRE_*``;
+    also sets up tokenwire's logging (``TOKENWIRE_LOG_FORMAT``)."""
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)

@@ -61,6 +61,7 @@ USER = [{"role": "user", "content": "Tell me about the sea."}]
 STORY = [{"role": "user", "content": "Write a very long story about a dragon and a knight."}]
 DISCONNECTED = "Disconnected from client"  # what llama_cpp.server prints when it stops a stream
 FINISHED = (FinishReason.STOP, FinishReason.LENGTH)
+DEADLINE = 30.0  # seconds; any stream or exchange taking longer fails instead of hanging
 
 
 # -- the upstream: a real llama.cpp server -------------------------------------------------------
@@ -166,13 +167,20 @@ def provider_for(base_url: str, **options: Any) -> OpenAIProvider:
     return OpenAIProvider(base_url=base_url, api_key=None, model=MODEL, **options)
 
 
-async def outcome(events: AsyncIterator[ProviderEvent]) -> tuple[list[ProviderEvent], Any]:
-    """Everything a stream yields, and the exception it ended with (None if none)."""
+async def outcome(
+    events: AsyncIterator[ProviderEvent], within: float = DEADLINE
+) -> tuple[list[ProviderEvent], Any]:
+    """Everything a stream yields, and the exception it ended with (None if none). A stream
+    still open after ``within`` seconds fails the test instead of hanging it."""
     items: list[ProviderEvent] = []
+    deadline = asyncio.timeout(within)
     try:
-        async for item in events:
-            items.append(item)
+        async with deadline, contextlib.aclosing(events) as stream:  # type: ignore[type-var]
+            async for item in stream:
+                items.append(item)
     except Exception as exc:  # noqa: BLE001 - returned to be asserted on
+        if deadline.expired():
+            raise AssertionError(f"stream still open after {within} s: {items!r}") from exc
         return items, exc
     return items, None
 
@@ -299,7 +307,7 @@ async def test_any_model_id_is_passed_through(upstream):
 
 
 async def test_closing_early_returns_at_once_and_stops_the_upstream(upstream):
-    async with provider_for(upstream.base_url) as provider:
+    async with provider_for(upstream.base_url) as provider, asyncio.timeout(DEADLINE):
         disconnects = upstream.output().count(DISCONNECTED)
         events = provider.stream(params(STORY, max_tokens=1000), MODEL)
         deltas = 0
@@ -310,9 +318,9 @@ async def test_closing_early_returns_at_once_and_stops_the_upstream(upstream):
         started = time.monotonic()
         await events.aclose()  # type: ignore[attr-defined]
         assert time.monotonic() - started < 0.25
-        # llama.cpp saw the connection go and left its generation loop (it checks after
-        # every chunk), long before the 1000 tokens.
-        await wait_for(lambda: upstream.output().count(DISCONNECTED) > disconnects, timeout=10)
+        # llama.cpp sees the connection go (it checks after every chunk) and leaves its
+        # generation loop within a few tokens; the 1000 tokens would take ~15 s.
+        await wait_for(lambda: upstream.output().count(DISCONNECTED) > disconnects, 3)
         items, error = await outcome(provider.stream(params(), MODEL))
     assert error is None
     check_real_text(items)
@@ -401,14 +409,18 @@ async def test_stream_interrupted_by_the_upstream_is_not_a_clean_stop(upstream):
         first: list[ProviderEvent] = []
 
         async def run_first() -> Any:
-            items, error = await outcome(provider.stream(params(STORY, max_tokens=300), MODEL))
-            first.extend(items)
-            return error
+            try:
+                async for item in provider.stream(params(STORY, max_tokens=300), MODEL):
+                    first.append(item)
+            except Exception as exc:  # noqa: BLE001 - returned to be asserted on
+                return exc
+            return None
 
-        task = asyncio.create_task(run_first())
-        await wait_for(lambda: sum(isinstance(i, Delta) for i in first) >= 3, timeout=20)
-        items, second_error = await outcome(provider.stream(params(), MODEL))
-        first_error = await task
+        async with asyncio.timeout(DEADLINE):
+            task = asyncio.create_task(run_first())
+            await wait_for(lambda: sum(isinstance(i, Delta) for i in first) >= 3, 20)
+            items, second_error = await outcome(provider.stream(params(), MODEL))
+            first_error = await task
     assert second_error is None
     check_real_text(items)
     deltas = [item for item in first if isinstance(item, Delta)]
@@ -486,7 +498,10 @@ def openai_app(base_url: str) -> Any:
 
 async def test_end_to_end_streams_llama_cpp_text(upstream, upstream_usage, transport):
     with serve(openai_app(upstream.base_url)) as server:
-        async with AsyncClient(server.base_url, transport=transport) as client:
+        async with (
+            asyncio.timeout(DEADLINE),
+            AsyncClient(server.base_url, transport=transport) as client,
+        ):
             events = [e async for e in client.stream(USER, max_tokens=24, temperature=0)]
     start, *middle, end = events
     assert isinstance(start, StreamStart) and start.model == MODEL
@@ -506,7 +521,10 @@ async def test_end_to_end_streams_llama_cpp_text(upstream, upstream_usage, trans
 async def test_end_to_end_upstream_down_is_an_error_then_the_end(upstream, transport):
     port = free_port()  # nothing listens here until the Forwarder below
     with serve(openai_app(f"http://127.0.0.1:{port}/v1")) as server:
-        async with AsyncClient(server.base_url, transport=transport) as client:
+        async with (
+            asyncio.timeout(DEADLINE),
+            AsyncClient(server.base_url, transport=transport) as client,
+        ):
             events = [e async for e in client.stream(USER, max_tokens=24)]
             health = await client._http.get(f"{server.base_url}/healthz")
             # the upstream comes back: the same server and provider stream again

@@ -49,20 +49,28 @@ class SSEDecoder:
             if self._pending_cr and text.startswith("\n"):
                 text = text[1:]
             self._pending_cr = False
-        self._buffer += text
+        buffer = self._buffer + text
         events: list[ServerSentEvent] = []
-        while True:
-            cut = _next_line_end(self._buffer)
-            if cut is None:
-                break
-            end, width = cut
-            line = self._buffer[:end]
-            if width == 1 and self._buffer[end] == "\r" and end + 1 == len(self._buffer):
-                self._pending_cr = True  # maybe the CR of a CRLF split across chunks
-            self._buffer = self._buffer[end + width :]
-            event = self._line(line)
+        position = 0
+        cr = buffer.find("\r")
+        lf = buffer.find("\n")
+        while cr != -1 or lf != -1:  # one pass: each separator is found once
+            if cr == -1 or (lf != -1 and lf < cr):
+                end, width = lf, 1
+            elif cr + 1 < len(buffer) and buffer[cr + 1] == "\n":
+                end, width = cr, 2
+            else:
+                end, width = cr, 1
+                self._pending_cr = cr + 1 == len(buffer)  # maybe half of a split CRLF
+            event = self._line(buffer[position:end])
             if event is not None:
                 events.append(event)
+            position = end + width
+            if cr != -1 and cr < position:
+                cr = buffer.find("\r", position)
+            if lf != -1 and lf < position:
+                lf = buffer.find("\n", position)
+        self._buffer = buffer[position:]
         return events
 
     def flush(self) -> list[ServerSentEvent]:
@@ -106,16 +114,3 @@ class SSEDecoder:
         self._data = []
         self._event = ""
         return event
-
-
-def _next_line_end(buffer: str) -> tuple[int, int] | None:
-    """Index and width (1 or 2) of the first line ending in ``buffer``, or None."""
-    cr = buffer.find("\r")
-    lf = buffer.find("\n")
-    if cr == -1 and lf == -1:
-        return None
-    if cr == -1 or (lf != -1 and lf < cr):
-        return lf, 1
-    if cr + 1 < len(buffer) and buffer[cr + 1] == "\n":
-        return cr, 2
-    return cr, 1

