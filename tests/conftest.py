@@ -50,6 +50,9 @@ class UvicornThread:
 
     def __init__(self, app: Starlette, **config: Any) -> None:
         self.port = free_port()
+        # A bounded graceful shutdown, as in production: uvicorn otherwise waits forever for a
+        # connection whose peer vanished while the server's writes were paused.
+        config.setdefault("timeout_graceful_shutdown", 5)
         self.config = uvicorn.Config(
             app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", **config
         )
@@ -60,6 +63,10 @@ class UvicornThread:
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         self.loop.run_until_complete(self.server.serve())
+        # After a forced (timed-out) shutdown, close what uvicorn left open.
+        for connection in list(self.server.server_state.connections):
+            connection.transport.abort()
+        self.loop.run_until_complete(asyncio.sleep(0.01))
 
     def call(self, fn: Any) -> Any:
         """Run ``fn()`` on the server's event loop thread and return its result."""

@@ -9,7 +9,8 @@ Timing: the first token comes ``ttft`` seconds after the stream starts, then one
 Faults: ``error_after=N`` raises a retryable :class:`ProviderError` after N tokens;
 ``stall_after=N`` with ``stall=T`` sleeps T seconds after N tokens (``stall_after=0``: before the
 first one). Every stream is recorded in :attr:`ScriptedProvider.records` so tests can check how
-many tokens were produced and when the stream was closed.
+many tokens were produced and when the stream was closed (when ``keep_records``, the default
+except on a server built from settings).
 """
 
 from __future__ import annotations
@@ -87,9 +88,11 @@ class ScriptedProvider(Provider):
         script: Script | None = None,
         *,
         script_for: Callable[[GenerateParams], Script] | None = None,
+        keep_records: bool = True,
     ) -> None:
         self.script = script or Script()
         self._script_for = script_for
+        self.keep_records = keep_records  # off on servers: records grow with every token
         self.records: list[StreamRecord] = []
 
     @classmethod
@@ -103,7 +106,8 @@ class ScriptedProvider(Provider):
                 error_after=settings.scripted_error_after,
                 stall_after=settings.scripted_stall_after,
                 stall=settings.scripted_stall,
-            )
+            ),
+            keep_records=False,
         )
 
     @property
@@ -119,7 +123,8 @@ class ScriptedProvider(Provider):
     def stream(self, params: GenerateParams, model: str) -> AsyncIterator[ProviderEvent]:
         script = self.script_of(params)
         record = StreamRecord(script)
-        self.records.append(record)
+        if self.keep_records:
+            self.records.append(record)
         limited = params.max_tokens is not None and params.max_tokens <= script.tokens
         prompt_tokens = sum(len(message.content.split()) for message in params.messages)
         return self._run(script, record, prompt_tokens, limited)
@@ -141,7 +146,8 @@ class ScriptedProvider(Provider):
                 if delay:
                     await asyncio.sleep(delay)
                 record.produced += 1
-                record.token_times.append(time.monotonic())
+                if self.keep_records:
+                    record.token_times.append(time.monotonic())
                 yield Delta(scripted_token(index))
             if script.error_after == script.tokens:
                 raise ProviderError(

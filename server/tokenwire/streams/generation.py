@@ -124,24 +124,29 @@ class Generation:
             self._grace.cancel()
             self._grace = None
         subscription = Subscription(
-            self.stream_id, maxsize=maxsize, overflow=overflow, evict_after=evict_after
+            self.stream_id,
+            maxsize=maxsize,
+            overflow=overflow,
+            evict_after=evict_after,
+            on_evicted=lambda evicted: self.unsubscribe(evicted, "evicted"),
         )
         self.subscriptions.append(subscription)
         return subscription
 
     def unsubscribe(self, subscription: Subscription, reason: Detach = "ended") -> None:
-        """Detach a consumer.
+        """Detach a consumer (idempotent: only the first call for a subscription counts).
 
-        ``reason``: ``ended`` (it saw ``stream.end``), ``disconnected`` (its client went away:
-        if it was the last subscriber, the disconnect policy applies) or ``evicted`` (the server
-        cut off a slow consumer, which may resume: the generation runs on for the grace period).
+        ``reason``: ``ended`` (it saw ``stream.end``), ``disconnected`` (its client went away)
+        or ``evicted`` (the server cut off a slow consumer). When the last subscriber leaves
+        before the end, the disconnect policy applies to both of the latter alike.
         """
         subscription.close()
-        if subscription in self.subscriptions:
-            self.subscriptions.remove(subscription)
+        if subscription not in self.subscriptions:
+            return
+        self.subscriptions.remove(subscription)
         if reason == "ended" or self.subscriptions or self.state is GenerationState.ENDED:
             return
-        if reason == "disconnected" and self.on_disconnect is DisconnectPolicy.CANCEL:
+        if self.on_disconnect is DisconnectPolicy.CANCEL:
             self.cancel()
         elif self._grace is None:
             loop = asyncio.get_running_loop()
@@ -217,7 +222,7 @@ class Generation:
             )
             async with (
                 aclosing(self.provider.stream(self.params, self.model)) as events,
-                asyncio.timeout(_earliest(first_by, end_by)) as deadline,
+                asyncio.timeout_at(_earliest(first_by, end_by)) as deadline,
             ):
                 async for item in events:
                     if isinstance(item, Delta):
@@ -234,6 +239,8 @@ class Generation:
                         self.prompt_tokens = item.tokens
                     elif isinstance(item, Finish):
                         finish, provider_usage = item.reason, item.usage
+                    if self._cancel_requested:  # a provider that never awaits: let it land
+                        await asyncio.sleep(0)
         except asyncio.CancelledError:
             finish = FinishReason.CANCELLED
             task = asyncio.current_task()

@@ -9,8 +9,9 @@ the overflow policy decides:
 - ``coalesce``: text deltas that do not fit merge into one pending delta (lossless; its seq is
   the last merged one's), delivered as soon as there is room; other events wait as in ``block``;
 - ``disconnect``: if the queue stays full for ``evict_after`` seconds, the subscription is
-  evicted: :attr:`evicted` is set and the consumer's next :meth:`get_batch` returns an
-  ``error`` (slow_consumer, retryable) and a ``stream.end`` from :meth:`eviction_events`.
+  evicted: :attr:`evicted` is set, ``on_evicted`` is called at once (the generation detaches
+  it), and the consumer's next :meth:`get_batch` returns ``[]``, upon which its transport sends
+  ``error`` (slow_consumer, retryable) and ``stream.end``.
 
 Memory held for a consumer that never reads is bounded by ``maxsize`` events plus, under
 ``coalesce``, one pending delta (whose text grows with what the provider produces, bounded by
@@ -20,6 +21,7 @@ the stream's max_tokens).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from tokenwire.protocol.events import Event, StreamEnd, TextDelta
 from tokenwire.settings import OverflowPolicy
@@ -35,6 +37,7 @@ class Subscription:
         maxsize: int = 64,
         overflow: OverflowPolicy = OverflowPolicy.BLOCK,
         evict_after: float = 5.0,
+        on_evicted: Callable[[Subscription], None] | None = None,
     ) -> None:
         if maxsize < 1:
             raise ValueError(f"maxsize must be >= 1, got {maxsize}")
@@ -47,6 +50,7 @@ class Subscription:
         self.coalesced = 0  # deltas merged into another (for metrics)
         self._pending: TextDelta | None = None  # coalesce: the merged overflow delta
         self._room = asyncio.Event()  # set whenever the consumer takes something
+        self._on_evicted = on_evicted
 
     @property
     def depth(self) -> int:
@@ -98,9 +102,17 @@ class Subscription:
 
     async def _put_or_evict(self, event: Event) -> None:
         try:
-            await asyncio.wait_for(self.queue.put(event), self.evict_after)
+            self.queue.put_nowait(event)  # the common case costs no timer
+            return
+        except asyncio.QueueFull:
+            pass
+        try:
+            async with asyncio.timeout(self.evict_after):
+                await self.queue.put(event)
         except TimeoutError:
             self.evicted = True
+            if self._on_evicted is not None:  # at once, not when the blocked writer wakes
+                self._on_evicted(self)
 
     async def get_batch(self) -> list[Event]:
         """Wait for at least one event, then take every event already queued.

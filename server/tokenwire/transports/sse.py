@@ -5,7 +5,8 @@ in one task group, the :func:`pump` and a listener for ``http.disconnect``. Whic
 first cancels the other. A disconnect before ``stream.end`` (or a write that exceeds the send
 timeout) detaches the subscription as ``disconnected``, so the generation follows its disconnect
 policy at once, also while the provider is still waiting for its first token. An evicted slow
-consumer is sent ``error`` (slow_consumer) and ``stream.end``, and the response ends.
+consumer is sent ``error`` (slow_consumer) and ``stream.end`` once its pending write completes,
+and the response ends.
 
 The same response carries OpenAI ``chat.completion.chunk`` frames when given that codec.
 """
