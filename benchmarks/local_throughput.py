@@ -54,6 +54,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from measure import percentile  # noqa: E402 - a sibling module of this script
 from tokenwire.protocol.requests import GenerateParams
 from tokenwire.providers.base import Delta
 from tokenwire.providers.local import LocalProvider, bundled_model_path
@@ -71,17 +72,6 @@ console = Console(width=None if sys.stdout.isatty() else 132)
 
 
 # -- statistics -------------------------------------------------------------------------------
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The ``q``-th percentile (0..100) with linear interpolation between closest ranks."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 @dataclass

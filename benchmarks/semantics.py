@@ -108,6 +108,7 @@ from rich.table import Table
 from starlette.applications import Starlette
 
 import tokenwire
+from measure import percentile  # noqa: E402 - a sibling module of this script
 from tokenwire.app import create_app
 from tokenwire.protocol.requests import GenerateParams
 from tokenwire.providers.scripted import Script, ScriptedProvider, StreamRecord
@@ -137,17 +138,6 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 # -- statistics -------------------------------------------------------------------------------
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The ``q``-th percentile (0..100) with linear interpolation between closest ranks."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def stats(values: list[float]) -> dict[str, float]:
