@@ -251,9 +251,7 @@ class Generation:
         except TimeoutError:
             waiting_for_first = self.first_token_at is None and first_by is not None
             if deadline is None or not deadline.expired():  # not ours: a provider bug
-                log.exception("generation %s failed", self.stream_id)
-                finish = FinishReason.ERROR
-                error = self._error(ErrorCode.INTERNAL_ERROR, "internal error", False)
+                finish, error = self._internal_error()
             elif waiting_for_first and (end_by is None or first_by <= end_by):
                 finish = FinishReason.ERROR
                 error = self._error(
@@ -267,10 +265,8 @@ class Generation:
             finish = FinishReason.ERROR
             error = self._error(exc.code, exc.message, exc.retryable)
         except Exception:
-            log.exception("generation %s failed", self.stream_id)
-            finish = FinishReason.ERROR
-            error = self._error(ErrorCode.INTERNAL_ERROR, "internal error", False)
-        self.usage = provider_usage or Usage.of(self.prompt_tokens, self.completion_tokens)
+            finish, error = self._internal_error()
+        self.usage = provider_usage or self.usage_so_far()
         self.finish_reason = finish
         try:
             if error is not None:
@@ -287,6 +283,11 @@ class Generation:
             self._end()
         if external_cancel:
             raise asyncio.CancelledError
+
+    def _internal_error(self) -> tuple[FinishReason, ErrorEvent]:
+        """Log the exception being handled; the client only learns "internal error"."""
+        log.exception("generation %s failed", self.stream_id)
+        return FinishReason.ERROR, self._error(ErrorCode.INTERNAL_ERROR, "internal error", False)
 
     def _error(self, code: ErrorCode, message: str, retryable: bool) -> ErrorEvent:
         return ErrorEvent(
