@@ -8,6 +8,7 @@ Routes (wire protocol v1, see README):
     POST /v1/chat/completions           OpenAI-compatible, streamed or not
     GET  /v1/models                     OpenAI-compatible model list
     GET  /healthz                       liveness and live stream count
+    GET  /                              the demo chat page (and /web/* its files; see web.py)
 
 Errors are JSON, never tracebacks: ``{"error": {"code", "message", "retryable"}}`` on our routes,
 OpenAI's ``{"error": {"message", "type", "param", "code"}}`` on the OpenAI-compatible ones.
@@ -43,6 +44,7 @@ from tokenwire.streams.registry import StreamRegistry
 from tokenwire.transports.base import pump
 from tokenwire.transports.sse import EventStreamResponse
 from tokenwire.transports.websocket import WebSocketSession
+from tokenwire.web import web_routes
 
 log = logging.getLogger("tokenwire.app")
 
@@ -262,6 +264,7 @@ def create_app(settings: Settings | None = None, *, provider: Provider | None = 
         Route("/v1/chat/completions", state.chat_completions, methods=["POST"]),
         Route("/v1/models", state.models, methods=["GET"]),
         Route("/healthz", state.healthz, methods=["GET"]),
+        *web_routes(settings.web_dir),
     ]
     app = Starlette(
         routes=routes,

@@ -1,4 +1,5 @@
-"""The ``tokenwire`` command: ``tokenwire serve`` runs the server under uvicorn.
+"""The ``tokenwire`` command: ``tokenwire serve`` runs the server under uvicorn;
+``tokenwire chat`` is a terminal chat with a running server.
 
 Every flag mirrors a ``TOKENWIRE_*`` setting; a flag given on the command line wins over the
 environment. Flags are passed to worker processes through the environment, so
@@ -8,6 +9,7 @@ environment. Flags are passed to worker processes through the environment, so
 from __future__ import annotations
 
 import os
+from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -76,6 +78,34 @@ def serve(
         ws_ping_interval=settings.ws_ping_interval,
         ws_ping_timeout=settings.ws_ping_timeout,
         ws_max_size=settings.ws_max_message_size,
+    )
+
+
+class ChatTransport(StrEnum):
+    SSE = "sse"
+    WEBSOCKET = "websocket"
+
+
+@app.command()
+def chat(
+    url: Annotated[
+        str, typer.Option(help="The server's base URL.", envvar="TOKENWIRE_URL")
+    ] = "http://127.0.0.1:8000",
+    transport: Annotated[
+        ChatTransport, typer.Option(help="How replies travel.")
+    ] = ChatTransport.SSE,
+    model: Annotated[str | None, typer.Option(help="Model id (default: the server's).")] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option(min=1, help="Tokens per reply (default: the server's).")
+    ] = None,
+    system: Annotated[str | None, typer.Option(help="A system message to start with.")] = None,
+) -> None:
+    """Chat in the terminal: replies stream token by token; Ctrl-C stops a reply (not the
+    chat); Ctrl-D or /exit quits."""
+    from tokenwire.chat import run_chat  # the client is only needed here
+
+    raise typer.Exit(
+        run_chat(url, transport=transport.value, model=model, max_tokens=max_tokens, system=system)
     )
 
 

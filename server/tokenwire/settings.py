@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     ws_max_message_size: Annotated[int, Field(ge=1024)] = 65536  # bytes; larger: close 1009
     log_format: Literal["text", "json"] = "text"
 
+    # demo page
+    web_dir: str | None = None  # serve GET / from this directory instead of the bundled page
+
     @field_validator("log_level")
     @classmethod
     def _known_log_level(cls, value: str) -> str:

@@ -1,0 +1,154 @@
+"""tokenwire_client against a real uvicorn, on both transports: text and state, cancel, typed
+errors, the blocking wrapper, and resume after connections that are cut mid-stream."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.conftest import UvicornThread, free_port, scripted_app, serve, wait_for
+from tokenwire.protocol.events import StreamEnd, StreamStart, TextDelta
+from tokenwire.providers.scripted import Script, scripted_text
+from tokenwire_client import (
+    AsyncClient,
+    Client,
+    ConnectionLost,
+    Reconnect,
+    ServerError,
+)
+
+USER = [{"role": "user", "content": "Tell me something"}]
+FAST = Reconnect(attempts=4, initial=0.01, maximum=0.05, jitter=0.01)
+
+
+def drop_connections(server: UvicornThread) -> int:
+    """Cut every open connection of ``server`` at the TCP level, as a network failure would."""
+
+    def abort() -> int:
+        connections = list(server.server.server_state.connections)
+        for connection in connections:
+            connection.transport.abort()
+        return len(connections)
+
+    return int(server.call(abort))
+
+
+async def test_stream_yields_typed_events_and_keeps_the_text(transport):
+    app, _ = scripted_app(Script(tokens=30))
+    with serve(app) as server:
+        async with AsyncClient(server.base_url, transport=transport) as client:
+            async with client.stream(USER, max_tokens=25) as stream:
+                events = [event async for event in stream]
+    assert isinstance(events[0], StreamStart) and isinstance(events[-1], StreamEnd)
+    assert all(isinstance(event, TextDelta) for event in events[1:-1])
+    assert stream.text == scripted_text(25)
+    assert stream.stream_id == events[0].stream_id
+    assert stream.last_seq == events[-1].seq
+    assert stream.end is events[-1] and stream.end.finish_reason == "length"
+    assert (stream.reconnects, stream.error) == (0, None)
+
+
+async def test_cancel_ends_the_stream_with_the_text_so_far(transport):
+    app, provider = scripted_app(Script(tokens=1000, interval=0.01))
+    with serve(app) as server:
+        async with AsyncClient(server.base_url, transport=transport) as client:
+            async with client.stream(USER) as stream:
+                async for event in stream:
+                    if isinstance(event, TextDelta) and len(stream.text.split()) == 3:
+                        await stream.cancel()
+                        await stream.cancel()  # idempotent
+    assert stream.end is not None and stream.end.finish_reason == "cancelled"
+    assert scripted_text(1000).startswith(stream.text) and len(stream.text.split()) >= 3
+    assert stream.end.usage.completion_tokens == len(stream.text.split())
+    await wait_for(lambda: provider.records[0].closed_at is not None)
+    assert provider.records[0].produced < 1000
+
+
+async def test_cancel_from_another_task_before_the_first_token(transport):
+    app, provider = scripted_app(Script(tokens=50, ttft=0.3, interval=0.01))
+    with serve(app) as server:
+        async with AsyncClient(server.base_url, transport=transport) as client:
+            stream = client.stream(USER)
+            reader = asyncio.create_task(stream.__anext__())  # opens, then waits for events
+            await asyncio.sleep(0.1)
+            await stream.cancel()  # the stream id may not be known yet: sent once it is
+            first = await reader
+            rest = [event async for event in stream]
+    assert isinstance(first, StreamStart)
+    assert rest[-1].finish_reason == "cancelled"
+    assert provider.records[0].produced < 50
+
+
+async def test_closing_early_cancels_a_detached_stream(transport):
+    app, provider = scripted_app(Script(tokens=1000, interval=0.01), detach_grace=60)
+    with serve(app) as server:
+        async with AsyncClient(server.base_url, transport=transport) as client:
+            async with client.stream(USER) as stream:
+                async for event in stream:
+                    if isinstance(event, TextDelta):
+                        break
+        # detached by default (so that it can be resumed), yet closing it is a cancel:
+        await wait_for(lambda: provider.records[0].closed_at is not None)
+    assert provider.records[0].produced < 1000
+
+
+async def test_a_refused_request_is_a_server_error_with_its_code(transport):
+    app, _ = scripted_app()
+    with serve(app) as server:
+        async with AsyncClient(server.base_url, transport=transport) as client:
+            with pytest.raises(ServerError) as caught:
+                await client.text(USER, max_tokens=0)
+    assert caught.value.code == "invalid_request" and not caught.value.retryable
+    assert "max_tokens" in str(caught.value)
+    assert caught.value.status == (422 if transport == "sse" else 0)
+
+
+async def test_a_failing_provider_is_an_error_event_not_an_exception(transport):
+    app, _ = scripted_app(Script(tokens=10, error_after=4))
+    with serve(app) as server:
+        async with AsyncClient(server.base_url, transport=transport) as client:
+            async with client.stream(USER) as stream:
+                types = [event.type async for event in stream]
+    assert types[-2:] == ["error", "stream.end"]
+    assert stream.text == scripted_text(4)
+    assert stream.error is not None and stream.error.code == "provider_error"
+    assert stream.end.finish_reason == "error"
+
+
+async def test_an_unreachable_server_is_connection_lost_after_the_attempts(transport):
+    async with AsyncClient(
+        f"http://127.0.0.1:{free_port()}", transport=transport, reconnect=FAST
+    ) as client:
+        with pytest.raises(ConnectionLost) as caught:
+            await client.text(USER)
+    assert caught.value.attempts == FAST.attempts
+    assert "gave up after 4 attempts" in str(caught.value)
+    assert caught.value.stream_id is None and caught.value.last_seq == 0
+
+
+async def test_a_terminal_close_code_raises_at_once():
+    app, _ = scripted_app()
+    with serve(app, ws_max_size=65536) as server:
+        async with AsyncClient(server.base_url, transport="websocket", reconnect=FAST) as client:
+            huge = [{"role": "user", "content": "x" * 100_000}]
+            with pytest.raises(ConnectionLost) as caught:
+                await client.text(huge)
+    assert "code 1009" in str(caught.value)
+    assert caught.value.attempts == 0  # terminal: not retried
+
+
+def test_blocking_client(transport):
+    app, provider = scripted_app(Script(tokens=40, interval=0.002))
+    with serve(app) as server, Client(server.base_url, transport=transport) as client:
+        assert client.text(USER, max_tokens=7) == scripted_text(7)
+        with client.stream(USER) as stream:
+            for event in stream:
+                if isinstance(event, TextDelta) and len(stream.text.split()) == 2:
+                    stream.cancel()
+        assert stream.end is not None and stream.end.finish_reason == "cancelled"
+        # leaving a stream early closes it; the next one works on the same loop
+        with client.stream(USER) as early:
+            next(iter(early))
+        assert client.text(USER, max_tokens=3) == scripted_text(3)
+    assert len(provider.records) == 4

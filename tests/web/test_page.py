@@ -1,0 +1,137 @@
+"""The demo chat page in headless Chromium, over a real uvicorn with the scripted provider:
+a reply streams over SSE and over WebSocket, Stop cancels it, "Drop connection" resumes it
+with no text lost, and the browser's own EventSource reconnect after a network drop does too.
+Screenshots go to test-artifacts/."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from playwright.async_api import Browser, Page
+
+from tests.client.test_client import drop_connections
+from tests.conftest import UvicornThread, scripted_app, serve, wait_for
+from tokenwire.protocol.requests import GenerateParams
+from tokenwire.providers.scripted import Script, scripted_text
+
+LABEL = {"sse": "SSE", "websocket": "WebSocket"}
+
+
+async def open_page(
+    browser: Browser, server: UvicornThread, transport: str, *, theme: str = "light"
+) -> tuple[Page, list[Any]]:
+    page = await browser.new_page(
+        viewport={"width": 1000, "height": 760}, color_scheme=theme, device_scale_factor=1
+    )
+    errors: list[Any] = []
+    page.on("pageerror", lambda error: errors.append(error))  # uncaught exceptions
+    await page.goto(f"{server.base_url}/?transport={transport}")
+    await page.wait_for_function("() => window.tokenwireDemo !== undefined")
+    return page, errors
+
+
+async def ask(page: Page, text: str) -> None:
+    await page.fill("#prompt", text)
+    await page.press("#prompt", "Enter")
+    await page.wait_for_function("() => window.tokenwireDemo.state === 'streaming'")
+
+
+async def until_idle(page: Page) -> None:
+    await page.wait_for_function("() => window.tokenwireDemo.state === 'idle'", timeout=20_000)
+
+
+async def until_words(page: Page, count: int) -> None:
+    await page.wait_for_function(
+        f"() => (window.tokenwireDemo.stream?.text ?? '').split(' ').length >= {count}"
+    )
+
+
+async def last_reply(page: Page) -> str:
+    return str(await page.locator(".message.assistant .content").last.text_content())
+
+
+async def tags(page: Page) -> list[str]:
+    return await page.locator(".message.assistant").last.locator(".tag").all_text_contents()
+
+
+async def test_page_streams_a_reply_and_keeps_the_conversation(browser, artifacts, transport):
+    seen: list[GenerateParams] = []
+
+    def script_for(params: GenerateParams) -> Script:
+        seen.append(params)
+        return Script(tokens=40, interval=0.01)
+
+    app, provider = scripted_app()
+    provider._script_for = script_for
+    with serve(app) as server:
+        page, errors = await open_page(browser, server, transport)
+        await ask(page, "Hello there")
+        await until_idle(page)
+        first = await last_reply(page)
+        await ask(page, "And again")
+        await until_idle(page)
+        assert await last_reply(page) == scripted_text(40)
+        await page.screenshot(path=artifacts / f"chat-{transport}.png")
+        figures = {
+            name: await page.text_content(f"#stat-{name}")
+            for name in ("ttft", "tps", "tokens", "reconnects")
+        }
+        status = await page.text_content("#status")
+    assert first == scripted_text(40)
+    assert LABEL[transport] in await tags(page)
+    assert figures["ttft"].endswith(" ms") and figures["tokens"] == "40"
+    assert float(figures["tps"]) > 0 and figures["reconnects"] == "0"
+    assert status == "ended"
+    # the history travels with each request: user, assistant, user
+    assert [m.role for m in seen[1].messages] == ["user", "assistant", "user"]
+    assert seen[1].messages[1].content == scripted_text(40)
+    assert errors == []
+
+
+async def test_stop_cancels_the_reply(browser, transport):
+    app, provider = scripted_app(Script(tokens=2000, interval=0.01))
+    with serve(app) as server:
+        page, errors = await open_page(browser, server, transport)
+        await ask(page, "Go on forever")
+        await until_words(page, 5)
+        await page.click("#stop")
+        await until_idle(page)
+        text = await last_reply(page)
+        await wait_for(lambda: provider.records[0].closed_at is not None)
+    assert "cancelled" in await tags(page)
+    assert len(text.split()) >= 5 and scripted_text(2000).startswith(text)
+    assert provider.records[0].produced < 2000
+    assert errors == []
+
+
+async def test_drop_connection_resumes_with_the_full_text(browser, artifacts, transport):
+    app, provider = scripted_app(Script(tokens=120, interval=0.015))
+    with serve(app) as server:
+        page, errors = await open_page(browser, server, transport, theme="dark")
+        await ask(page, "Tell me a story")
+        await until_words(page, 10)
+        await page.click("#drop")
+        await until_idle(page)
+        await page.screenshot(path=artifacts / f"chat-drop-{transport}-dark.png")
+        text = await last_reply(page)
+        reconnects = await page.text_content("#stat-reconnects")
+    assert text == scripted_text(120)
+    assert reconnects == "1" and "resumed ×1" in await tags(page)
+    assert len(provider.records) == 1 and provider.records[0].completed
+    assert errors == []
+
+
+async def test_a_network_drop_is_resumed_by_the_browser(browser, transport):
+    app, provider = scripted_app(Script(tokens=120, interval=0.015))
+    with serve(app) as server:
+        page, errors = await open_page(browser, server, transport)
+        await ask(page, "Tell me a story")
+        await until_words(page, 10)
+        assert drop_connections(server) >= 1  # TCP cut from the server side, mid-stream
+        await until_idle(page)
+        text = await last_reply(page)
+        reconnects = int(str(await page.text_content("#stat-reconnects")))
+    assert text == scripted_text(120)
+    assert reconnects >= 1
+    assert len(provider.records) == 1 and provider.records[0].completed
+    assert errors == []
