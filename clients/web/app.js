@@ -45,6 +45,7 @@ for (const input of transportInputs) {
   input.addEventListener("change", () => localStorage.setItem("tokenwire.transport", input.value));
 }
 const transport = () => transportInputs.find((input) => input.checked).value;
+requestAnimationFrame(() => document.body.classList.add("ready"));
 
 // -- header ---------------------------------------------------------------------------------
 $("origin").textContent = location.host;
@@ -195,6 +196,7 @@ async function send(text) {
     ui.historySize.textContent = `${history.length} turns`;
     current = null;
     setBusy(false);
+    scrollDown();
     ui.prompt.focus();
   }
 }

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from tests.conftest import UvicornThread, free_port, scripted_app, serve, wait_for
-from tokenwire.protocol.events import StreamEnd, StreamStart, TextDelta
+from tokenwire.protocol.events import StreamEnd, StreamResumed, StreamStart, TextDelta
 from tokenwire.providers.scripted import Script, scripted_text
 from tokenwire_client import (
     AsyncClient,
@@ -16,6 +16,7 @@ from tokenwire_client import (
     ConnectionLost,
     Reconnect,
     ServerError,
+    StreamReset,
 )
 
 USER = [{"role": "user", "content": "Tell me something"}]
@@ -152,3 +153,90 @@ def test_blocking_client(transport):
             next(iter(early))
         assert client.text(USER, max_tokens=3) == scripted_text(3)
     assert len(provider.records) == 4
+
+
+# -- resume --------------------------------------------------------------------------------------
+
+
+async def test_forced_drops_mid_stream_lose_and_duplicate_nothing(transport):
+    app, provider = scripted_app(Script(tokens=200, interval=0.004), reconnect_delay=0.02)
+    with serve(app) as server:
+        async with AsyncClient(server.base_url, transport=transport, reconnect=FAST) as client:
+            async with client.stream(USER) as stream:
+                events, cuts = [], [20, 70, 140]
+                async for event in stream:
+                    events.append(event)
+                    if cuts and len(stream.text.split()) >= cuts[0]:
+                        cuts.pop(0)
+                        assert drop_connections(server) >= 1
+    deltas = [event for event in events if isinstance(event, TextDelta)]
+    assert stream.text == "".join(event.delta for event in deltas) == scripted_text(200)
+    assert [event.seq for event in deltas] == sorted({event.seq for event in deltas})
+    assert stream.reconnects == 3
+    assert sum(isinstance(event, StreamResumed) for event in events) == 3
+    assert stream.end.finish_reason == "stop" and stream.end.usage.completion_tokens == 200
+    assert len(provider.records) == 1  # one generation, resumed, never restarted
+
+
+async def test_an_evicted_slow_consumer_resumes_without_a_gap(transport):
+    app, _ = scripted_app(
+        Script(tokens=150, interval=0.001),
+        overflow="disconnect",
+        queue_maxsize=4,
+        slow_consumer_timeout=0.05,
+        reconnect_delay=0.02,
+    )
+    with serve(app) as server:
+        async with AsyncClient(server.base_url, transport=transport, reconnect=FAST) as client:
+            async with client.stream(USER) as stream:
+                async for event in stream:
+                    if isinstance(event, TextDelta) and stream.reconnects == 0:
+                        await asyncio.sleep(0.02)  # too slow for the server until evicted
+    assert stream.text == scripted_text(150)
+    assert stream.reconnects >= 1 and stream.error is None  # the eviction is not an error
+    assert stream.end.finish_reason == "stop"
+
+
+async def test_an_unknown_stream_is_a_stream_reset(transport):
+    app, _ = scripted_app(Script(tokens=300, interval=0.01), reconnect_delay=0.02)
+    with serve(app) as server:
+        async with AsyncClient(server.base_url, transport=transport, reconnect=FAST) as client:
+            async with client.stream(USER) as stream:
+                with pytest.raises(StreamReset) as caught:
+                    async for event in stream:
+                        if isinstance(event, TextDelta):
+                            stream.stream_id = "str_unknown"  # as if the server had forgotten it
+                            drop_connections(server)
+    assert caught.value.reason == "unknown_stream"
+    assert caught.value.last_seq == stream.last_seq >= 2
+    assert isinstance(caught.value, ConnectionLost)
+
+
+class FixedPortServer(UvicornThread):
+    """A server on a given port: the one a previous server had, to play a restart."""
+
+    def __init__(self, app, port: int, **config) -> None:
+        super().__init__(app, **config)
+        self.port = self.config.port = port
+
+
+async def test_a_server_restart_is_retried_until_the_new_one_answers(transport):
+    app, _ = scripted_app(Script(tokens=500, interval=0.01), reconnect_delay=0.02)
+    patient = Reconnect(attempts=30, initial=0.02, maximum=0.2, jitter=0.02)
+    first = UvicornThread(app)
+    with first:
+        client = AsyncClient(first.base_url, transport=transport, reconnect=patient)
+        stream = client.stream(USER)
+        async for event in stream:
+            if isinstance(event, TextDelta):
+                break
+    # The first server is gone (its in-memory log with it); a new one takes its port.
+    second_app, _ = scripted_app(Script(tokens=5))
+    with FixedPortServer(second_app, first.port):
+        with pytest.raises(StreamReset) as caught:
+            async for _ in stream:
+                pass
+        await stream.aclose()
+        await client.aclose()
+    assert caught.value.reason == "unknown_stream" and stream.reconnects == 1
+    assert stream.text and scripted_text(500).startswith(stream.text)

@@ -88,12 +88,14 @@ async def test_page_streams_a_reply_and_keeps_the_conversation(browser, artifact
     assert errors == []
 
 
-async def test_stop_cancels_the_reply(browser, transport):
+async def test_stop_cancels_the_reply(browser, artifacts, transport):
     app, provider = scripted_app(Script(tokens=2000, interval=0.01))
     with serve(app) as server:
         page, errors = await open_page(browser, server, transport)
+        await page.screenshot(path=artifacts / f"empty-{transport}.png")
         await ask(page, "Go on forever")
         await until_words(page, 5)
+        await page.screenshot(path=artifacts / f"streaming-{transport}.png")
         await page.click("#stop")
         await until_idle(page)
         text = await last_reply(page)
