@@ -27,6 +27,7 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "rate_limited"
     SLOW_CONSUMER = "slow_consumer"
     UNAUTHORIZED = "unauthorized"
+    UNAVAILABLE = "unavailable"  # the stream log, or the worker running the stream, is gone
     INTERNAL_ERROR = "internal_error"
 
 
