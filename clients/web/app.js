@@ -161,16 +161,32 @@ async function send(text) {
   setStatus("connecting");
   stream.addEventListener("status", (event) => setStatus(event.detail));
 
+  // Where the stream was resumed: a marker drawn by CSS (not part of the text itself).
+  const resumes = [];
   let frame = 0;
   const paint = () => {
     frame = 0;
-    reply.content.textContent = stream.text;
+    const nodes = [];
+    let at = 0;
+    for (const { offset, seq } of resumes) {
+      nodes.push(document.createTextNode(stream.text.slice(at, offset)));
+      const mark = document.createElement("span");
+      mark.className = "resume-mark";
+      mark.dataset.seq = seq;
+      mark.title = `connection resumed after event #${seq}: nothing lost, nothing repeated`;
+      nodes.push(mark);
+      at = offset;
+    }
+    nodes.push(document.createTextNode(stream.text.slice(at)));
+    reply.content.replaceChildren(...nodes);
     renderStats(stream);
     scrollDown();
   };
   try {
     for await (const event of stream) {
-      if (event.type === "stream.resumed") ui.reconnects.textContent = stream.reconnects;
+      if (event.type === "stream.resumed") {
+        resumes.push({ offset: stream.text.length, seq: event.after_seq });
+      }
       if (!frame) frame = requestAnimationFrame(paint);
     }
   } catch (error) {

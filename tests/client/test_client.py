@@ -178,23 +178,32 @@ async def test_forced_drops_mid_stream_lose_and_duplicate_nothing(transport):
     assert len(provider.records) == 1  # one generation, resumed, never restarted
 
 
+# more than the socket buffers and the client's read-ahead hold
+OVERFLOW = {"sse": 60_000, "websocket": 100_000}
+
+
 async def test_an_evicted_slow_consumer_resumes_without_a_gap(transport):
-    app, _ = scripted_app(
-        Script(tokens=150, interval=0.001),
+    many = OVERFLOW[transport]
+    app, provider = scripted_app(
+        Script(tokens=many),
+        max_tokens_limit=many,
         overflow="disconnect",
-        queue_maxsize=4,
-        slow_consumer_timeout=0.05,
+        queue_maxsize=8,
+        slow_consumer_timeout=0.2,
+        stream_log_max_events=2 * many,
+        stream_log_max_bytes=200 * many,
         reconnect_delay=0.02,
     )
     with serve(app) as server:
         async with AsyncClient(server.base_url, transport=transport, reconnect=FAST) as client:
-            async with client.stream(USER) as stream:
+            async with client.stream(USER, max_tokens=many) as stream:
                 async for event in stream:
-                    if isinstance(event, TextDelta) and stream.reconnects == 0:
-                        await asyncio.sleep(0.02)  # too slow for the server until evicted
-    assert stream.text == scripted_text(150)
+                    if isinstance(event, TextDelta) and event.seq == 2:
+                        # stop reading until the generation is over: the server evicts us
+                        await wait_for(lambda: provider.records[0].completed, within=120)
+    assert stream.text == scripted_text(many)
     assert stream.reconnects >= 1 and stream.error is None  # the eviction is not an error
-    assert stream.end.finish_reason == "stop"
+    assert stream.end.finish_reason == "length"
 
 
 async def test_an_unknown_stream_is_a_stream_reset(transport):
@@ -221,9 +230,9 @@ class FixedPortServer(UvicornThread):
 
 
 async def test_a_server_restart_is_retried_until_the_new_one_answers(transport):
-    app, _ = scripted_app(Script(tokens=500, interval=0.01), reconnect_delay=0.02)
+    app, _ = scripted_app(Script(tokens=5000, interval=0.01), reconnect_delay=0.02)
     patient = Reconnect(attempts=30, initial=0.02, maximum=0.2, jitter=0.02)
-    first = UvicornThread(app)
+    first = UvicornThread(app, timeout_graceful_shutdown=1)
     with first:
         client = AsyncClient(first.base_url, transport=transport, reconnect=patient)
         stream = client.stream(USER)
@@ -239,4 +248,4 @@ async def test_a_server_restart_is_retried_until_the_new_one_answers(transport):
         await stream.aclose()
         await client.aclose()
     assert caught.value.reason == "unknown_stream" and stream.reconnects == 1
-    assert stream.text and scripted_text(500).startswith(stream.text)
+    assert stream.text and scripted_text(5000).startswith(stream.text)
