@@ -276,10 +276,12 @@ class TokenwireStream extends EventTarget {
     this._lost("dropped on purpose");
   }
 
-  /** Stop reading (the server cancels a detached stream only on cancel()). */
+  /** Stop reading. A stream left before its end is cancelled on the server (best effort):
+   *  it was started detached, and would otherwise run on for the server's grace period. */
   close() {
     this._closeConnection();
     if (!this.end && !this._failure) {
+      if (this.streamId) this.client.cancel(this.streamId).catch(() => {});
       this._failure = new TokenwireError("closed by the client", { code: "closed" });
       this._setStatus("failed");
     }

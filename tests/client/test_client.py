@@ -140,7 +140,7 @@ async def test_a_terminal_close_code_raises_at_once():
 
 
 def test_blocking_client(transport):
-    app, provider = scripted_app(Script(tokens=40, interval=0.002))
+    app, provider = scripted_app(Script(tokens=1000, interval=0.005))
     with serve(app) as server, Client(server.base_url, transport=transport) as client:
         assert client.text(USER, max_tokens=7) == scripted_text(7)
         with client.stream(USER) as stream:
@@ -148,6 +148,7 @@ def test_blocking_client(transport):
                 if isinstance(event, TextDelta) and len(stream.text.split()) == 2:
                     stream.cancel()
         assert stream.end is not None and stream.end.finish_reason == "cancelled"
+        assert scripted_text(1000).startswith(stream.text) and len(stream.text.split()) < 1000
         # leaving a stream early closes it; the next one works on the same loop
         with client.stream(USER) as early:
             next(iter(early))

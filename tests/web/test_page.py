@@ -138,3 +138,33 @@ async def test_a_network_drop_is_resumed_by_the_browser(browser, transport):
     assert reconnects >= 1
     assert len(provider.records) == 1 and provider.records[0].completed
     assert errors == []
+
+
+async def test_the_module_api_events_state_and_leaving_early(browser, transport):
+    app, provider = scripted_app(Script(tokens=2000, interval=0.005))
+    with serve(app) as server:
+        page, errors = await open_page(browser, server, transport)
+        result = await page.evaluate(
+            """async (transport) => {
+                const { TokenwireClient } = await import("./web/tokenwire.js");
+                const client = new TokenwireClient({ transport });
+                const stream = client.stream([{ role: "user", content: "Hi" }], { max_tokens: 20 });
+                const types = [];
+                for await (const event of stream) types.push(event.type);
+                const early = client.stream([{ role: "user", content: "Hi" }]);
+                for await (const event of early) if (event.type === "text.delta") break;
+                return {
+                    types, text: stream.text, seq: stream.lastSeq, reason: stream.end.finish_reason,
+                    ttft: stream.ttft, early: early.status,
+                };
+            }""",
+            transport,
+        )
+        await wait_for(lambda: len(provider.records) == 2)
+        await wait_for(lambda: provider.records[1].closed_at is not None)
+    assert result["types"] == ["stream.start"] + ["text.delta"] * 20 + ["stream.end"]
+    assert result["text"] == scripted_text(20) and result["seq"] == 22
+    assert result["reason"] == "length" and result["ttft"] > 0
+    assert result["early"] == "failed"  # closed by the client...
+    assert provider.records[1].produced < 2000  # ...and cancelled on the server
+    assert errors == []

@@ -321,7 +321,9 @@ class EventStream:
                 pending.append(event)
                 if self._is_progress(event):
                     return connection, pending
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, Dropped):
+                self._retry_after = exc.retry_after or connection.retry_after or self._retry_after
             await connection.aclose()
             raise
 

@@ -10,9 +10,9 @@ are siblings of the same shape, driven by :class:`tokenwire_client.client.EventS
 - ``aclose()``: close (idempotent). Must run in the task that called ``start``/``resume``.
 
 What counts as repairable: a network error, an end of the connection before ``stream.end``, an
-HTTP 429/5xx answer whose body says ``retryable``, and the WebSocket close codes in
-:data:`RESUMABLE_CLOSE_CODES` (RFC 6455 section 7.4.1 and the IANA registry: 1012 service
-restart, 1013 try again later; tokenwire's 4008 slow consumer).
+HTTP 429/5xx answer whose body says ``retryable`` (its ``Retry-After`` is honoured), and the
+WebSocket close codes in :data:`RESUMABLE_CLOSE_CODES` (RFC 6455 section 7.4.1 and the IANA
+registry: 1012 service restart, 1013 try again later; tokenwire's 4008 slow consumer).
 """
 
 from __future__ import annotations
@@ -85,6 +85,13 @@ def http_error(response: httpx.Response) -> ServerError:
         )
 
 
+def retry_after(response: httpx.Response) -> float | None:
+    """The ``Retry-After`` header in seconds (RFC 9110 section 10.2.3; the HTTP-date form is
+    not used by tokenwire and counts as absent)."""
+    value = response.headers.get("retry-after", "")
+    return float(value) if value.isdecimal() else None
+
+
 class _Connection:
     def __init__(
         self, http: httpx.AsyncClient, base_url: str, headers: dict[str, str], read_timeout: float
@@ -140,7 +147,7 @@ class SSEConnection(_Connection):
                 raise Dropped(f"HTTP {response.status_code}, then {exc!r}") from exc
             error = http_error(response)
             if error.retryable and error.status in _RETRYABLE_STATUS:
-                raise Dropped(str(error)) from error
+                raise Dropped(str(error), retry_after=retry_after(response)) from error
             raise error
         self.stream_id = response.headers.get("x-stream-id")
         self._decoder = SSEDecoder()
@@ -193,7 +200,7 @@ class WebSocketConnection(_Connection):
             await response.aread()
             error = http_error(response)
             if error.retryable and error.status in _RETRYABLE_STATUS:
-                raise Dropped(str(error)) from error
+                raise Dropped(str(error), retry_after=retry_after(response)) from error
             raise error from exc
         except (httpx.TransportError, WebSocketNetworkError) as exc:
             raise Dropped(f"could not connect: {exc!r}") from exc
