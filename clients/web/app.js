@@ -109,8 +109,16 @@ function bubble(role, text = "") {
   return { message, content, meta };
 }
 
-function scrollDown() {
-  ui.conversation.scrollTop = ui.conversation.scrollHeight;
+// Follow the reply as it grows, unless the reader has scrolled up to read something else.
+let following = true;
+ui.conversation.addEventListener("scroll", () => {
+  const { scrollHeight, scrollTop, clientHeight } = ui.conversation;
+  following = scrollHeight - scrollTop - clientHeight < 40;
+});
+
+function scrollDown(force = false) {
+  if (force) following = true;
+  if (following) ui.conversation.scrollTop = ui.conversation.scrollHeight;
 }
 
 function tag(meta, text, kind = "") {
@@ -150,6 +158,7 @@ function setBusy(busy) {
 async function send(text) {
   history.push({ role: "user", content: text });
   bubble("user", text);
+  scrollDown(true);
   const reply = bubble("assistant");
   reply.message.classList.add("streaming");
 
