@@ -74,6 +74,7 @@ class TerminalChat:
 
         started = time.monotonic()
         first: float | None = None
+        failed = False
         self.console.print(MODEL, end="")
         loop.add_signal_handler(signal.SIGINT, on_sigint)
         try:
@@ -81,28 +82,34 @@ class TerminalChat:
                 async for event in stream:
                     if isinstance(event, TextDelta):
                         first = first or time.monotonic()
-                        self.console.print(event.delta, end="", markup=False, soft_wrap=True)
+                        self.console.print(
+                            event.delta, end="", markup=False, emoji=False, soft_wrap=True
+                        )
         except asyncio.CancelledError:
             if interrupts < 2:
                 raise
             with contextlib.suppress(asyncio.CancelledError):
                 await stream.aclose()  # cancels the detached stream on the server
         except ClientError as exc:
+            failed = True
             self.console.print()
-            self.console.print(f"[red]error:[/] {exc}", markup=True)
+            self.console.print(f"[red]error:[/] {exc}", markup=True, emoji=False)
         finally:
             loop.remove_signal_handler(signal.SIGINT)
         self.console.print()
-        self.console.print(self._summary(stream, started, first), style="dim")
+        summary = self._summary(stream, started, first, failed)
+        self.console.print(summary, style="dim", markup=False, emoji=False)
         if stream.text:
             self.history.append({"role": "assistant", "content": stream.text})
         return stream
 
     @staticmethod
-    def _summary(stream: EventStream, started: float, first: float | None) -> str:
+    def _summary(stream: EventStream, started: float, first: float | None, failed: bool) -> str:
         end = stream.end
         parts = []
-        if end is None or end.finish_reason == "cancelled":
+        if failed:
+            parts.append("✗ failed")
+        elif end is None or end.finish_reason == "cancelled":
             parts.append("⏹ stopped")
         elif end.finish_reason != "stop":
             parts.append(str(end.finish_reason))
@@ -118,7 +125,7 @@ class TerminalChat:
                 parts.append(f"{(tokens - 1) / elapsed:.1f} tok/s")
         if stream.reconnects:
             parts.append(f"resumed ×{stream.reconnects}")
-        return "  " + " · ".join(parts)
+        return "  " + " · ".join(parts or ["no reply"])
 
 
 def run_chat(
