@@ -1,18 +1,22 @@
 """The demo chat page in headless Chromium, over a real uvicorn with the scripted provider:
 a reply streams over SSE and over WebSocket, Stop cancels it, "Drop connection" resumes it
-with no text lost, and the browser's own EventSource reconnect after a network drop does too.
-Screenshots go to test-artifacts/."""
+with no text lost, and the browser's own EventSource reconnect after a network drop does too;
+the module's API on its own; and the page with the bundled local model. Screenshots go to
+test-artifacts/."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from playwright.async_api import Browser, Page
 
 from tests.client.test_client import drop_connections
 from tests.conftest import UvicornThread, scripted_app, serve, wait_for
+from tokenwire.app import create_app
 from tokenwire.protocol.requests import GenerateParams
 from tokenwire.providers.scripted import Script, scripted_text
+from tokenwire.settings import Settings
 
 LABEL = {"sse": "SSE", "websocket": "WebSocket"}
 
@@ -167,4 +171,19 @@ async def test_the_module_api_events_state_and_leaving_early(browser, transport)
     assert result["reason"] == "length" and result["ttft"] > 0
     assert result["early"] == "failed"  # closed by the client...
     assert provider.records[1].produced < 2000  # ...and cancelled on the server
+    assert errors == []
+
+
+@pytest.mark.local_model
+async def test_the_page_works_with_the_bundled_local_model(browser, artifacts):
+    with serve(create_app(Settings(provider="local"))) as server:
+        page, errors = await open_page(browser, server, "sse")
+        model = await page.text_content("#model")
+        await ask(page, "Name three colors.")
+        await page.wait_for_function("() => window.tokenwireDemo.state === 'idle'", timeout=120_000)
+        await page.screenshot(path=artifacts / "chat-local-model.png")
+        text = await last_reply(page)
+        usage = await page.evaluate("window.tokenwireDemo.stream.end.usage")
+    assert model == "smollm2-135m-instruct.q4_1"
+    assert text.strip() and usage["completion_tokens"] > 0
     assert errors == []

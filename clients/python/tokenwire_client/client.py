@@ -214,7 +214,6 @@ class EventStream:
                     await connection.post_cancel(self.stream_id)
             except Exception:  # best effort by contract: the server's grace period is the backstop
                 pass
-                pass
             finally:
                 await connection.aclose()
 
