@@ -290,20 +290,28 @@ class TokenwireStream extends EventTarget {
 
 class SSEStream extends TokenwireStream {
   async _open() {
+    // A network error or a retryable answer (503 while the server drains) is tried again.
     let response;
-    try {
-      response = await fetch(this.client.url("/v1/streams"), {
-        method: "POST",
-        headers: { "Content-Type": "application/json", Accept: "application/json" },
-        body: JSON.stringify(this.body),
-      });
-    } catch (error) {
-      this._fail(new TokenwireError(`could not reach the server: ${error.message}`));
-      return;
-    }
-    if (response.status !== 201) {
-      this._fail(await httpError(response));
-      return;
+    for (let attempt = 1; ; attempt += 1) {
+      let error;
+      try {
+        response = await fetch(this.client.url("/v1/streams"), {
+          method: "POST",
+          headers: { "Content-Type": "application/json", Accept: "application/json" },
+          body: JSON.stringify(this.body),
+        });
+        if (response.status === 201) break;
+        error = await httpError(response);
+      } catch (failure) {
+        error = new TokenwireError(`could not reach the server: ${failure.message}`, {
+          retryable: true,
+        });
+      }
+      if (!error.retryable || attempt >= this.client.reconnect.attempts) {
+        this._fail(error);
+        return;
+      }
+      await sleep(backoffDelay(attempt, this.client.reconnect));
     }
     const { stream_id: streamId, events_url: eventsUrl } = await response.json();
     this.streamId = streamId;

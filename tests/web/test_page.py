@@ -174,6 +174,20 @@ async def test_the_module_api_events_state_and_leaving_early(browser, transport)
     assert errors == []
 
 
+async def test_a_refused_request_shows_the_servers_reason(browser, transport):
+    app, provider = scripted_app(Script(tokens=5), max_tokens_limit=100)  # the page asks 256
+    with serve(app) as server:
+        page, errors = await open_page(browser, server, transport)
+        await page.fill("#prompt", "Hello")
+        await page.press("#prompt", "Enter")  # refused at once: no time in 'streaming' to see
+        notice = await page.locator(".message.assistant .notice").text_content()
+        await until_idle(page)
+        history = await page.evaluate("window.tokenwireDemo.history.length")
+    assert notice.startswith("invalid_request: max_tokens: must be <= 100")
+    assert history == 0  # nothing came back: the question can be asked again
+    assert provider.records == [] and errors == []
+
+
 @pytest.mark.local_model
 async def test_the_page_works_with_the_bundled_local_model(browser, artifacts):
     with serve(create_app(Settings(provider="local"))) as server:
