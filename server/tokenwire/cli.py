@@ -8,6 +8,7 @@ environment. Flags are passed to worker processes through the environment, so
 
 from __future__ import annotations
 
+import math
 import os
 from enum import StrEnum
 from typing import Annotated
@@ -67,6 +68,7 @@ def serve(
             )
     except ValidationError as exc:
         raise typer.BadParameter(str(exc)) from exc
+    _check_stream_log(settings)
     uvicorn.run(
         "tokenwire.app:create_app_from_env",
         factory=True,
@@ -78,7 +80,31 @@ def serve(
         ws_ping_interval=settings.ws_ping_interval,
         ws_ping_timeout=settings.ws_ping_timeout,
         ws_max_size=settings.ws_max_message_size,
+        # connections end at once on SIGTERM (SSE responses end, WebSockets close 1012); the
+        # generations get the drain timeout in the lifespan shutdown
+        timeout_graceful_shutdown=max(1, math.ceil(settings.drain_timeout)),
     )
+
+
+def _check_stream_log(settings: Settings) -> None:
+    """Fail before starting any worker if the Redis stream log cannot be reached."""
+    if settings.stream_log == "memory":
+        return
+    from redis import Redis
+    from redis.exceptions import RedisError
+
+    from tokenwire.streams.redis_log import redacted
+
+    try:
+        with Redis.from_url(settings.stream_log, socket_connect_timeout=5) as client:
+            client.ping()
+    except RedisError as exc:
+        typer.secho(
+            f"tokenwire: cannot reach the stream log at {redacted(settings.stream_log)}: {exc}",
+            err=True,
+            fg=typer.colors.RED,
+        )
+        raise typer.Exit(1) from exc
 
 
 class ChatTransport(StrEnum):

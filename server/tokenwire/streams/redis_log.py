@@ -84,6 +84,14 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=user + netloc))
 
 
+def _reraise_cancellation(exc: BaseException) -> None:
+    """redis-py may turn the cancellation of a command into a ConnectionError: a task that is
+    being cancelled must not take that for a Redis fault and carry on."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from exc
+
+
 class RedisStreamLog(StreamLog):
     """A :class:`StreamLog` on Redis Streams, shared by processes and hosts.
 
@@ -91,6 +99,8 @@ class RedisStreamLog(StreamLog):
         url: a ``redis://``, ``rediss://`` or ``unix://`` URL.
         lease: seconds after which a stream whose process went silent counts as lost.
         retries: redis-py retries per command (exponential backoff, capped at 1 s).
+        catch_up_wait: seconds a reader waits for Redis to reach its cursor (see
+            :meth:`open_reader`).
     """
 
     name = "redis"
@@ -104,10 +114,12 @@ class RedisStreamLog(StreamLog):
         ttl: float,
         lease: float = 10.0,
         retries: int = 3,
+        catch_up_wait: float = 2.0,
     ) -> None:
         super().__init__(max_events=max_events, max_bytes=max_bytes, ttl=ttl)
         self.url = url
         self.lease = lease
+        self.catch_up_wait = catch_up_wait
         self.backoff = ExponentialBackoff(cap=1.0, base=0.05)
         self.redis = redis.from_url(
             url,
@@ -120,6 +132,7 @@ class RedisStreamLog(StreamLog):
         self.commands = 0  # Redis commands sent by the writer and the readers (for benchmarks)
         self._pending: dict[str, list[Event]] = {}
         self._wake = asyncio.Event()
+        self._closing = False
         self._control: list[Callable[[str, str], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -151,14 +164,19 @@ class RedisStreamLog(StreamLog):
         ]
 
     async def aclose(self) -> None:
-        """Write what is pending (for up to 5 s), stop the background tasks, disconnect."""
-        if self._pending and self.healthy:
-            with contextlib.suppress(RedisError, TimeoutError):
-                async with asyncio.timeout(5):
-                    await self._flush()
+        """Let the writer write what is pending (for up to 5 s), stop the background tasks,
+        disconnect. Never hangs: redis-py can swallow the cancellation of a command, so every
+        wait here is bounded."""
+        self._closing = True
+        self._wake.set()
+        for task in self._tasks[1:]:  # all but the writer
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=1)
         self._tasks = []
         await self.redis.aclose()
 
@@ -179,12 +197,20 @@ class RedisStreamLog(StreamLog):
 
     async def _write_forever(self) -> None:
         failures = 0
-        while True:
+        while not (self._closing and not self._pending):
             await self._wake.wait()
             self._wake.clear()
             try:
                 await self._flush()
             except RedisError as exc:
+                _reraise_cancellation(exc)
+                if self._closing:
+                    log.error(
+                        "stream log: %d streams not written at shutdown: %s",
+                        len(self._pending),
+                        exc,
+                    )
+                    return
                 failures += 1
                 if self.healthy:
                     self.healthy = False
@@ -245,12 +271,14 @@ class RedisStreamLog(StreamLog):
             live = [stream_id for stream_id, record in self._local.items() if not record.ended]
             if not live:
                 continue
-            with contextlib.suppress(RedisError):
+            try:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     for stream_id in live:
                         pipe.set(_owner_key(stream_id), b"1", ex=self._lease_seconds())
                     self.commands += len(pipe)
                     await pipe.execute()
+            except RedisError as exc:
+                _reraise_cancellation(exc)
 
     # -- control ------------------------------------------------------------------------------
 
@@ -282,6 +310,7 @@ class RedisStreamLog(StreamLog):
                     async for message in pubsub.listen():
                         self._dispatch(message.get("data"))
             except RedisError as exc:
+                _reraise_cancellation(exc)
                 failures += 1
                 log.debug("stream log control channel lost: %s", exc)
                 await asyncio.sleep(self.backoff.compute(failures))
@@ -299,14 +328,28 @@ class RedisStreamLog(StreamLog):
     # -- reading ------------------------------------------------------------------------------
 
     async def open_reader(self, stream_id: str, after_seq: int) -> LogReader:
+        """See :meth:`StreamLog.open_reader`. The process that runs a stream delivers to its own
+        readers before its writer has flushed, so a stream or cursor that Redis does not know
+        yet is waited for, up to ``catch_up_wait`` seconds, before it counts as unknown or
+        ahead."""
         key = _events_key(stream_id)
+        deadline = time.monotonic() + self.catch_up_wait
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.xrange(key, count=1)
-                pipe.xrevrange(key, count=1)
-                pipe.xrange(key, min=f"({after_seq}-0")
-                self.commands += 3
-                first, last, entries = await pipe.execute()
+            while True:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.xrange(key, count=1)
+                    pipe.xrevrange(key, count=1)
+                    pipe.xrange(key, min=f"({after_seq}-0")
+                    self.commands += 3
+                    first, last, entries = await pipe.execute()
+                if last and _entry_events(last[0][1])[-1].seq >= after_seq:  # type: ignore[union-attr]
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self.commands += 1
+                newest = last[0][0] if last else "0-0"
+                await self.redis.xread({key: newest}, block=max(1, round(remaining * 1000)))
         except RedisError as exc:
             raise StreamLogUnavailable(f"the stream log (Redis) is unavailable: {exc}") from exc
         if not last:
@@ -370,6 +413,7 @@ class _RedisReader(LogReader):
                                 "its end; start a new stream"
                             )
             except RedisError as exc:
+                _reraise_cancellation(exc)
                 raise StreamLogUnavailable(f"the stream log (Redis) is unavailable: {exc}") from exc
             if not reply:
                 continue

@@ -223,7 +223,10 @@ class StreamRegistry:
             return "cancelling"
         reader = await self.log.open_reader(stream_id, 0)  # raises UnknownStream
         await reader.aclose()
-        return "ended"
+        if reader.ended:
+            return "ended"
+        await self.log.publish_cancel(stream_id)  # its owner had not written its lease yet
+        return "cancelling"
 
     def _on_control(self, op: str, stream_id: str) -> None:
         generation = self._live.get(stream_id)
