@@ -1,13 +1,24 @@
 """tokenwire_client against a real uvicorn, on both transports: text and state, cancel, typed
-errors, the blocking wrapper, and resume after connections that are cut mid-stream."""
+errors, the blocking wrapper, and resume: connections cut mid-stream, eviction, stream.reset,
+a restart with an in-memory log (reset) and one behind the same address with the Redis log."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
+import socket
+import time
 
 import pytest
 
-from tests.conftest import UvicornThread, free_port, scripted_app, serve, wait_for
+from tests.conftest import (
+    ServerProcess,
+    UvicornThread,
+    free_port,
+    scripted_app,
+    serve,
+    wait_for,
+)
 from tokenwire.protocol.events import StreamEnd, StreamResumed, StreamStart, TextDelta
 from tokenwire.providers.scripted import Script, scripted_text
 from tokenwire_client import (
@@ -250,3 +261,60 @@ async def test_a_server_restart_is_retried_until_the_new_one_answers(transport):
         await client.aclose()
     assert caught.value.reason == "unknown_stream" and stream.reconnects == 1
     assert stream.text and scripted_text(5000).startswith(stream.text)
+
+
+def start_when_free(server: ServerProcess, port: int) -> ServerProcess:
+    """Start ``server`` once nothing listens on ``port`` any more (the old server let go)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            time.sleep(0.02)
+        except OSError:
+            return server.start()
+    raise AssertionError(f"port {port} is still taken")
+
+
+async def test_a_restart_behind_the_same_address_is_invisible_with_a_shared_log(
+    transport, redis_server, tmp_path
+):
+    """SIGTERM to the server mid-reply (it drains: SSE responses end, WebSockets close 1012);
+    a new server process takes the same port; the client's backoff spans the gap and it
+    resumes there from the Redis stream log while the old process finishes the generation."""
+    port = free_port()
+
+    def process(name: str) -> ServerProcess:
+        server = ServerProcess(
+            tmp_path,
+            name,
+            provider="scripted",
+            stream_log=redis_server.url,
+            scripted_tokens=300,
+            scripted_interval=0.01,
+            reconnect_delay=0.05,
+        )
+        server.port = port
+        server.env["TOKENWIRE_PORT"] = str(port)
+        return server
+
+    old, new = process("old").start(), process("new")
+    patient = Reconnect(attempts=60, initial=0.05, maximum=0.5, jitter=0.05)
+    try:
+        async with AsyncClient(old.base_url, transport=transport, reconnect=patient) as client:
+            async with client.stream(USER) as stream:
+                restart = None
+                async for _ in stream:
+                    if restart is None and len(stream.text.split()) >= 20:
+                        old.signal(signal.SIGTERM)
+                        restart = asyncio.create_task(asyncio.to_thread(start_when_free, new, port))
+        assert restart is not None
+        await restart
+        await asyncio.to_thread(old.wait, 30)
+    finally:
+        old.stop()
+        new.stop()
+    assert stream.text == scripted_text(300)
+    assert stream.reconnects >= 1 and stream.end.finish_reason == "stop"
+    assert "draining 1 live streams" in old.log() and "Traceback" not in old.log()
+    resumed = {"sse": '/events HTTP/1.1" 200', "websocket": 'WebSocket /v1/ws" [accepted]'}
+    assert resumed[transport] in new.log()  # the new process served the resume
