@@ -6,13 +6,22 @@ test-artifacts/."""
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from typing import Any
 
 import pytest
 from playwright.async_api import Browser, Page
 
-from tests.client.test_client import drop_connections
-from tests.conftest import UvicornThread, scripted_app, serve, wait_for
+from tests.client.test_client import drop_connections, start_when_free
+from tests.conftest import (
+    ServerProcess,
+    UvicornThread,
+    free_port,
+    scripted_app,
+    serve,
+    wait_for,
+)
 from tokenwire.app import create_app
 from tokenwire.protocol.requests import GenerateParams
 from tokenwire.providers.scripted import Script, scripted_text
@@ -186,6 +195,44 @@ async def test_a_refused_request_shows_the_servers_reason(browser, transport):
     assert notice.startswith("invalid_request: max_tokens: must be <= 100")
     assert history == 0  # nothing came back: the question can be asked again
     assert provider.records == [] and errors == []
+
+
+async def test_the_page_rides_out_a_server_restart(browser, transport, redis_server, tmp_path):
+    """SIGTERM to the server mid-reply, a new process on the same port, one Redis log: the
+    browser (EventSource's own reconnect, or the WebSocket client after close 1012) resumes
+    on the new process and the reply is complete."""
+    port = free_port()
+
+    def process(name: str) -> ServerProcess:
+        server = ServerProcess(
+            tmp_path,
+            name,
+            provider="scripted",
+            stream_log=redis_server.url,
+            scripted_tokens=250,
+            scripted_interval=0.01,
+            reconnect_delay=0.1,
+        )
+        server.port = port
+        server.env["TOKENWIRE_PORT"] = str(port)
+        return server
+
+    old, new = process("old").start(), process("new")
+    try:
+        page, errors = await open_page(browser, old, transport)
+        await ask(page, "Tell me a story")
+        await until_words(page, 20)
+        old.signal(signal.SIGTERM)
+        await asyncio.to_thread(start_when_free, new, port)
+        await until_idle(page)
+        text = await last_reply(page)
+        reconnects = int(str(await page.text_content("#stat-reconnects")))
+    finally:
+        old.stop()
+        new.stop()
+    assert text == scripted_text(250)
+    assert reconnects >= 1
+    assert errors == []
 
 
 @pytest.mark.local_model
