@@ -188,6 +188,8 @@ async def test_forced_drops_mid_stream_lose_and_duplicate_nothing(transport):
     assert sum(isinstance(event, StreamResumed) for event in events) == 3
     assert stream.end.finish_reason == "stop" and stream.end.usage.completion_tokens == 200
     assert len(provider.records) == 1  # one generation, resumed, never restarted
+    # SSE: the server's `retry:` (TOKENWIRE_RECONNECT_DELAY) is the floor of every wait
+    assert stream.retry_after == (0.02 if transport == "sse" else None)
 
 
 # more than the socket buffers and the client's read-ahead hold

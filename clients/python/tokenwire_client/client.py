@@ -169,6 +169,8 @@ class EventStream:
         reconnects: connections lost and resumed so far.
         end: the ``stream.end`` event, once received.
         error: the ``error`` event of a failed stream, if any.
+        retry_after: the server's reconnection delay in seconds (SSE ``retry:``, or an HTTP
+            ``Retry-After``), ``None`` until it gives one; the client never reconnects sooner.
 
     Iterate it from one task. :meth:`cancel` may be called from any task of the same loop.
     """
@@ -184,7 +186,7 @@ class EventStream:
         self.end: StreamEnd | None = None
         self.error: ErrorEvent | None = None
         self._connection: SSEConnection | WebSocketConnection | None = None
-        self._retry_after: float | None = None
+        self.retry_after: float | None = None
         self._cancel_requested = False
         self._cancel_sent = False
         self._events = self._run()
@@ -263,7 +265,7 @@ class EventStream:
             except Dropped as exc:
                 if self._client.reconnect is None:
                     raise self._lost(f"connection lost and reconnect is off: {exc}") from exc
-                self._retry_after = exc.retry_after or connection.retry_after
+                self.retry_after = exc.retry_after or connection.retry_after or self.retry_after
                 self.reconnects += 1
                 resuming = True
             finally:
@@ -284,14 +286,14 @@ class EventStream:
                 return await self._attempt()
             except Dropped as exc:
                 raise self._lost(f"could not connect: {exc}") from exc
-        if resuming and self._retry_after:
-            await asyncio.sleep(self._retry_after)
+        if resuming and self.retry_after:
+            await asyncio.sleep(self.retry_after)
         backoff = wait_exponential_jitter(
             multiplier=policy.initial, max=policy.maximum, jitter=policy.jitter
         )
 
         def wait(state: RetryCallState) -> float:
-            return max(self._retry_after or 0.0, backoff(state))
+            return max(self.retry_after or 0.0, backoff(state))
 
         retrying = AsyncRetrying(
             stop=stop_after_attempt(policy.attempts),
@@ -322,7 +324,7 @@ class EventStream:
                     return connection, pending
         except BaseException as exc:
             if isinstance(exc, Dropped):
-                self._retry_after = exc.retry_after or connection.retry_after or self._retry_after
+                self.retry_after = exc.retry_after or connection.retry_after or self.retry_after
             await connection.aclose()
             raise
 
