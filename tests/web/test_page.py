@@ -147,8 +147,14 @@ async def test_a_network_drop_is_resumed_by_the_browser(browser, transport):
         await until_idle(page)
         text = await last_reply(page)
         reconnects = int(str(await page.text_content("#stat-reconnects")))
+        cursors = await page.eval_on_selector_all(
+            ".message.assistant .resume-mark", "marks => marks.map(m => Number(m.dataset.seq))"
+        )
     assert text == scripted_text(120)
     assert reconnects >= 1
+    # the server confirmed a cursor (stream.resumed after_seq): over SSE the browser's own
+    # reconnect sent Last-Event-ID, so the replay began after it, not from the start
+    assert cursors and all(cursor >= 10 for cursor in cursors)
     assert len(provider.records) == 1 and provider.records[0].completed
     assert errors == []
 
