@@ -7,7 +7,13 @@ Routes (wire protocol v1, see README):
     GET  /v1/ws                         WebSocket: generate / cancel / ping, streams multiplexed
     POST /v1/chat/completions           OpenAI-compatible, streamed or not
     GET  /v1/models                     OpenAI-compatible model list
-    GET  /healthz                       liveness and live stream count
+    GET  /healthz                       liveness and live stream count (never behind auth)
+    POST /v1/tokens                     201 {token, expires_at, expires_in}: a short-lived token
+    GET  /metrics                       Prometheus metrics (settings.metrics)
+
+Security and limits (tokenwire.security, tokenwire.limits) wrap every route as middleware:
+Origin allowlist, API keys or signed tokens, body and message sizes; stream limits and stream
+ownership apply through ``TokenwireApp.scoped``.
 
 Errors are JSON, never tracebacks: ``{"error": {"code", "message", "retryable"}}`` on our routes,
 OpenAI's ``{"error": {"message", "type", "param", "code"}}`` on the OpenAI-compatible ones.
@@ -26,18 +32,36 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from tokenwire import __version__
-from tokenwire.errors import ErrorCode, InvalidRequest, NotFound, TokenwireError
-from tokenwire.logs import configure_logging
+from tokenwire.errors import ErrorCode, InvalidRequest, NotFound, TokenwireError, Unauthorized
+from tokenwire.limits import (
+    ConnectionLimiter,
+    LimitsMiddleware,
+    ScopedRegistry,
+    StreamGuard,
+    check_request,
+)
+from tokenwire.logs import configure_logging, install_log_filters
+from tokenwire.metrics import ConnectionMetricsMiddleware, Metrics
 from tokenwire.protocol import openai as oai
 from tokenwire.protocol.events import ErrorEvent, FinishReason, StreamEnd, TextDelta
 from tokenwire.protocol.requests import GenerateParams, describe_validation_error
 from tokenwire.providers import Provider, create_provider
+from tokenwire.security import (
+    TOKEN_PREFIX,
+    Authenticator,
+    OriginPolicy,
+    SecurityMiddleware,
+    auth_state,
+    http_headers,
+)
 from tokenwire.settings import Settings
 from tokenwire.streams.registry import StreamRegistry
 from tokenwire.transports.base import pump
@@ -50,6 +74,8 @@ _STATUS = {
     ErrorCode.INVALID_REQUEST: 400,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.PROVIDER_ERROR: 502,
     ErrorCode.PROVIDER_TIMEOUT: 504,
@@ -68,11 +94,15 @@ def _status_of(exc: TokenwireError) -> int:
 
 def error_response(exc: TokenwireError) -> JSONResponse:
     body = {"error": {"code": str(exc.code), "message": exc.message, "retryable": exc.retryable}}
-    return JSONResponse(body, status_code=_status_of(exc))
+    return JSONResponse(body, status_code=_status_of(exc), headers=http_headers(exc))
 
 
 def openai_error_response(exc: TokenwireError) -> JSONResponse:
-    return JSONResponse(oai.error_body(exc.code, exc.message), status_code=_status_of(exc))
+    return JSONResponse(
+        oai.error_body(exc.code, exc.message),
+        status_code=_status_of(exc),
+        headers=http_headers(exc),
+    )
 
 
 async def _json_body(request: Request) -> Any:
@@ -101,9 +131,28 @@ class TokenwireApp:
         self.provider = provider
         self.registry = StreamRegistry(provider, settings)
         self.started = int(time.time())
+        # security, limits, metrics (tokenwire.security, tokenwire.limits, tokenwire.metrics)
+        self.auth = Authenticator(settings)
+        self.origins = OriginPolicy(settings.allowed_origins)
+        self.metrics = Metrics()
+        self.guard = StreamGuard(settings, self.auth, self.metrics)
+        self.metrics.live = self.guard.live
+        self.connections = ConnectionLimiter(
+            settings.max_ws_connections, settings.max_ws_connections_per_key
+        )
+
+    def scoped(self, connection: Request | WebSocket) -> ScopedRegistry:
+        """The registry as the caller of ``connection`` may use it: stream limits, its own
+        streams only (see :class:`tokenwire.limits.ScopedRegistry`)."""
+        return self.guard.scoped(self.registry, connection.scope)
 
     def limit_params(self, params: GenerateParams) -> GenerateParams:
-        """Apply the server's max_tokens default and limit. Raises :class:`InvalidRequest`."""
+        """Apply the server's max_tokens default and limit, and the message count and size
+        limits. Raises :class:`InvalidRequest`."""
+        try:
+            check_request(params, self.settings)
+        except InvalidRequest as exc:
+            raise _ValidationFailed(exc.message) from None
         if params.max_tokens is None:
             return params.model_copy(update={"max_tokens": self.settings.max_tokens})
         if params.max_tokens > self.settings.max_tokens_limit:
@@ -117,7 +166,7 @@ class TokenwireApp:
     async def create_stream(self, request: Request) -> Response:
         try:
             params = self.limit_params(_validate(GenerateParams, await _json_body(request)))
-            generation = self.registry.create(params, transport="sse")
+            generation = self.scoped(request).create(params, transport="sse")
         except TokenwireError as exc:
             return error_response(exc)
         subscription = self.registry.subscribe(generation)
@@ -132,14 +181,14 @@ class TokenwireApp:
     async def cancel_stream(self, request: Request) -> Response:
         stream_id = request.path_params["stream_id"]
         try:
-            self.registry.cancel(stream_id)
+            self.scoped(request).cancel(stream_id)
         except NotFound as exc:
             return error_response(exc)
         return JSONResponse({"stream_id": stream_id, "status": "cancelled"}, status_code=202)
 
     async def websocket(self, websocket: WebSocket) -> None:
         session = WebSocketSession(
-            websocket, self.registry, self.settings, limit_params=self.limit_params
+            websocket, self.scoped(websocket), self.settings, limit_params=self.limit_params
         )
         await session.run()
 
@@ -153,13 +202,47 @@ class TokenwireApp:
             }
         )
 
+    async def mint_token(self, request: Request) -> Response:
+        """``POST /v1/tokens`` (optional JSON body ``{"ttl": seconds}``, at most ``token_ttl``):
+        201 ``{token, expires_at, expires_in}``, a signed token for the ``token`` query
+        parameter of GET requests and WebSockets (browsers' EventSource and WebSocket cannot
+        send headers). Needs an API key, not a token, so tokens cannot be renewed forever."""
+        try:
+            raw = await request.body()
+            ttl = self.settings.token_ttl
+            if raw.strip():
+                body = json.loads(raw)
+                if not isinstance(body, dict) or set(body) - {"ttl"}:
+                    raise InvalidRequest("body: expected {'ttl': seconds} or nothing")
+                given = body.get("ttl", ttl)
+                if isinstance(given, bool) or not isinstance(given, int | float):
+                    raise InvalidRequest("ttl: must be a number of seconds")
+                if not 0 < given <= self.settings.token_ttl:
+                    raise InvalidRequest(f"ttl: must be in (0, {self.settings.token_ttl}]")
+                ttl = given
+            header = request.headers.get("authorization", "")
+            if header.partition(" ")[2].strip().startswith(TOKEN_PREFIX + "."):
+                raise Unauthorized("mint tokens with an API key, not with a token")
+        except ValueError as exc:
+            return error_response(InvalidRequest(f"request body is not valid JSON: {exc}"))
+        except TokenwireError as exc:
+            return error_response(exc)
+        principal = auth_state(request.scope).principal
+        key_id = principal.key_id if principal is not None and principal.key_id else "anonymous"
+        token, expires_at = self.auth.signer.mint(key_id, ttl)
+        return JSONResponse(
+            {"token": token, "expires_at": expires_at, "expires_in": ttl},
+            status_code=201,
+            headers={"Cache-Control": "no-store"},
+        )
+
     # -- OpenAI-compatible routes ---------------------------------------------------------
 
     async def chat_completions(self, request: Request) -> Response:
         try:
             body = _validate(oai.ChatCompletionRequest, await _json_body(request))
             params = self.limit_params(body.to_generate_params())
-            generation = self.registry.create(params, transport="openai")
+            generation = self.scoped(request).create(params, transport="openai")
         except TokenwireError as exc:
             return openai_error_response(exc)
         completion_id = "chatcmpl-" + secrets.token_urlsafe(18)
@@ -262,14 +345,54 @@ def create_app(settings: Settings | None = None, *, provider: Provider | None = 
         Route("/v1/chat/completions", state.chat_completions, methods=["POST"]),
         Route("/v1/models", state.models, methods=["GET"]),
         Route("/healthz", state.healthz, methods=["GET"]),
+        Route("/v1/tokens", state.mint_token, methods=["POST"]),
     ]
+    if settings.metrics:
+        routes.append(Route("/metrics", state.metrics.endpoint, methods=["GET"]))
+    install_log_filters()
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+        middleware=_middleware(state),
     )
     app.state.tokenwire = state
     return app
+
+
+def _middleware(state: TokenwireApp) -> list[Middleware]:
+    """Outermost first: CORS (answers preflights; only with an allowlist), connection metrics,
+    Origin + authentication + WebSocket connection limits, sizes."""
+    settings = state.settings
+    stack = []
+    if settings.allowed_origins:
+        stack.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=sorted(state.origins.allowed),
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Request-Id"],
+                expose_headers=["X-Stream-Id", "X-Request-Id", "Retry-After"],
+                max_age=600,
+            )
+        )
+    stack += [
+        Middleware(ConnectionMetricsMiddleware, metrics=state.metrics),
+        Middleware(
+            SecurityMiddleware,
+            authenticator=state.auth,
+            origins=state.origins,
+            connections=state.connections,
+            metrics=state.metrics,
+            auth_timeout=settings.auth_timeout,
+        ),
+        Middleware(
+            LimitsMiddleware,
+            max_body_size=settings.max_body_size,
+            max_message_size=settings.ws_max_message_size,
+        ),
+    ]
+    return stack
 
 
 def create_app_from_env() -> Starlette:

@@ -1,4 +1,5 @@
-"""The ``tokenwire`` command: ``tokenwire serve`` runs the server under uvicorn.
+"""The ``tokenwire`` command: ``tokenwire serve`` runs the server under uvicorn;
+``tokenwire new-key`` makes an API key and its ``api_keys_file`` line.
 
 Every flag mirrors a ``TOKENWIRE_*`` setting; a flag given on the command line wins over the
 environment. Flags are passed to worker processes through the environment, so
@@ -8,6 +9,7 @@ environment. Flags are passed to worker processes through the environment, so
 from __future__ import annotations
 
 import os
+import secrets
 from typing import Annotated
 
 import typer
@@ -15,6 +17,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from tokenwire.providers import PROVIDERS
+from tokenwire.security import key_file_line, new_api_key
 from tokenwire.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -65,6 +68,8 @@ def serve(
             )
     except ValidationError as exc:
         raise typer.BadParameter(str(exc)) from exc
+    if settings.token_secret is None:  # one signing secret for every worker of this server
+        os.environ["TOKENWIRE_TOKEN_SECRET"] = secrets.token_urlsafe(32)
     uvicorn.run(
         "tokenwire.app:create_app_from_env",
         factory=True,
@@ -72,11 +77,26 @@ def serve(
         port=settings.port,
         workers=settings.workers,
         log_level=settings.log_level,
-        ws_per_message_deflate=False,
+        ws_per_message_deflate=settings.ws_per_message_deflate,
         ws_ping_interval=settings.ws_ping_interval,
         ws_ping_timeout=settings.ws_ping_timeout,
         ws_max_size=settings.ws_max_message_size,
     )
+
+
+@app.command("new-key")
+def new_key(
+    name: Annotated[
+        str | None, typer.Option(help="A label for logs and metrics (no spaces).")
+    ] = None,
+) -> None:
+    """Print a new random API key (give it to the client) and, on the next line, the line to
+    append to TOKENWIRE_API_KEYS_FILE (only the key's SHA-256 digest is stored)."""
+    if name is not None and (not name or any(c.isspace() for c in name)):
+        raise typer.BadParameter("a name without spaces", param_hint="--name")
+    key = new_api_key()
+    typer.echo(key)
+    typer.echo(key_file_line(key, name))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from contextlib import AsyncExitStack
 from typing import Any, Literal
 
 import httpx
-from httpx_ws import aconnect_ws
+from httpx_ws import WebSocketUpgradeError, aconnect_ws
 from pydantic import ValidationError
 
 from tokenwire.protocol.events import ErrorEvent, Event, StreamEnd, parse_event
@@ -187,9 +187,12 @@ class EventStream:
     async def _open_websocket(self) -> Callable[[], Awaitable[Event | None]]:
         client = self._client
         url = client.base_url.replace("http", "ws", 1) + "/v1/ws"
-        ws = await self._stack.enter_async_context(
-            aconnect_ws(url, client._http, headers=client._headers)
-        )
+        try:
+            ws = await self._stack.enter_async_context(
+                aconnect_ws(url, client._http, headers=client._headers)
+            )
+        except WebSocketUpgradeError as exc:  # the handshake was refused (401, 403, 429)
+            raise _http_error(exc.response) from None
         await ws.send_text(json.dumps({"type": "generate", **self._body}))
 
         async def read() -> Event | None:
@@ -201,6 +204,9 @@ class EventStream:
         return read
 
 
+_STATUS_CODES = {401: "unauthorized", 403: "forbidden", 429: "rate_limited"}
+
+
 def _http_error(response: httpx.Response) -> ServerError:
     try:
         error = response.json()["error"]
@@ -210,5 +216,6 @@ def _http_error(response: httpx.Response) -> ServerError:
             status=response.status_code,
             retryable=bool(error.get("retryable", False)),
         )
-    except (ValueError, KeyError, TypeError):
-        return ServerError(response.text[:200], code="http_error", status=response.status_code)
+    except (ValueError, KeyError, TypeError, httpx.ResponseNotRead):
+        code = _STATUS_CODES.get(response.status_code, "http_error")
+        return ServerError(f"HTTP {response.status_code}", code=code, status=response.status_code)

@@ -29,6 +29,7 @@ from enum import StrEnum
 from typing import Literal
 
 from tokenwire.errors import ErrorCode, ProviderError
+from tokenwire.metrics import NO_METRICS, StreamObserver
 from tokenwire.protocol.events import (
     ErrorEvent,
     Event,
@@ -107,6 +108,7 @@ class Generation:
         self._task: asyncio.Task[None] | None = None
         self._cancel_requested = False
         self._grace: asyncio.TimerHandle | None = None
+        self.metrics: StreamObserver = NO_METRICS  # metrics hook, set by tokenwire.metrics
 
     # -- subscriptions ------------------------------------------------------------------------
 
@@ -280,6 +282,7 @@ class Generation:
                 )
             )
         finally:
+            self.metrics.stream_ended(self, error)  # metrics hook
             self._end()
         if external_cancel:
             raise asyncio.CancelledError

@@ -98,6 +98,7 @@ async def pump(
     ``heartbeat_interval`` seconds (``None``: never) without an event.
     """
     cursor = 0
+    observer = generation.metrics.delivery(generation, subscription)  # metrics hook
     while True:
         try:
             async with asyncio.timeout(heartbeat_interval):
@@ -107,8 +108,10 @@ async def pump(
             continue
         if not batch:
             await _bounded(transport.send_events(eviction_events(generation, cursor)), send_timeout)
+            observer.evicted()  # metrics hook
             return Delivery.EVICTED
         await _bounded(transport.send_events(batch), send_timeout)
+        observer.sent(batch)  # metrics hook
         cursor = getattr(batch[-1], "seq", None) or cursor
         if ends_stream(batch):
             return Delivery.ENDED

@@ -1,0 +1,647 @@
+"""Who may talk to the server: API keys, short-lived signed tokens, and the Origin allowlist.
+
+Both transports pass through :class:`SecurityMiddleware` (pure ASGI), before any route runs:
+
+1. ``Origin``: a browser request (HTTP or WebSocket handshake) whose ``Origin`` is neither the
+   server's own origin nor an exact entry of ``allowed_origins`` is refused: HTTP 403, or the
+   WebSocket handshake is denied with 403 before accept (cross-site WebSocket hijacking; RFC 6455
+   section 10.2). Requests without an ``Origin`` (curl, SDKs) are not browser requests and pass.
+   Starlette's ``CORSMiddleware`` never looks at WebSocket scopes, so this check is our own.
+2. Credentials, when authentication is on: ``Authorization: Bearer <API key or signed token>``
+   on every route; the signed token also as the ``token`` query parameter on GET requests and the
+   WebSocket handshake (browsers' ``EventSource`` and ``WebSocket`` cannot set headers); or, on a
+   WebSocket that presented nothing, a first message ``{"type": "auth", "token": ...}`` within
+   ``auth_timeout`` seconds. Failures: HTTP 401 (``WWW-Authenticate: Bearer``), the WebSocket
+   handshake denied with 401 before accept, or close 1008 after a bad or missing ``auth`` message.
+
+API keys are compared by their SHA-256 digest only: ``api_keys`` (plain text, from the
+environment) and ``api_keys_file`` (lines ``sha256:<64 hex digits> [name]``, re-read within a
+second of a change, so removing a line revokes a key and every token minted with it). A key is
+known in logs and metrics by its ``key_id`` (the first 16 hex digits of its digest) or its name.
+
+Signed tokens (``twt1.<key_id>.<expiry unix seconds>.<HMAC-SHA256>``) are minted by an
+authenticated ``POST /v1/tokens``; they live at most ``token_ttl`` seconds and name their key,
+which must still be valid when they are used. Query tokens are removed from every log line by
+:class:`tokenwire.logs.RedactingFilter` (uvicorn's access log prints the query string).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tokenwire.errors import ErrorCode, Forbidden, TokenwireError, Unauthorized
+from tokenwire.logs import handshake_denied_var, request_id_var
+from tokenwire.protocol.websocket import CloseCode
+from tokenwire.settings import Settings
+
+log = logging.getLogger("tokenwire.security")
+
+TOKEN_PREFIX = "twt1"
+KEY_PREFIX = "tw_"
+PUBLIC_PATHS = frozenset({"/healthz"})  # never behind auth (liveness probes)
+REQUEST_ID_HEADER = "x-request-id"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+# -- keys -------------------------------------------------------------------------------------
+
+
+def new_api_key() -> str:
+    """A new random API key: ``tw_`` + 43 URL-safe characters (256 bits)."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def key_digest(key: str) -> str:
+    """The hex SHA-256 digest of a key, as stored in an ``api_keys_file``."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def key_file_line(key: str, name: str | None = None) -> str:
+    """The ``api_keys_file`` line of a key: ``sha256:<hex> [name]``."""
+    line = f"sha256:{key_digest(key)}"
+    return f"{line} {name}" if name else line
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling. ``key_id`` is ``None`` when authentication is off (anonymous)."""
+
+    key_id: str | None
+    name: str = "anonymous"
+
+
+ANONYMOUS = Principal(None)
+
+
+class KeyStore:
+    """The valid API keys, by digest: from settings and from a file re-read when it changes.
+
+    ``reload_interval`` (seconds) bounds how often the file is checked (one ``stat`` call).
+    A file that cannot be read or parsed keeps the previous keys and logs the line number.
+    """
+
+    def __init__(
+        self, keys: list[str], path: Path | None = None, *, reload_interval: float = 1.0
+    ) -> None:
+        self._static = {key_digest(key): None for key in keys}
+        self._path = path
+        self._reload_interval = reload_interval
+        self._file: dict[str, str | None] = {}
+        self._mtime: int | None = None
+        self._checked = 0.0
+        if path is not None:
+            self._reload(force=True)
+
+    @property
+    def configured(self) -> bool:
+        """Whether any key source was configured (even a file that is empty right now)."""
+        return bool(self._static) or self._path is not None
+
+    def _reload(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if self._path is None or (not force and now - self._checked < self._reload_interval):
+            return
+        self._checked = now
+        try:
+            mtime = self._path.stat().st_mtime_ns
+            if mtime == self._mtime:
+                return
+            text = self._path.read_text()
+        except OSError as exc:
+            if force:
+                raise ValueError(f"api_keys_file: cannot read {self._path}: {exc}") from exc
+            log.error("api_keys_file unreadable; keeping the previous keys", extra={"error": exc})
+            return
+        try:
+            self._file = parse_key_file(text)
+        except ValueError as exc:
+            if force:
+                raise
+            log.error("api_keys_file invalid; keeping the previous keys", extra={"error": exc})
+            return
+        self._mtime = mtime
+        log.info("api keys loaded", extra={"keys": len(self._file)})
+
+    def _all(self) -> dict[str, str | None]:
+        self._reload()
+        return {**self._static, **self._file}
+
+    def lookup(self, key: str) -> Principal | None:
+        """The principal of ``key``, or ``None`` if it is unknown or revoked."""
+        digest = key_digest(key)
+        keys = self._all()
+        if digest not in keys:
+            return None
+        return _principal(digest, keys[digest])
+
+    def by_id(self, key_id: str) -> Principal | None:
+        """The principal whose key has this ``key_id``, if the key is still valid."""
+        for digest, name in self._all().items():
+            if hmac.compare_digest(digest[:16], key_id):
+                return _principal(digest, name)
+        return None
+
+
+def _principal(digest: str, name: str | None) -> Principal:
+    key_id = digest[:16]
+    return Principal(key_id, name or f"key_{key_id}")
+
+
+def parse_key_file(text: str) -> dict[str, str | None]:
+    """``{digest: name}`` from the lines of an api_keys_file. Blank lines and ``#`` comments
+    are skipped. Raises ``ValueError`` naming the first bad line (never echoing it)."""
+    keys: dict[str, str | None] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        digest, _, name = line.partition(" ")
+        match = re.fullmatch(r"sha256:([0-9a-f]{64})", digest.lower())
+        if match is None:
+            raise ValueError(f"api_keys_file line {number}: expected 'sha256:<64 hex> [name]'")
+        keys[match.group(1)] = name.strip() or None
+    return keys
+
+
+# -- signed tokens ----------------------------------------------------------------------------
+
+
+class TokenSigner:
+    """Mints and checks ``twt1.<key_id>.<expiry>.<signature>`` tokens (HMAC-SHA256, RFC 2104).
+
+    ``secret``: the signing key; every worker of one deployment needs the same one.
+    """
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+
+    def _sign(self, payload: str) -> str:
+        mac = hmac.new(self._secret, payload.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+    def mint(self, key_id: str, ttl: float, *, now: float | None = None) -> tuple[str, int]:
+        """A token for ``key_id`` valid ``ttl`` seconds; returns ``(token, expires_at)`` with
+        ``expires_at`` in unix seconds."""
+        expires = int((time.time() if now is None else now) + ttl)
+        payload = f"{TOKEN_PREFIX}.{key_id}.{expires}"
+        return f"{payload}.{self._sign(payload)}", expires
+
+    def verify(self, token: str, *, now: float | None = None) -> str:
+        """The ``key_id`` a valid token names. Raises :class:`Unauthorized` (malformed, bad
+        signature, or expired)."""
+        parts = token.split(".")
+        if len(parts) != 4 or parts[0] != TOKEN_PREFIX or not parts[2].isdigit():
+            raise Unauthorized("malformed token")
+        payload = ".".join(parts[:3])
+        if not hmac.compare_digest(self._sign(payload), parts[3]):
+            raise Unauthorized("invalid token signature")
+        if int(parts[2]) <= (time.time() if now is None else now):
+            raise Unauthorized("token expired; mint a new one with POST /v1/tokens")
+        return parts[1]
+
+
+# -- origins ----------------------------------------------------------------------------------
+
+
+def normalize_origin(origin: str) -> str:
+    """``scheme://host[:port]`` in lower case, without a default port or trailing slash.
+
+    Raises ``ValueError`` for anything that is not an origin (a path, a wildcard, no scheme).
+    """
+    parts = urlsplit(origin.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname or "*" in origin:
+        raise ValueError(f"not an origin (scheme://host[:port]): {origin!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"an origin has no path, query or user: {origin!r}")
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    default = {"http": 80, "https": 443}[parts.scheme]
+    port = parts.port
+    return f"{parts.scheme}://{host}" + (f":{port}" if port and port != default else "")
+
+
+class OriginPolicy:
+    """Exact-match Origin allowlist; the server's own origin (from ``Host``) is always allowed.
+
+    No wildcards and no substring or suffix matching: ``https://app.example.com`` does not
+    allow ``https://app.example.com.evil.net`` nor ``https://evil-app.example.com``.
+    """
+
+    def __init__(self, allowed: list[str]) -> None:
+        self.allowed = frozenset(normalize_origin(origin) for origin in allowed)
+
+    def allows(self, origin: str | None, scope: Scope) -> bool:
+        """Whether a request with this ``Origin`` header value may proceed."""
+        if origin is None:
+            return True  # not sent by a browser: CSRF and CSWSH need a browser
+        try:
+            normalized = normalize_origin(origin)
+        except ValueError:
+            return False  # "null" (sandboxed frames, file://) and garbage
+        return normalized in self.allowed or normalized == _own_origin(scope)
+
+
+def _own_origin(scope: Scope) -> str | None:
+    host = Headers(scope=scope).get("host")
+    if not host:
+        return None
+    scheme = {"ws": "http", "wss": "https"}.get(scope.get("scheme", "http"), scope["scheme"])
+    try:
+        return normalize_origin(f"{scheme}://{host}")
+    except ValueError:
+        return None
+
+
+# -- the authenticator ------------------------------------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address only accepts local connections."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Authenticator:
+    """Checks credentials against the :class:`KeyStore` and the :class:`TokenSigner`.
+
+    ``enabled`` follows ``settings.auth``: ``auto`` is on once any key source is configured,
+    ``required`` refuses to build without one (``ValueError``), ``off`` never checks.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.keys = KeyStore(
+            [key.get_secret_value() for key in settings.api_keys], settings.api_keys_file
+        )
+        if settings.auth == "required" and not self.keys.configured:
+            raise ValueError("auth=required but neither api_keys nor api_keys_file is set")
+        self.enabled = settings.auth != "off" and self.keys.configured
+        secret = settings.token_secret
+        self.signer = TokenSigner(
+            secret.get_secret_value().encode() if secret else secrets.token_bytes(32)
+        )
+        self.token_ttl = settings.token_ttl
+        if not self.enabled and not is_loopback(settings.host):
+            log.warning(
+                "AUTHENTICATION IS OFF on a non-loopback address: anyone who can reach "
+                "%s:%s can run generations. Set TOKENWIRE_API_KEYS or TOKENWIRE_API_KEYS_FILE.",
+                settings.host,
+                settings.port,
+            )
+
+    def authenticate(self, credential: str) -> Principal:
+        """The principal of an API key or signed token. Raises :class:`Unauthorized`."""
+        if credential.startswith(TOKEN_PREFIX + "."):
+            key_id = self.signer.verify(credential)
+            principal = self.keys.by_id(key_id)
+            if principal is None:
+                raise Unauthorized("the token's API key was revoked")
+            return principal
+        principal = self.keys.lookup(credential)
+        if principal is None:
+            raise Unauthorized("unknown or revoked API key")
+        return principal
+
+    def still_valid(self, principal: Principal) -> bool:
+        """Whether the key of an authenticated principal has not been revoked since."""
+        if not self.enabled or principal.key_id is None:
+            return True
+        return self.keys.by_id(principal.key_id) is not None
+
+    def credential_of(self, scope: Scope) -> str | None:
+        """The bearer credential of a request: the ``Authorization`` header, else (GET and
+        WebSocket only) the ``token`` query parameter. Raises :class:`Unauthorized` for a
+        non-Bearer ``Authorization`` header."""
+        header = Headers(scope=scope).get("authorization")
+        if header is not None:
+            scheme, _, value = header.partition(" ")
+            if scheme.lower() != "bearer" or not value.strip():
+                raise Unauthorized("Authorization must be 'Bearer <API key or token>'")
+            return value.strip()
+        if scope["type"] == "websocket" or scope.get("method") == "GET":
+            query = scope.get("query_string", b"").decode("latin-1")
+            for name, value in parse_qsl(query):
+                if name == "token":
+                    if not value.startswith(TOKEN_PREFIX + "."):
+                        raise Unauthorized("the token query parameter takes a signed token")
+                    return value
+        return None
+
+
+@dataclass
+class AuthState:
+    """Per-connection authentication result, in ``scope["tokenwire.auth"]``; a WebSocket
+    that authenticates with its first message fills ``principal`` in later."""
+
+    principal: Principal | None = None
+
+
+def auth_state(scope: Scope) -> AuthState:
+    """The connection's :class:`AuthState` (anonymous when the middleware did not run)."""
+    state = scope.get("tokenwire.auth")
+    return state if isinstance(state, AuthState) else AuthState(ANONYMOUS)
+
+
+# -- responses --------------------------------------------------------------------------------
+
+
+def error_body(exc: TokenwireError) -> bytes:
+    error = {"code": str(exc.code), "message": exc.message, "retryable": exc.retryable}
+    return json.dumps({"error": error}).encode()
+
+
+def http_headers(exc: TokenwireError) -> dict[str, str]:
+    """Headers an HTTP error answer carries: ``WWW-Authenticate`` (RFC 6750) for 401,
+    ``Retry-After`` (RFC 9110 section 10.2.3) for 429."""
+    if exc.code is ErrorCode.UNAUTHORIZED:
+        return {"WWW-Authenticate": 'Bearer realm="tokenwire"'}
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        return {"Retry-After": str(max(1, int(-(-retry_after // 1))))}
+    return {}
+
+
+STATUS = {
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.RATE_LIMITED: 429,
+}
+
+
+async def send_http_error(send: Send, exc: TokenwireError) -> None:
+    """A complete JSON error response on a plain ASGI ``send``."""
+    body = error_body(exc)
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    headers += [(k.lower().encode(), v.encode()) for k, v in http_headers(exc).items()]
+    await send({"type": "http.response.start", "status": STATUS[exc.code], "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def deny_websocket(scope: Scope, send: Send, exc: TokenwireError) -> None:
+    """Refuse a WebSocket handshake before accept: the JSON error with its HTTP status where
+    the server supports the ASGI WebSocket Denial Response extension, else a close before
+    accept, which the server turns into HTTP 403."""
+    if "websocket.http.response" in scope.get("extensions", {}):
+        handshake_denied_var.set(True)  # see tokenwire.logs.DeniedHandshakeFilter
+        body = error_body(exc)
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        headers += [(k.lower().encode(), v.encode()) for k, v in http_headers(exc).items()]
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": STATUS[exc.code],
+                "headers": headers,
+            }
+        )
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
+
+
+def _client(scope: Scope) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "-"
+
+
+# -- the middleware ---------------------------------------------------------------------------
+
+
+class SecurityMiddleware:
+    """Request id, Origin check, authentication and WebSocket connection limits.
+
+    Puts an :class:`AuthState` in ``scope["tokenwire.auth"]`` and the request id (the client's
+    ``X-Request-Id`` when well-formed, else a new one) in :data:`request_id_var`, from where
+    :class:`tokenwire.logs.RequestIdFilter` adds it to every log record; HTTP answers echo
+    ``X-Request-Id``.
+
+    WebSocket connections over ``max_ws_connections`` (per process) or
+    ``max_ws_connections_per_key`` are accepted and closed at once with 1013 (try again later),
+    so that browsers, which never see a refused handshake's status, learn why.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        authenticator: Authenticator,
+        origins: OriginPolicy,
+        connections: Any,
+        metrics: Any,
+        auth_timeout: float,
+    ) -> None:
+        self.app = app
+        self.auth = authenticator
+        self.origins = origins
+        self.connections = connections  # tokenwire.limits.ConnectionLimiter
+        self.metrics = metrics  # tokenwire.metrics.Metrics
+        self.auth_timeout = auth_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        given = headers.get(REQUEST_ID_HEADER)
+        request_id = given if given and _REQUEST_ID.fullmatch(given) else secrets.token_hex(8)
+        token = request_id_var.set(request_id)
+        try:
+            if scope["type"] == "http":
+                await self._http(scope, headers, receive, _with_request_id(send, request_id))
+            else:
+                await self._websocket(scope, headers, receive, send)
+        finally:
+            request_id_var.reset(token)
+
+    async def _http(self, scope: Scope, headers: Headers, receive: Receive, send: Send) -> None:
+        try:
+            scope["tokenwire.auth"] = self._check(scope, headers)
+        except TokenwireError as exc:
+            self.refused(scope, exc)
+            await send_http_error(send, exc)
+            return
+        await self.app(scope, receive, send)
+
+    async def _websocket(
+        self, scope: Scope, headers: Headers, receive: Receive, send: Send
+    ) -> None:
+        try:
+            state = self._check(scope, headers)
+        except TokenwireError as exc:
+            self.refused(scope, exc)
+            await deny_websocket(scope, send, exc)
+            return
+        scope["tokenwire.auth"] = state
+        slots = _Slots(self.connections)
+        try:
+            try:
+                slots.take(None)
+                if state.principal is not None:
+                    slots.take(state.principal.key_id)
+            except TokenwireError as exc:
+                self.refused(scope, exc)
+                await _accept_and_close(receive, send, CloseCode.TRY_AGAIN_LATER, exc.message)
+                return
+            if state.principal is None:  # authenticates with its first message
+                receive = _FirstMessageAuth(self, scope, state, slots, receive, send).receive
+            await self.app(scope, receive, send)
+        finally:
+            slots.release()
+
+    def _check(self, scope: Scope, headers: Headers) -> AuthState:
+        if not self.origins.allows(headers.get("origin"), scope):
+            raise Forbidden("this Origin is not allowed; see allowed_origins")
+        if not self.auth.enabled or scope["path"] in PUBLIC_PATHS:
+            return AuthState(ANONYMOUS)
+        credential = self.auth.credential_of(scope)
+        if credential is None:
+            if scope["type"] == "websocket":
+                return AuthState(None)
+            raise Unauthorized("missing credentials: send 'Authorization: Bearer <API key>'")
+        return AuthState(self.auth.authenticate(credential))
+
+    def refused(self, scope: Scope, exc: TokenwireError) -> None:
+        """Count and log a refusal (never the credential; the path without its query)."""
+        self.metrics.refused(str(exc.code), scope["type"])
+        log.warning(
+            "request refused",
+            extra={
+                "code": str(exc.code),
+                "reason": exc.message,
+                "path": scope["path"],
+                "client": _client(scope),
+            },
+        )
+
+
+class _Slots:
+    """The WebSocket connection slots one socket holds (the server's, then its key's)."""
+
+    def __init__(self, connections: Any) -> None:
+        self._connections = connections
+        self._held: list[str | None] = []
+
+    def take(self, key_id: str | None) -> None:
+        self._connections.acquire(key_id, per_key=key_id is not None)
+        self._held.append(key_id)
+
+    def release(self) -> None:
+        for key_id in self._held:
+            self._connections.release(key_id, per_key=key_id is not None)
+        self._held.clear()
+
+
+async def _accept_and_close(receive: Receive, send: Send, code: int, reason: str) -> None:
+    message = await receive()
+    if message["type"] == "websocket.connect":
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": code, "reason": reason[:120]})
+
+
+def _with_request_id(send: Send, request_id: str) -> Send:
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", []))
+            headers.append((b"x-request-id", request_id.encode()))
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return wrapped
+
+
+class _FirstMessageAuth:
+    """Wraps a WebSocket's ``receive``: after accept, the first client message must be
+    ``{"type": "auth", "token": <API key or signed token>}`` within ``auth_timeout`` seconds;
+    otherwise the socket is closed with 1008 (or 1013 when the key is at its connection
+    limit) and the app sees a disconnect. The auth message itself never reaches the app."""
+
+    def __init__(
+        self,
+        middleware: SecurityMiddleware,
+        scope: Scope,
+        state: AuthState,
+        slots: _Slots,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        self.middleware = middleware
+        self.scope = scope
+        self.state = state
+        self.slots = slots
+        self._receive = receive
+        self._send = send
+        self._connected = False
+        self._closed: Message | None = None
+
+    async def receive(self) -> Message:
+        if self._closed is not None:
+            return self._closed
+        if self.state.principal is not None or not self._connected:
+            message = await self._receive()
+            self._connected = self._connected or message["type"] == "websocket.connect"
+            return message
+        timeout = self.middleware.auth_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                message = await self._receive()
+        except TimeoutError:
+            return await self._fail(Unauthorized(f"no auth message within {timeout} s"))
+        if message["type"] != "websocket.receive":
+            return message  # a disconnect
+        try:
+            principal = self._authenticate(message)
+            self.slots.take(principal.key_id)
+        except TokenwireError as exc:
+            return await self._fail(exc)
+        self.state.principal = principal
+        return await self._receive()
+
+    def _authenticate(self, message: Message) -> Principal:
+        data = message.get("text")
+        if data is None:
+            data = (message.get("bytes") or b"").decode("utf-8", "replace")
+        try:
+            parsed = json.loads(data)
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict) or parsed.get("type") != "auth":
+            raise Unauthorized("authenticate first: {'type': 'auth', 'token': ...}")
+        credential = parsed.get("token")
+        if not isinstance(credential, str) or not credential:
+            raise Unauthorized("the auth message has no token")
+        return self.middleware.auth.authenticate(credential)
+
+    async def _fail(self, exc: TokenwireError) -> Message:
+        self.middleware.refused(self.scope, exc)
+        code = (
+            CloseCode.TRY_AGAIN_LATER
+            if exc.code is ErrorCode.RATE_LIMITED
+            else CloseCode.POLICY_VIOLATION
+        )
+        reason = f"{exc.code}: {exc.message}"[:120]
+        try:
+            await self._send({"type": "websocket.close", "code": code, "reason": reason})
+        except (OSError, RuntimeError):
+            pass  # the peer is gone already
+        self._closed = {"type": "websocket.disconnect", "code": code}
+        return self._closed
