@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -202,8 +202,10 @@ class Metrics(StreamObserver):
         return generate_latest(self.registry)
 
     async def endpoint(self, request: Request) -> Response:
-        """``GET /metrics``: the Prometheus text format (version 0.0.4)."""
-        return Response(self.render(), media_type=CONTENT_TYPE_LATEST)
+        """``GET /metrics``: the Prometheus text format (0.0.4), or OpenMetrics when the
+        scraper's ``Accept`` asks for it."""
+        encode, content_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(encode(self.registry), headers={"Content-Type": content_type})
 
 
 class _Delivery(DeliveryObserver):
