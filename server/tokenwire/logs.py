@@ -90,17 +90,29 @@ def redact(text: str) -> str:
 
 
 class RedactingFilter(logging.Filter):
-    """Redacts a record's message and string arguments with :func:`redact`."""
+    """Redacts a record's message and string arguments with :func:`redact`, and replaces
+    WebSocket frames (which the websockets library logs at DEBUG with their payload, e.g. an
+    ``auth`` message or a prompt, under uvicorn ``--log-level debug``) by their opcode and
+    size."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.msg, str):
             record.msg = redact(record.msg)
         if isinstance(record.args, tuple):
-            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+            record.args = tuple(_redact_arg(a) for a in record.args)
         elif isinstance(record.args, dict):
             args = record.args.items()
             record.args = {k: redact(v) if isinstance(v, str) else v for k, v in args}
         return True
+
+
+def _redact_arg(arg: object) -> object:
+    if isinstance(arg, str):
+        return redact(arg)
+    opcode, data = getattr(arg, "opcode", None), getattr(arg, "data", None)
+    if opcode is not None and isinstance(data, bytes | bytearray):  # a websockets Frame
+        return f"{getattr(opcode, 'name', opcode)} [{len(data)} bytes]"
+    return arg
 
 
 class RequestIdFilter(logging.Filter):
