@@ -84,3 +84,18 @@ def test_serve_keeps_permessage_deflate_off_unless_asked():
         finally:
             stop(process)
         assert negotiated == (expected if expected is not None else ["permessage-deflate"])
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"TOKENWIRE_ALLOWED_ORIGINS": "https://*.example.com"}, "not an origin"),
+        ({"TOKENWIRE_AUTH": "required"}, "auth=required"),
+        ({"TOKENWIRE_API_KEYS_FILE": "/nonexistent/keys"}, "cannot read"),
+    ],
+)
+def test_serve_refuses_security_settings_that_cannot_work(env, message):
+    process = start("--provider", "scripted", "--port", str(free_port()), env=env)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode != 0
+    assert message in output.decode()

@@ -17,7 +17,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from tokenwire.providers import PROVIDERS
-from tokenwire.security import key_file_line, new_api_key
+from tokenwire.security import check_settings, key_file_line, new_api_key
 from tokenwire.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -61,12 +61,13 @@ def serve(
             os.environ[f"TOKENWIRE_{name.upper()}"] = str(value)
     try:
         settings = Settings()
+        check_settings(settings)
         if settings.provider not in PROVIDERS:
             raise typer.BadParameter(
                 f"unknown provider {settings.provider!r}; choose one of: {', '.join(PROVIDERS)}",
                 param_hint="--provider",
             )
-    except ValidationError as exc:
+    except (ValidationError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from exc
     if settings.token_secret is None:  # one signing secret for every worker of this server
         os.environ["TOKENWIRE_TOKEN_SECRET"] = secrets.token_urlsafe(32)

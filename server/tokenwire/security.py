@@ -282,6 +282,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_settings(settings: Settings) -> None:
+    """Fail fast on security settings that cannot work: a malformed ``allowed_origins``
+    entry, an unreadable or invalid ``api_keys_file``, ``auth=required`` without keys.
+
+    Raises ``ValueError`` naming the problem (never a key)."""
+    OriginPolicy(settings.allowed_origins)
+    keys = KeyStore([key.get_secret_value() for key in settings.api_keys], settings.api_keys_file)
+    if settings.auth == "required" and not keys.configured:
+        raise ValueError("auth=required but neither api_keys nor api_keys_file is set")
+
+
 class Authenticator:
     """Checks credentials against the :class:`KeyStore` and the :class:`TokenSigner`.
 
