@@ -59,6 +59,12 @@ async def test_http_body_over_the_limit_is_413_by_length_and_by_count():
         assert streamed.status_code == 413
         openai_route = await http.post("/v1/chat/completions", json={"model": "m", **big})
         assert openai_route.status_code == 413
+        assert openai_route.json()["error"] == {
+            "message": "request body over 2048 bytes",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "payload_too_large",
+        }
         small = await post_stream(http, "")
         assert small.status_code == 200
     assert len(provider.records) == 1
@@ -261,6 +267,17 @@ async def test_websocket_connections_per_server_and_per_key_close_1013():
         async with ws_connect(server.base_url, additional_headers=AUTH) as again:
             await again.send(json.dumps({"type": "ping", "id": 1}))
             assert json.loads(await again.recv())["type"] == "pong"
+
+
+async def test_websocket_connections_per_server_without_keys():
+    app, _ = scripted_app(max_ws_connections=2)
+    with serve(app) as server:
+        async with ws_connect(server.base_url) as a, ws_connect(server.base_url) as b:
+            async with ws_connect(server.base_url) as third:
+                assert await close_code(third) == 1013
+            for ws in (a, b):
+                await ws.send(json.dumps({"type": "ping", "id": 1}))
+                assert json.loads(await ws.recv())["type"] == "pong"
 
 
 # -- a flood ----------------------------------------------------------------------------------

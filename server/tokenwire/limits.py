@@ -101,7 +101,7 @@ class LimitsMiddleware:
         too_large = PayloadTooLarge(f"request body over {self.max_body_size} bytes")
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > self.max_body_size:
-                await send_http_error(send, too_large)
+                await send_http_error(send, too_large, scope["path"])
                 return
         chunks: list[bytes] = []
         size = 0
@@ -112,7 +112,7 @@ class LimitsMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_size:
-                await send_http_error(send, too_large)
+                await send_http_error(send, too_large, scope["path"])
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):

@@ -47,6 +47,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenwire.errors import ErrorCode, Forbidden, TokenwireError, Unauthorized
 from tokenwire.logs import handshake_denied_var, request_id_var
+from tokenwire.protocol import openai as oai
 from tokenwire.protocol.websocket import CloseCode
 from tokenwire.settings import Settings
 
@@ -57,6 +58,7 @@ KEY_PREFIX = "tw_"
 PUBLIC_PATHS = frozenset({"/healthz"})  # never behind auth (liveness probes)
 REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_EXPIRY = re.compile(r"[0-9]{1,12}")  # ASCII digits only: str.isdigit() also takes "²"
 
 
 # -- keys -------------------------------------------------------------------------------------
@@ -206,10 +208,11 @@ class TokenSigner:
         """The ``key_id`` a valid token names. Raises :class:`Unauthorized` (malformed, bad
         signature, or expired)."""
         parts = token.split(".")
-        if len(parts) != 4 or parts[0] != TOKEN_PREFIX or not parts[2].isdigit():
+        if len(parts) != 4 or parts[0] != TOKEN_PREFIX or not _EXPIRY.fullmatch(parts[2]):
             raise Unauthorized("malformed token")
         payload = ".".join(parts[:3])
-        if not hmac.compare_digest(self._sign(payload), parts[3]):
+        given = parts[3].encode("utf-8", "replace")
+        if not hmac.compare_digest(self._sign(payload).encode(), given):
             raise Unauthorized("invalid token signature")
         if int(parts[2]) <= (time.time() if now is None else now):
             raise Unauthorized("token expired; mint a new one with POST /v1/tokens")
@@ -376,7 +379,13 @@ def auth_state(scope: Scope) -> AuthState:
 # -- responses --------------------------------------------------------------------------------
 
 
-def error_body(exc: TokenwireError) -> bytes:
+OPENAI_PATHS = ("/v1/chat/completions", "/v1/models")
+
+
+def error_body(exc: TokenwireError, path: str = "") -> bytes:
+    """The JSON error body: OpenAI's shape on the OpenAI-compatible routes, ours elsewhere."""
+    if path in OPENAI_PATHS:
+        return json.dumps(oai.error_body(exc.code, exc.message)).encode()
     error = {"code": str(exc.code), "message": exc.message, "retryable": exc.retryable}
     return json.dumps({"error": error}).encode()
 
@@ -400,9 +409,10 @@ STATUS = {
 }
 
 
-async def send_http_error(send: Send, exc: TokenwireError) -> None:
-    """A complete JSON error response on a plain ASGI ``send``."""
-    body = error_body(exc)
+async def send_http_error(send: Send, exc: TokenwireError, path: str = "") -> None:
+    """A complete JSON error response on a plain ASGI ``send`` (``path``: the request's, for
+    the body's shape)."""
+    body = error_body(exc, path)
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
     headers += [(k.lower().encode(), v.encode()) for k, v in http_headers(exc).items()]
     await send({"type": "http.response.start", "status": STATUS[exc.code], "headers": headers})
@@ -489,7 +499,7 @@ class SecurityMiddleware:
             scope["tokenwire.auth"] = self._check(scope, headers)
         except TokenwireError as exc:
             self.refused(scope, exc)
-            await send_http_error(send, exc)
+            await send_http_error(send, exc, scope["path"])
             return
         await self.app(scope, receive, send)
 
@@ -506,9 +516,9 @@ class SecurityMiddleware:
         slots = _Slots(self.connections)
         try:
             try:
-                slots.take(None)
-                if state.principal is not None:
-                    slots.take(state.principal.key_id)
+                slots.take_server()
+                if state.principal is not None and state.principal.key_id is not None:
+                    slots.take_key(state.principal.key_id)
             except TokenwireError as exc:
                 self.refused(scope, exc)
                 await _accept_and_close(receive, send, CloseCode.TRY_AGAIN_LATER, exc.message)
@@ -552,8 +562,12 @@ class _Slots:
         self._connections = connections
         self._held: list[str | None] = []
 
-    def take(self, key_id: str | None) -> None:
-        self._connections.acquire(key_id, per_key=key_id is not None)
+    def take_server(self) -> None:
+        self._connections.acquire(None, per_key=False)
+        self._held.append(None)
+
+    def take_key(self, key_id: str) -> None:
+        self._connections.acquire(key_id, per_key=True)
         self._held.append(key_id)
 
     def release(self) -> None:
@@ -621,7 +635,8 @@ class _FirstMessageAuth:
             return message  # a disconnect
         try:
             principal = self._authenticate(message)
-            self.slots.take(principal.key_id)
+            if principal.key_id is not None:
+                self.slots.take_key(principal.key_id)
         except TokenwireError as exc:
             return await self._fail(exc)
         self.state.principal = principal

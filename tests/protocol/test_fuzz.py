@@ -181,8 +181,16 @@ def test_origin_parsing_never_fails_other_than_value_error(origin):
         assert normalized in ("https://app.example.com", "http://127.0.0.1:8000")
 
 
+token_like = st.builds(
+    lambda key_id, expiry, signature: f"twt1.{key_id}.{expiry}.{signature}",
+    st.text(max_size=20),
+    st.text(max_size=12) | st.integers(min_value=0).map(str),
+    st.text(max_size=50),
+)
+
+
 @FUZZ
-@given(st.text(max_size=120))
+@given(st.text(max_size=120) | token_like)
 def test_token_verification_only_raises_unauthorized(token):
     signer = TokenSigner(b"k")
     try:

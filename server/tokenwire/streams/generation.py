@@ -282,8 +282,8 @@ class Generation:
                 )
             )
         finally:
-            self.metrics.stream_ended(self, error)  # metrics hook
             self._end()
+            self.metrics.stream_ended(self, error)  # metrics hook
         if external_cancel:
             raise asyncio.CancelledError
 
