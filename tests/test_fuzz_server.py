@@ -133,7 +133,7 @@ async def test_no_task_outlives_the_fuzzing(server):
     """Runs after the fuzz tests of this module (same server): every connection and stream
     they started has ended and left no task behind."""
     state = server.config.app.state.tokenwire
-    await wait_for(lambda: server.call(lambda: len(state.guard.live())) == 0, within=10)
+    await wait_for(lambda: server.call(lambda: len(state.guards.streams.live())) == 0, within=10)
     await wait_for(lambda: server.task_count() <= server.baseline, within=10)
     async with httpx.AsyncClient(base_url=server.base_url) as http:
         assert (await http.get("/healthz")).json()["live_streams"] == 0

@@ -318,7 +318,7 @@ async def test_a_flood_beyond_the_limits_leaves_running_streams_intact():
                     return text_of(await ws_events(ws, within=60))
 
             running = [asyncio.create_task(f()) for f in (sse_text, sse_text, ws_text, ws_text)]
-            await wait_for(lambda: len(app.state.tokenwire.guard.live()) == 4, within=10)
+            await wait_for(lambda: len(app.state.tokenwire.guards.streams.live()) == 4, within=10)
 
             async def flood_ws() -> int | None:
                 async with ws_connect(server.base_url, additional_headers=AUTH) as ws:

@@ -74,7 +74,7 @@ async def test_metrics_follow_streams_on_both_transports():
                 rest = [line async for line in lines]
                 assert '"finish_reason":"stop"' in [x for x in rest if x][-1]
 
-            await wait_for(lambda: len(app.state.tokenwire.guard.live()) == 0)
+            await wait_for(lambda: len(app.state.tokenwire.guards.streams.live()) == 0)
             after = await scrape(http)
     for transport in ("websocket", "sse"):
         assert value(after, "tokenwire_streams_started_total", transport=transport) == 1
@@ -178,7 +178,9 @@ async def test_queue_depth_is_read_at_scrape_time():
     state = app.state.tokenwire
     async with asgi_client(app) as http:
         assert value(await scrape(http), "tokenwire_queue_depth_events", transport="sse") == 0
-        generation = state.guard.scoped(state.registry, {}).create(GENERATE_PARAMS, transport="sse")
+        generation = state.guards.streams.scoped(state.registry, {}).create(
+            GENERATE_PARAMS, transport="sse"
+        )
         subscription = state.registry.subscribe(generation)
         generation.start()
         await wait_for(lambda: subscription.depth == 8)  # nobody reads; the provider waits

@@ -483,3 +483,31 @@ async def test_request_ids_are_echoed_or_made():
     assert given.headers["x-request-id"] == "abc-123"
     assert made.headers["x-request-id"] not in ("", "bad id")
     assert len(made.headers["x-request-id"]) == 16
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b"{", 400, "not valid JSON"),
+        (b'{"ttl": 0}', 422, "ttl: must be in (0, 60.0]"),
+        (b'{"ttl": true}', 422, "ttl: must be a number"),
+        (b'{"ttl": 5, "scope": "all"}', 422, "expected {'ttl': seconds}"),
+        (b"[]", 422, "expected {'ttl': seconds}"),
+    ],
+)
+async def test_token_requests_with_a_bad_body_are_refused_by_name(body, status, message):
+    app, _ = scripted_app(api_keys=KEY)
+    async with asgi_client(app) as http:
+        response = await http.post("/v1/tokens", content=body, headers=bearer(KEY))
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["code"] == "invalid_request" and message in error["message"]
+
+
+async def test_tokens_are_minted_with_auth_off_too():
+    app, _ = scripted_app()
+    async with asgi_client(app) as http:
+        response = await http.post("/v1/tokens")
+        assert response.status_code == 201
+        token = response.json()["token"]
+        assert (await http.get("/v1/models", params={"token": token})).status_code == 200

@@ -11,8 +11,8 @@ Routes (wire protocol v1, see README):
     POST /v1/tokens                     201 {token, expires_at, expires_in}: a short-lived token
     GET  /metrics                       Prometheus metrics (settings.metrics)
 
-Security and limits (tokenwire.security, tokenwire.limits) wrap every route as middleware:
-Origin allowlist, API keys or signed tokens, body and message sizes; stream limits and stream
+Security, limits and metrics (tokenwire.guards) wrap every route as middleware: Origin
+allowlist, API keys or signed tokens, body and message sizes; stream limits and stream
 ownership apply through ``TokenwireApp.scoped``.
 
 Errors are JSON, never tracebacks: ``{"error": {"code", "message", "retryable"}}`` on our routes,
@@ -32,36 +32,21 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from tokenwire import __version__
-from tokenwire.errors import ErrorCode, InvalidRequest, NotFound, TokenwireError, Unauthorized
-from tokenwire.limits import (
-    ConnectionLimiter,
-    LimitsMiddleware,
-    ScopedRegistry,
-    StreamGuard,
-    check_request,
-)
+from tokenwire.errors import ErrorCode, InvalidRequest, NotFound, TokenwireError
+from tokenwire.guards import Guards
+from tokenwire.limits import ScopedRegistry, check_request
 from tokenwire.logs import configure_logging, install_log_filters
-from tokenwire.metrics import ConnectionMetricsMiddleware, Metrics
 from tokenwire.protocol import openai as oai
 from tokenwire.protocol.events import ErrorEvent, FinishReason, StreamEnd, TextDelta
 from tokenwire.protocol.requests import GenerateParams, describe_validation_error
 from tokenwire.providers import Provider, create_provider
-from tokenwire.security import (
-    TOKEN_PREFIX,
-    Authenticator,
-    OriginPolicy,
-    SecurityMiddleware,
-    auth_state,
-    http_headers,
-)
+from tokenwire.security import http_headers
 from tokenwire.settings import Settings
 from tokenwire.streams.registry import StreamRegistry
 from tokenwire.transports.base import pump
@@ -131,20 +116,12 @@ class TokenwireApp:
         self.provider = provider
         self.registry = StreamRegistry(provider, settings)
         self.started = int(time.time())
-        # security, limits, metrics (tokenwire.security, tokenwire.limits, tokenwire.metrics)
-        self.auth = Authenticator(settings)
-        self.origins = OriginPolicy(settings.allowed_origins)
-        self.metrics = Metrics()
-        self.guard = StreamGuard(settings, self.auth, self.metrics)
-        self.metrics.live = self.guard.live
-        self.connections = ConnectionLimiter(
-            settings.max_ws_connections, settings.max_ws_connections_per_key
-        )
+        self.guards = Guards(settings, self.registry)  # security, limits, metrics
 
     def scoped(self, connection: Request | WebSocket) -> ScopedRegistry:
         """The registry as the caller of ``connection`` may use it: stream limits, its own
         streams only (see :class:`tokenwire.limits.ScopedRegistry`)."""
-        return self.guard.scoped(self.registry, connection.scope)
+        return self.guards.scoped(connection)
 
     def limit_params(self, params: GenerateParams) -> GenerateParams:
         """Apply the server's max_tokens default and limit, and the message count and size
@@ -200,40 +177,6 @@ class TokenwireApp:
                 "provider": self.provider.name,
                 "live_streams": len(self.registry),
             }
-        )
-
-    async def mint_token(self, request: Request) -> Response:
-        """``POST /v1/tokens`` (optional JSON body ``{"ttl": seconds}``, at most ``token_ttl``):
-        201 ``{token, expires_at, expires_in}``, a signed token for the ``token`` query
-        parameter of GET requests and WebSockets (browsers' EventSource and WebSocket cannot
-        send headers). Needs an API key, not a token, so tokens cannot be renewed forever."""
-        try:
-            raw = await request.body()
-            ttl = self.settings.token_ttl
-            if raw.strip():
-                body = json.loads(raw)
-                if not isinstance(body, dict) or set(body) - {"ttl"}:
-                    raise InvalidRequest("body: expected {'ttl': seconds} or nothing")
-                given = body.get("ttl", ttl)
-                if isinstance(given, bool) or not isinstance(given, int | float):
-                    raise InvalidRequest("ttl: must be a number of seconds")
-                if not 0 < given <= self.settings.token_ttl:
-                    raise InvalidRequest(f"ttl: must be in (0, {self.settings.token_ttl}]")
-                ttl = given
-            header = request.headers.get("authorization", "")
-            if header.partition(" ")[2].strip().startswith(TOKEN_PREFIX + "."):
-                raise Unauthorized("mint tokens with an API key, not with a token")
-        except ValueError as exc:
-            return error_response(InvalidRequest(f"request body is not valid JSON: {exc}"))
-        except TokenwireError as exc:
-            return error_response(exc)
-        principal = auth_state(request.scope).principal
-        key_id = principal.key_id if principal is not None and principal.key_id else "anonymous"
-        token, expires_at = self.auth.signer.mint(key_id, ttl)
-        return JSONResponse(
-            {"token": token, "expires_at": expires_at, "expires_in": ttl},
-            status_code=201,
-            headers={"Cache-Control": "no-store"},
         )
 
     # -- OpenAI-compatible routes ---------------------------------------------------------
@@ -345,54 +288,17 @@ def create_app(settings: Settings | None = None, *, provider: Provider | None = 
         Route("/v1/chat/completions", state.chat_completions, methods=["POST"]),
         Route("/v1/models", state.models, methods=["GET"]),
         Route("/healthz", state.healthz, methods=["GET"]),
-        Route("/v1/tokens", state.mint_token, methods=["POST"]),
+        *state.guards.routes(),  # POST /v1/tokens, GET /metrics
     ]
-    if settings.metrics:
-        routes.append(Route("/metrics", state.metrics.endpoint, methods=["GET"]))
     install_log_filters()
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
-        middleware=_middleware(state),
+        middleware=state.guards.middleware(),
     )
     app.state.tokenwire = state
     return app
-
-
-def _middleware(state: TokenwireApp) -> list[Middleware]:
-    """Outermost first: CORS (answers preflights; only with an allowlist), connection metrics,
-    Origin + authentication + WebSocket connection limits, sizes."""
-    settings = state.settings
-    stack = []
-    if settings.allowed_origins:
-        stack.append(
-            Middleware(
-                CORSMiddleware,
-                allow_origins=sorted(state.origins.allowed),
-                allow_methods=["GET", "POST", "OPTIONS"],
-                allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Request-Id"],
-                expose_headers=["X-Stream-Id", "X-Request-Id", "Retry-After"],
-                max_age=600,
-            )
-        )
-    stack += [
-        Middleware(ConnectionMetricsMiddleware, metrics=state.metrics),
-        Middleware(
-            SecurityMiddleware,
-            authenticator=state.auth,
-            origins=state.origins,
-            connections=state.connections,
-            metrics=state.metrics,
-            auth_timeout=settings.auth_timeout,
-        ),
-        Middleware(
-            LimitsMiddleware,
-            max_body_size=settings.max_body_size,
-            max_message_size=settings.ws_max_message_size,
-        ),
-    ]
-    return stack
 
 
 def create_app_from_env() -> Starlette:
