@@ -16,8 +16,9 @@ import typer
 import uvicorn
 from pydantic import ValidationError
 
+from tokenwire.keys import key_file_line, new_api_key
 from tokenwire.providers import PROVIDERS
-from tokenwire.security import check_settings, key_file_line, new_api_key
+from tokenwire.security import check_settings
 from tokenwire.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)

@@ -19,11 +19,11 @@ from starlette.routing import Route
 from starlette.websockets import WebSocket
 
 from tokenwire.errors import InvalidRequest, TokenwireError, Unauthorized
+from tokenwire.keys import TOKEN_PREFIX
 from tokenwire.limits import ConnectionLimiter, LimitsMiddleware, ScopedRegistry, StreamGuard
 from tokenwire.metrics import ConnectionMetricsMiddleware, Metrics
 from tokenwire.security import (
     STATUS,
-    TOKEN_PREFIX,
     Authenticator,
     OriginPolicy,
     SecurityMiddleware,

@@ -14,12 +14,7 @@ Both transports pass through :class:`SecurityMiddleware` (pure ASGI), before any
    ``auth_timeout`` seconds. Failures: HTTP 401 (``WWW-Authenticate: Bearer``), the WebSocket
    handshake denied with 401 before accept, or close 1008 after a bad or missing ``auth`` message.
 
-API keys are compared by their SHA-256 digest only: ``api_keys`` (plain text, from the
-environment) and ``api_keys_file`` (lines ``sha256:<64 hex digits> [name]``, re-read within a
-second of a change, so removing a line revokes a key and every token minted with it). A key is
-known in logs and metrics by its ``key_id`` (the first 16 hex digits of its digest) or its name.
-
-Signed tokens (``twt1.<key_id>.<expiry unix seconds>.<HMAC-SHA256>``) are minted by an
+Keys and tokens themselves are in :mod:`tokenwire.keys`. Signed tokens are minted by an
 authenticated ``POST /v1/tokens``; they live at most ``token_ttl`` seconds and name their key,
 which must still be valid when they are used. Query tokens are removed from every log line by
 :class:`tokenwire.logs.RedactingFilter` (uvicorn's access log prints the query string).
@@ -28,17 +23,12 @@ which must still be valid when they are used. Query tokens are removed from ever
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
 import ipaddress
 import json
 import logging
 import re
 import secrets
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -46,6 +36,13 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenwire.errors import ErrorCode, Forbidden, TokenwireError, Unauthorized
+from tokenwire.keys import (
+    ANONYMOUS,
+    TOKEN_PREFIX,
+    KeyStore,
+    Principal,
+    TokenSigner,
+)
 from tokenwire.logs import handshake_denied_var, request_id_var
 from tokenwire.protocol import openai as oai
 from tokenwire.protocol.websocket import CloseCode
@@ -53,170 +50,9 @@ from tokenwire.settings import Settings
 
 log = logging.getLogger("tokenwire.security")
 
-TOKEN_PREFIX = "twt1"
-KEY_PREFIX = "tw_"
 PUBLIC_PATHS = frozenset({"/healthz"})  # never behind auth (liveness probes)
 REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-_EXPIRY = re.compile(r"[0-9]{1,12}")  # ASCII digits only: str.isdigit() also takes "²"
-
-
-# -- keys -------------------------------------------------------------------------------------
-
-
-def new_api_key() -> str:
-    """A new random API key: ``tw_`` + 43 URL-safe characters (256 bits)."""
-    return KEY_PREFIX + secrets.token_urlsafe(32)
-
-
-def key_digest(key: str) -> str:
-    """The hex SHA-256 digest of a key, as stored in an ``api_keys_file``."""
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def key_file_line(key: str, name: str | None = None) -> str:
-    """The ``api_keys_file`` line of a key: ``sha256:<hex> [name]``."""
-    line = f"sha256:{key_digest(key)}"
-    return f"{line} {name}" if name else line
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling. ``key_id`` is ``None`` when authentication is off (anonymous)."""
-
-    key_id: str | None
-    name: str = "anonymous"
-
-
-ANONYMOUS = Principal(None)
-
-
-class KeyStore:
-    """The valid API keys, by digest: from settings and from a file re-read when it changes.
-
-    ``reload_interval`` (seconds) bounds how often the file is checked (one ``stat`` call).
-    A file that cannot be read or parsed keeps the previous keys and logs the line number.
-    """
-
-    def __init__(
-        self, keys: list[str], path: Path | None = None, *, reload_interval: float = 1.0
-    ) -> None:
-        self._static = {key_digest(key): None for key in keys}
-        self._path = path
-        self._reload_interval = reload_interval
-        self._file: dict[str, str | None] = {}
-        self._mtime: int | None = None
-        self._checked = 0.0
-        if path is not None:
-            self._reload(force=True)
-
-    @property
-    def configured(self) -> bool:
-        """Whether any key source was configured (even a file that is empty right now)."""
-        return bool(self._static) or self._path is not None
-
-    def _reload(self, *, force: bool = False) -> None:
-        now = time.monotonic()
-        if self._path is None or (not force and now - self._checked < self._reload_interval):
-            return
-        self._checked = now
-        try:
-            mtime = self._path.stat().st_mtime_ns
-            if mtime == self._mtime:
-                return
-            text = self._path.read_text()
-        except OSError as exc:
-            if force:
-                raise ValueError(f"api_keys_file: cannot read {self._path}: {exc}") from exc
-            log.error("api_keys_file unreadable; keeping the previous keys", extra={"error": exc})
-            return
-        try:
-            self._file = parse_key_file(text)
-        except ValueError as exc:
-            if force:
-                raise
-            log.error("api_keys_file invalid; keeping the previous keys", extra={"error": exc})
-            return
-        self._mtime = mtime
-        log.info("api keys loaded", extra={"keys": len(self._file)})
-
-    def _all(self) -> dict[str, str | None]:
-        self._reload()
-        return {**self._static, **self._file}
-
-    def lookup(self, key: str) -> Principal | None:
-        """The principal of ``key``, or ``None`` if it is unknown or revoked."""
-        digest = key_digest(key)
-        keys = self._all()
-        if digest not in keys:
-            return None
-        return _principal(digest, keys[digest])
-
-    def by_id(self, key_id: str) -> Principal | None:
-        """The principal whose key has this ``key_id``, if the key is still valid."""
-        for digest, name in self._all().items():
-            if hmac.compare_digest(digest[:16], key_id):
-                return _principal(digest, name)
-        return None
-
-
-def _principal(digest: str, name: str | None) -> Principal:
-    key_id = digest[:16]
-    return Principal(key_id, name or f"key_{key_id}")
-
-
-def parse_key_file(text: str) -> dict[str, str | None]:
-    """``{digest: name}`` from the lines of an api_keys_file. Blank lines and ``#`` comments
-    are skipped. Raises ``ValueError`` naming the first bad line (never echoing it)."""
-    keys: dict[str, str | None] = {}
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        digest, _, name = line.partition(" ")
-        match = re.fullmatch(r"sha256:([0-9a-f]{64})", digest.lower())
-        if match is None:
-            raise ValueError(f"api_keys_file line {number}: expected 'sha256:<64 hex> [name]'")
-        keys[match.group(1)] = name.strip() or None
-    return keys
-
-
-# -- signed tokens ----------------------------------------------------------------------------
-
-
-class TokenSigner:
-    """Mints and checks ``twt1.<key_id>.<expiry>.<signature>`` tokens (HMAC-SHA256, RFC 2104).
-
-    ``secret``: the signing key; every worker of one deployment needs the same one.
-    """
-
-    def __init__(self, secret: bytes) -> None:
-        self._secret = secret
-
-    def _sign(self, payload: str) -> str:
-        mac = hmac.new(self._secret, payload.encode(), hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
-
-    def mint(self, key_id: str, ttl: float, *, now: float | None = None) -> tuple[str, int]:
-        """A token for ``key_id`` valid ``ttl`` seconds; returns ``(token, expires_at)`` with
-        ``expires_at`` in unix seconds."""
-        expires = int((time.time() if now is None else now) + ttl)
-        payload = f"{TOKEN_PREFIX}.{key_id}.{expires}"
-        return f"{payload}.{self._sign(payload)}", expires
-
-    def verify(self, token: str, *, now: float | None = None) -> str:
-        """The ``key_id`` a valid token names. Raises :class:`Unauthorized` (malformed, bad
-        signature, or expired)."""
-        parts = token.split(".")
-        if len(parts) != 4 or parts[0] != TOKEN_PREFIX or not _EXPIRY.fullmatch(parts[2]):
-            raise Unauthorized("malformed token")
-        payload = ".".join(parts[:3])
-        given = parts[3].encode("utf-8", "replace")
-        if not hmac.compare_digest(self._sign(payload).encode(), given):
-            raise Unauthorized("invalid token signature")
-        if int(parts[2]) <= (time.time() if now is None else now):
-            raise Unauthorized("token expired; mint a new one with POST /v1/tokens")
-        return parts[1]
 
 
 # -- origins ----------------------------------------------------------------------------------

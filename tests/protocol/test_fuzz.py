@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from tokenwire.errors import ErrorCode, InvalidRequest, Unauthorized
+from tokenwire.keys import TokenSigner, parse_key_file
 from tokenwire.limits import check_request
 from tokenwire.protocol import openai as oai
 from tokenwire.protocol import sse
@@ -30,7 +31,7 @@ from tokenwire.protocol.requests import (
     describe_validation_error,
 )
 from tokenwire.protocol.websocket import decode_client_message
-from tokenwire.security import OriginPolicy, TokenSigner, normalize_origin, parse_key_file
+from tokenwire.security import OriginPolicy, normalize_origin
 from tokenwire.settings import Settings
 from tokenwire_client.sse import SSEDecoder
 
