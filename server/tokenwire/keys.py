@@ -76,8 +76,11 @@ class KeyStore:
         self._path = path
         self._reload_interval = reload_interval
         self._file: dict[str, str | None] = {}
-        self._mtime: int | None = None
+        self._stamp: tuple[int, int] | None = None  # (mtime in ns, size) of the file read
         self._checked = 0.0
+        self._by_digest: dict[str, Principal] = {}
+        self._by_id: dict[str, Principal] = {}
+        self._index()
         if path is not None:
             self._reload(force=True)
 
@@ -92,8 +95,9 @@ class KeyStore:
             return
         self._checked = now
         try:
-            mtime = self._path.stat().st_mtime_ns
-            if mtime == self._mtime:
+            stat = self._path.stat()
+            stamp = (stat.st_mtime_ns, stat.st_size)
+            if stamp == self._stamp:
                 return
             text = self._path.read_text()
         except OSError as exc:
@@ -108,27 +112,26 @@ class KeyStore:
                 raise
             log.error("api_keys_file invalid; keeping the previous keys", extra={"error": exc})
             return
-        self._mtime = mtime
+        self._stamp = stamp
+        self._index()
         log.info("api keys loaded", extra={"keys": len(self._file)})
 
-    def _all(self) -> dict[str, str | None]:
-        self._reload()
-        return {**self._static, **self._file}
+    def _index(self) -> None:
+        keys = {**self._static, **self._file}
+        self._by_digest = {digest: _principal(digest, name) for digest, name in keys.items()}
+        self._by_id = {p.key_id: p for p in self._by_digest.values() if p.key_id is not None}
 
     def lookup(self, key: str) -> Principal | None:
-        """The principal of ``key``, or ``None`` if it is unknown or revoked."""
-        digest = key_digest(key)
-        keys = self._all()
-        if digest not in keys:
-            return None
-        return _principal(digest, keys[digest])
+        """The principal of ``key``, or ``None`` if it is unknown or revoked. Only the key's
+        digest is looked up, so the lookup's timing says nothing about the key."""
+        self._reload()
+        return self._by_digest.get(key_digest(key))
 
     def by_id(self, key_id: str) -> Principal | None:
-        """The principal whose key has this ``key_id``, if the key is still valid."""
-        for digest, name in self._all().items():
-            if hmac.compare_digest(digest[:16], key_id):
-                return _principal(digest, name)
-        return None
+        """The principal whose key has this ``key_id`` (not a secret: it is in tokens and
+        logs), if the key is still valid."""
+        self._reload()
+        return self._by_id.get(key_id)
 
 
 def _principal(digest: str, name: str | None) -> Principal:
