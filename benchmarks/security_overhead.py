@@ -4,7 +4,8 @@ Two server processes run side by side (``python -m uvicorn tokenwire.app:create_
 --factory``, scripted provider, 4 tokens per stream, no delays): one with authentication off,
 one with a key file of 100 hashed keys (``TOKENWIRE_API_KEYS_FILE``). Both have the same
 middleware (Origin check, limits, metrics); only the credential check differs. The client sends,
-interleaved between the two servers after 20 warm-ups each:
+interleaved between the two servers after 20 warm-ups each (the per-socket message rate limit
+is lifted on both, since one socket sends every ``generate``):
 
 - SSE: ``POST /v1/streams`` on a kept-alive connection, timed until the whole body was read;
 - WebSocket: ``generate`` on one open socket, timed until its ``stream.end``;
@@ -56,6 +57,7 @@ def start(port: int, extra_env: dict[str, str]) -> subprocess.Popen[bytes]:
         "TOKENWIRE_PROVIDER": "scripted",
         "TOKENWIRE_SCRIPTED_TOKENS": "4",
         "TOKENWIRE_LOG_LEVEL": "warning",
+        "TOKENWIRE_WS_MESSAGES_PER_MINUTE": "1000000",  # one socket sends every generate
         **extra_env,
     }
     command = [
@@ -88,7 +90,8 @@ Probe = Callable[[], Awaitable[None]]
 
 async def timed(probe: Probe) -> float:
     started = time.perf_counter()
-    await probe()
+    async with asyncio.timeout(30):
+        await probe()
     return (time.perf_counter() - started) * 1000
 
 
