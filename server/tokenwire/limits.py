@@ -41,6 +41,7 @@ from tokenwire.errors import (
     RateLimited,
     Unauthorized,
 )
+from tokenwire.metrics import Metrics
 from tokenwire.protocol.requests import GenerateParams
 from tokenwire.protocol.websocket import CloseCode
 from tokenwire.security import Authenticator, auth_state, send_http_error
@@ -243,7 +244,7 @@ class StreamGuard:
     """Live streams per process (``max_streams``) and per key (``max_streams_per_key``), and
     who owns which stream. A stream counts from its creation until its ``stream.end``."""
 
-    def __init__(self, settings: Settings, authenticator: Authenticator, metrics: Any) -> None:
+    def __init__(self, settings: Settings, authenticator: Authenticator, metrics: Metrics) -> None:
         self.settings = settings
         self.auth = authenticator
         self.metrics = metrics

@@ -29,7 +29,7 @@ import logging
 import re
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlsplit
 
 from starlette.datastructures import Headers
@@ -47,6 +47,10 @@ from tokenwire.logs import handshake_denied_var, request_id_var
 from tokenwire.protocol import openai as oai
 from tokenwire.protocol.websocket import CloseCode
 from tokenwire.settings import Settings
+
+if TYPE_CHECKING:
+    from tokenwire.limits import ConnectionLimiter
+    from tokenwire.metrics import Metrics
 
 log = logging.getLogger("tokenwire.security")
 
@@ -303,15 +307,15 @@ class SecurityMiddleware:
         *,
         authenticator: Authenticator,
         origins: OriginPolicy,
-        connections: Any,
-        metrics: Any,
+        connections: ConnectionLimiter,
+        metrics: Metrics,
         auth_timeout: float,
     ) -> None:
         self.app = app
         self.auth = authenticator
         self.origins = origins
-        self.connections = connections  # tokenwire.limits.ConnectionLimiter
-        self.metrics = metrics  # tokenwire.metrics.Metrics
+        self.connections = connections
+        self.metrics = metrics
         self.auth_timeout = auth_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -394,7 +398,7 @@ class SecurityMiddleware:
 class _Slots:
     """The WebSocket connection slots one socket holds (the server's, then its key's)."""
 
-    def __init__(self, connections: Any) -> None:
+    def __init__(self, connections: ConnectionLimiter) -> None:
         self._connections = connections
         self._held: list[str | None] = []
 
