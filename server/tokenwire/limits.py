@@ -308,14 +308,14 @@ class ScopedRegistry:
         principal = self._auth.principal
         return None if principal is None else principal.key_id
 
-    def create(
-        self, params: GenerateParams, *, transport: str, request_id: str | None = None
-    ) -> Generation:
+    def create(self, params: GenerateParams, **options: Any) -> Generation:
+        """The registry's ``create`` (same keyword options), within the limits of the caller's
+        key. Raises :class:`RateLimited`, :class:`Unauthorized`, and what ``create`` raises."""
         principal = self._auth.principal
         if principal is None or not self._guard.auth.still_valid(principal):
             raise Unauthorized("the API key of this connection was revoked")
         self._guard.admit(principal.key_id)
-        generation = self._registry.create(params, transport=transport, request_id=request_id)
+        generation = self._registry.create(params, **options)
         self._guard.track(generation, principal.key_id)
         self._guard.metrics.attach(generation)
         return generation
