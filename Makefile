@@ -9,7 +9,8 @@ ARGS ?=
 serve: $(VENV)/.installed-local  ## set up, then serve the bundled local model on 127.0.0.1:8000
 	$(BIN)/tokenwire serve $(ARGS)
 
-test: $(VENV)/.installed-dev  ## set up, then run every test
+test: $(VENV)/.installed-dev  ## set up, then run every test (installs redis-server if missing)
+	command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: $(VENV)/.installed-dev

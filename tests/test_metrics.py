@@ -153,10 +153,10 @@ async def run_stalled(overflow: OverflowPolicy, tokens: int) -> tuple[Samples, D
         registry = StreamRegistry(provider, settings)
         generation = registry.create(GENERATE_PARAMS, transport="websocket")
         metrics.attach(generation)
-        subscription = registry.subscribe(generation)
+        attachment = registry.attach(generation)
         client = StalledClient()
         generation.start()
-        delivering = asyncio.create_task(pump(generation, subscription, client))
+        delivering = asyncio.create_task(pump(attachment, client))
         await asyncio.sleep(0.2)  # the provider runs ahead of the stalled client
         client.reading.set()
         delivery = await delivering

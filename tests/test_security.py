@@ -505,3 +505,24 @@ async def test_tokens_are_minted_with_auth_off_too():
         assert response.status_code == 201
         token = response.json()["token"]
         assert (await http.get("/v1/models", params={"token": token})).status_code == 200
+
+
+async def test_a_detached_stream_resumes_with_its_own_key_only():
+    app, _ = scripted_app(Script(tokens=8, interval=0.2), api_keys=f"{KEY},{OTHER}")
+    with serve(app) as server:
+        async with httpx.AsyncClient(base_url=server.base_url) as http:
+            created = await http.post(
+                "/v1/streams",
+                json={"messages": USER, "on_disconnect": "detach"},
+                headers={**bearer(KEY), "Accept": "application/json"},
+            )
+            assert created.status_code == 201
+            events_url = created.json()["events_url"]
+            assert (await http.get(events_url)).status_code == 401
+            token = (await mint(http, KEY))["token"]
+            other = (await mint(http, OTHER))["token"]
+            refused = await http.get(events_url, params={"token": other})  # still running
+            assert refused.status_code == 404
+            own = await http.get(events_url, params={"token": token})
+            assert own.status_code == 200
+            assert text_of(sse_events(own.text)) == scripted_text(8)

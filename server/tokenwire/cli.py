@@ -8,6 +8,7 @@ environment. Flags are passed to worker processes through the environment, so
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from typing import Annotated
@@ -70,6 +71,7 @@ def serve(
             )
     except (ValidationError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from exc
+    _check_stream_log(settings)
     if settings.token_secret is None:  # one signing secret for every worker of this server
         os.environ["TOKENWIRE_TOKEN_SECRET"] = secrets.token_urlsafe(32)
     uvicorn.run(
@@ -83,6 +85,9 @@ def serve(
         ws_ping_interval=settings.ws_ping_interval,
         ws_ping_timeout=settings.ws_ping_timeout,
         ws_max_size=settings.ws_max_message_size,
+        # connections end at once on SIGTERM (SSE responses end, WebSockets close 1012); the
+        # generations get the drain timeout in the lifespan shutdown
+        timeout_graceful_shutdown=max(1, math.ceil(settings.drain_timeout)),
     )
 
 
@@ -99,6 +104,27 @@ def new_key(
     key = new_api_key()
     typer.echo(key)
     typer.echo(key_file_line(key, name))
+
+
+def _check_stream_log(settings: Settings) -> None:
+    """Fail before starting any worker if the Redis stream log cannot be reached."""
+    if settings.stream_log == "memory":
+        return
+    from redis import Redis
+    from redis.exceptions import RedisError
+
+    from tokenwire.streams.redis_log import redacted
+
+    try:
+        with Redis.from_url(settings.stream_log, socket_connect_timeout=5) as client:
+            client.ping()
+    except RedisError as exc:
+        typer.secho(
+            f"tokenwire: cannot reach the stream log at {redacted(settings.stream_log)}: {exc}",
+            err=True,
+            fg=typer.colors.RED,
+        )
+        raise typer.Exit(1) from exc
 
 
 if __name__ == "__main__":

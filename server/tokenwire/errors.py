@@ -33,6 +33,7 @@ class ErrorCode(StrEnum):
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN = "forbidden"
     PAYLOAD_TOO_LARGE = "payload_too_large"
+    UNAVAILABLE = "unavailable"  # the stream log, or the worker running the stream, is gone
     INTERNAL_ERROR = "internal_error"
 
 

@@ -47,7 +47,7 @@ from tokenwire.protocol.websocket import CloseCode
 from tokenwire.security import Authenticator, auth_state, send_http_error
 from tokenwire.settings import Settings
 from tokenwire.streams.generation import Generation
-from tokenwire.streams.registry import StreamRegistry
+from tokenwire.streams.registry import Attachment, StreamRegistry
 
 # How long a client should wait before trying again after a concurrency limit (seconds): a
 # hint only; streams end at their own pace.
@@ -331,6 +331,30 @@ class ScopedRegistry:
         generation = self._registry.cancel(stream_id)
         self._guard.metrics.cancel_requested(generation)
         return generation
+
+    def _local(self, stream_id: str) -> Generation | None:
+        """The stream when it runs in this process and belongs to the caller (raises
+        :class:`NotFound` when it belongs to another key); ``None`` when it runs elsewhere.
+        Streams of other workers carry no owner yet: they are not checked."""
+        try:
+            generation = self._registry.get(stream_id)
+        except NotFound:
+            return None
+        if self._guard.owner(generation) != self.key_id:
+            raise NotFound(f"no live stream {stream_id!r}")
+        return generation
+
+    async def cancel_anywhere(self, stream_id: str) -> str:
+        generation = self._local(stream_id)
+        if generation is not None:
+            self._guard.metrics.cancel_requested(generation)
+        return await self._registry.cancel_anywhere(stream_id)
+
+    async def resume(self, stream_id: str, after_seq: int) -> Attachment:
+        generation = self._local(stream_id)
+        attachment = await self._registry.resume(stream_id, after_seq)
+        self._guard.metrics.resumed(generation.transport if generation else "unknown")
+        return attachment
 
     def __len__(self) -> int:
         return len(self._registry)

@@ -48,6 +48,7 @@ from tokenwire.protocol.events import ErrorEvent, TextDelta
 
 if TYPE_CHECKING:
     from tokenwire.streams.generation import Generation
+    from tokenwire.streams.registry import Attachment
     from tokenwire.streams.subscription import Subscription
 
 # seconds; TTFT of a small local model is 10 ms .. seconds, inter-token 1 ms .. 1 s
@@ -72,13 +73,25 @@ class StreamObserver:
     def stream_ended(self, generation: Generation, error: ErrorEvent | None) -> None:
         """The generation published its ``stream.end`` (after ``error`` when given)."""
 
-    def delivery(self, generation: Generation, subscription: Subscription) -> DeliveryObserver:
-        """An observer for one subscriber's delivery loop."""
+    def delivery(
+        self, generation: Generation, subscription: Subscription, *, resumed: bool = False
+    ) -> DeliveryObserver:
+        """An observer for one subscriber's delivery loop (``resumed``: after a catch-up, so
+        its first text is no TTFT)."""
         return _NO_DELIVERY
 
 
 _NO_DELIVERY = DeliveryObserver()
 NO_METRICS = StreamObserver()
+
+
+def delivery_observer(attachment: Attachment) -> DeliveryObserver:
+    """The observer of an attachment's live delivery: its generation's, when the stream runs
+    in this process (a stream read from another worker's log is counted by that worker)."""
+    generation, subscription = attachment.generation, attachment.subscription
+    if generation is None or subscription is None:
+        return _NO_DELIVERY
+    return generation.metrics.delivery(generation, subscription, resumed=bool(attachment.catch_up))
 
 
 class Metrics(StreamObserver):
@@ -180,8 +193,10 @@ class Metrics(StreamObserver):
         if error is not None:
             self.provider_errors.labels(str(error.code)).inc()
 
-    def delivery(self, generation: Generation, subscription: Subscription) -> DeliveryObserver:
-        return _Delivery(self, generation, subscription)
+    def delivery(
+        self, generation: Generation, subscription: Subscription, *, resumed: bool = False
+    ) -> DeliveryObserver:
+        return _Delivery(self, generation, subscription, resumed=resumed)
 
     def cancel_requested(self, generation: Generation) -> None:
         self.cancels.labels(generation.transport).inc()
@@ -209,12 +224,19 @@ class Metrics(StreamObserver):
 
 
 class _Delivery(DeliveryObserver):
-    def __init__(self, metrics: Metrics, generation: Generation, subscription: Subscription):
+    def __init__(
+        self,
+        metrics: Metrics,
+        generation: Generation,
+        subscription: Subscription,
+        *,
+        resumed: bool = False,
+    ):
         self.metrics = metrics
         self.generation = generation
         self.subscription = subscription
         self.transport = generation.transport
-        self.last_text: float | None = None
+        self.last_text: float | None = time.monotonic() if resumed else None
         self.coalesced = 0
 
     def sent(self, events: list[Any]) -> None:

@@ -66,6 +66,15 @@ class Settings(BaseSettings):
     first_token_timeout: Annotated[float | None, Field(gt=0)] = 120.0
     max_stream_duration: Annotated[float | None, Field(gt=0)] = 900.0
 
+    # resume: the stream log (memory, or a redis:// URL shared by every worker and host)
+    stream_log: str = "memory"
+    stream_log_max_events: Annotated[int, Field(ge=1)] = 10_000  # kept per stream
+    stream_log_max_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024  # kept per stream
+    stream_log_ttl: Annotated[float, Field(gt=0)] = 300.0  # an ended stream stays resumable
+    stream_log_lease: Annotated[float, Field(gt=0)] = 10.0  # redis: a silent owner is gone after
+    reconnect_delay: Annotated[float, Field(ge=0)] = 1.0  # SSE `retry:` sent to clients
+    drain_timeout: Annotated[float, Field(ge=0)] = 30.0  # shutdown: generations may finish
+
     # liveness
     heartbeat_interval: Annotated[float | None, Field(gt=0)] = 15.0  # SSE `: ping` when idle
     send_timeout: Annotated[float | None, Field(gt=0)] = 30.0  # bound on every write
@@ -98,6 +107,13 @@ class Settings(BaseSettings):
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("stream_log")
+    @classmethod
+    def _known_stream_log(cls, value: str) -> str:
+        if value != "memory" and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("stream_log must be 'memory' or a redis:// URL")
         return value
 
     @field_validator("log_level")
