@@ -5,6 +5,7 @@ code), the server never crashes, and no task outlives its request."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import UvicornThread, scripted_app, serve, wait_for
 from tests.protocol.test_fuzz import json_values, schema_like
-from tests.security_helpers import sse_events, ws_connect
+from tests.security_helpers import close_code, sse_events, ws_connect
 from tokenwire.errors import ErrorCode
 from tokenwire.providers.scripted import Script
 
@@ -25,7 +26,7 @@ CODES = {str(code) for code in ErrorCode}
 KEY = "tw_fuzz-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 SERVER_FUZZ = settings(
-    max_examples=60,
+    max_examples=150,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
@@ -102,9 +103,21 @@ async def answers(ws: websockets.ClientConnection, sent: int) -> list[dict[str, 
     return frames_seen
 
 
+def size_of(frame: str | bytes) -> int:
+    return len(frame.encode() if isinstance(frame, str) else frame)
+
+
 @SERVER_FUZZ
 @given(batch=st.lists(frames, min_size=1, max_size=6))
 async def test_arbitrary_websocket_frames_get_documented_answers(server, batch):
+    too_big = [index for index, frame in enumerate(batch) if size_of(frame) > 4096]
+    if too_big:  # everything up to the first oversized frame, which closes the socket 1009
+        async with ws_connect(server.base_url, additional_headers=AUTH) as ws:
+            with contextlib.suppress(websockets.ConnectionClosed):
+                for frame in batch[: too_big[0] + 1]:
+                    await ws.send(frame)
+            assert await close_code(ws) == 1009
+        return
     async with ws_connect(server.base_url, additional_headers=AUTH) as ws:
         for frame in batch:
             await ws.send(frame)
@@ -124,8 +137,9 @@ async def test_arbitrary_first_frames_without_credentials_close_1008(server, fir
         await ws.send(first)
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await asyncio.wait_for(ws.recv(), 10)
-    size = len(first.encode() if isinstance(first, str) else first)
-    expected = 1009 if size > 4096 else 1008  # too big to even read, else not an auth message
+    expected = (
+        1009 if size_of(first) > 4096 else 1008
+    )  # too big to even read, else not an auth message
     assert closed.value.rcvd is not None and closed.value.rcvd.code == expected
 
 
