@@ -9,8 +9,14 @@ Routes (wire protocol v1, see README):
     GET  /v1/ws                         WebSocket: generate / cancel / ping, streams multiplexed
     POST /v1/chat/completions           OpenAI-compatible, streamed or not
     GET  /v1/models                     OpenAI-compatible model list
-    GET  /healthz                       liveness and live stream count
+    GET  /healthz                       liveness and live stream count (never behind auth)
     GET  /                              the demo chat page (and /web/* its files; see web.py)
+    POST /v1/tokens                     201 {token, expires_at, expires_in}: a short-lived token
+    GET  /metrics                       Prometheus metrics (settings.metrics)
+
+Security, limits and metrics (tokenwire.guards) wrap every route as middleware: Origin
+allowlist, API keys or signed tokens, body and message sizes; stream limits and stream
+ownership apply through ``TokenwireApp.scoped``.
 
 Errors are JSON, never tracebacks: ``{"error": {"code", "message", "retryable"}}`` on our routes,
 OpenAI's ``{"error": {"message", "type", "param", "code"}}`` on the OpenAI-compatible ones.
@@ -40,12 +46,15 @@ from starlette.websockets import WebSocket
 
 from tokenwire import __version__
 from tokenwire.errors import ErrorCode, InvalidRequest, TokenwireError
-from tokenwire.logs import configure_logging
+from tokenwire.guards import Guards
+from tokenwire.limits import ScopedRegistry, check_request
+from tokenwire.logs import configure_logging, install_log_filters
 from tokenwire.protocol import openai as oai
 from tokenwire.protocol import sse
 from tokenwire.protocol.events import ErrorEvent, FinishReason, StreamEnd, StreamReset, TextDelta
 from tokenwire.protocol.requests import GenerateParams, describe_validation_error
 from tokenwire.providers import Provider, create_provider
+from tokenwire.security import http_headers
 from tokenwire.settings import DisconnectPolicy, Settings
 from tokenwire.streams.generation import Generation
 from tokenwire.streams.log import CursorExpired, StreamLog, UnknownStream, create_stream_log
@@ -61,6 +70,8 @@ _STATUS = {
     ErrorCode.INVALID_REQUEST: 400,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.PROVIDER_ERROR: 502,
     ErrorCode.PROVIDER_TIMEOUT: 504,
@@ -81,12 +92,16 @@ def _status_of(exc: TokenwireError) -> int:
 def error_response(exc: TokenwireError) -> JSONResponse:
     body = {"error": {"code": str(exc.code), "message": exc.message, "retryable": exc.retryable}}
     status = _status_of(exc)
-    headers = {"Retry-After": "1"} if status == 503 else None
+    headers = http_headers(exc) or ({"Retry-After": "1"} if status == 503 else None)
     return JSONResponse(body, status_code=status, headers=headers)
 
 
 def openai_error_response(exc: TokenwireError) -> JSONResponse:
-    return JSONResponse(oai.error_body(exc.code, exc.message), status_code=_status_of(exc))
+    return JSONResponse(
+        oai.error_body(exc.code, exc.message),
+        status_code=_status_of(exc),
+        headers=http_headers(exc),
+    )
 
 
 async def _json_body(request: Request) -> Any:
@@ -117,6 +132,12 @@ class TokenwireApp:
         self.registry = StreamRegistry(provider, settings, stream_log)
         self.started = int(time.time())
         self.retry = round(settings.reconnect_delay * 1000)  # SSE `retry:`, milliseconds
+        self.guards = Guards(settings, self.registry)  # security, limits, metrics
+
+    def scoped(self, connection: Request | WebSocket) -> ScopedRegistry:
+        """The registry as the caller of ``connection`` may use it: stream limits, its own
+        streams only (see :class:`tokenwire.limits.ScopedRegistry`)."""
+        return self.guards.scoped(connection)
 
     def drain(self) -> None:
         """Begin a graceful shutdown (see :meth:`StreamRegistry.drain`)."""
@@ -136,7 +157,12 @@ class TokenwireApp:
         )
 
     def limit_params(self, params: GenerateParams) -> GenerateParams:
-        """Apply the server's max_tokens default and limit. Raises :class:`InvalidRequest`."""
+        """Apply the server's max_tokens default and limit, and the message count and size
+        limits. Raises :class:`InvalidRequest`."""
+        try:
+            check_request(params, self.settings)
+        except InvalidRequest as exc:
+            raise _ValidationFailed(exc.message) from None
         if params.max_tokens is None:
             return params.model_copy(update={"max_tokens": self.settings.max_tokens})
         if params.max_tokens > self.settings.max_tokens_limit:
@@ -155,7 +181,7 @@ class TokenwireApp:
                 raise _ValidationFailed(
                     "on_disconnect: a detached stream (Accept: application/json) must use detach"
                 )
-            generation = self.registry.create(
+            generation = self.scoped(request).create(
                 params,
                 transport="sse",
                 on_disconnect=DisconnectPolicy.DETACH if detached else None,
@@ -187,7 +213,7 @@ class TokenwireApp:
         raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
         try:
             after_seq = _cursor(raw)
-            attachment = await self.registry.resume(stream_id, after_seq)
+            attachment = await self.scoped(request).resume(stream_id, after_seq)
         except (UnknownStream, CursorExpired) as exc:
             reason = "expired" if isinstance(exc, CursorExpired) else "unknown_stream"
             reset = StreamReset(stream_id=stream_id, reason=reason)
@@ -204,14 +230,14 @@ class TokenwireApp:
     async def cancel_stream(self, request: Request) -> Response:
         stream_id = request.path_params["stream_id"]
         try:
-            status = await self.registry.cancel_anywhere(stream_id)
+            status = await self.scoped(request).cancel_anywhere(stream_id)
         except TokenwireError as exc:
             return error_response(exc)
         return JSONResponse({"stream_id": stream_id, "status": status}, status_code=202)
 
     async def websocket(self, websocket: WebSocket) -> None:
         session = WebSocketSession(
-            websocket, self.registry, self.settings, limit_params=self.limit_params
+            websocket, self.scoped(websocket), self.settings, limit_params=self.limit_params
         )
         await session.run()
 
@@ -231,7 +257,7 @@ class TokenwireApp:
         try:
             body = _validate(oai.ChatCompletionRequest, await _json_body(request))
             params = self.limit_params(body.to_generate_params())
-            generation = self.registry.create(params, transport="openai")
+            generation = self.scoped(request).create(params, transport="openai")
         except TokenwireError as exc:
             return openai_error_response(exc)
         completion_id = "chatcmpl-" + secrets.token_urlsafe(18)
@@ -380,11 +406,14 @@ def create_app(settings: Settings | None = None, *, provider: Provider | None = 
         Route("/v1/models", state.models, methods=["GET"]),
         Route("/healthz", state.healthz, methods=["GET"]),
         *web_routes(settings.web_dir),
+        *state.guards.routes(),  # POST /v1/tokens, GET /metrics
     ]
+    install_log_filters()
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+        middleware=state.guards.middleware(),
     )
     app.state.tokenwire = state
     return app

@@ -1,5 +1,6 @@
 """The ``tokenwire`` command: ``tokenwire serve`` runs the server under uvicorn;
-``tokenwire chat`` is a terminal chat with a running server.
+``tokenwire chat`` is a terminal chat with a running server; ``tokenwire new-key`` makes an API
+key and its ``api_keys_file`` line.
 
 Every flag mirrors a ``TOKENWIRE_*`` setting; a flag given on the command line wins over the
 environment. Flags are passed to worker processes through the environment, so
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import secrets
 from enum import StrEnum
 from typing import Annotated
 
@@ -17,7 +19,9 @@ import typer
 import uvicorn
 from pydantic import ValidationError
 
+from tokenwire.keys import key_file_line, new_api_key
 from tokenwire.providers import PROVIDERS
+from tokenwire.security import check_settings
 from tokenwire.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -61,14 +65,17 @@ def serve(
             os.environ[f"TOKENWIRE_{name.upper()}"] = str(value)
     try:
         settings = Settings()
+        check_settings(settings)
         if settings.provider not in PROVIDERS:
             raise typer.BadParameter(
                 f"unknown provider {settings.provider!r}; choose one of: {', '.join(PROVIDERS)}",
                 param_hint="--provider",
             )
-    except ValidationError as exc:
+    except (ValidationError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from exc
     _check_stream_log(settings)
+    if settings.token_secret is None:  # one signing secret for every worker of this server
+        os.environ["TOKENWIRE_TOKEN_SECRET"] = secrets.token_urlsafe(32)
     uvicorn.run(
         "tokenwire.app:create_app_from_env",
         factory=True,
@@ -76,7 +83,7 @@ def serve(
         port=settings.port,
         workers=settings.workers,
         log_level=settings.log_level,
-        ws_per_message_deflate=False,
+        ws_per_message_deflate=settings.ws_per_message_deflate,
         ws_ping_interval=settings.ws_ping_interval,
         ws_ping_timeout=settings.ws_ping_timeout,
         ws_max_size=settings.ws_max_message_size,
@@ -84,6 +91,21 @@ def serve(
         # generations get the drain timeout in the lifespan shutdown
         timeout_graceful_shutdown=max(1, math.ceil(settings.drain_timeout)),
     )
+
+
+@app.command("new-key")
+def new_key(
+    name: Annotated[
+        str | None, typer.Option(help="A label for logs and metrics (no spaces).")
+    ] = None,
+) -> None:
+    """Print a new random API key (give it to the client) and, on the next line, the line to
+    append to TOKENWIRE_API_KEYS_FILE (only the key's SHA-256 digest is stored)."""
+    if name is not None and (not name or any(c.isspace() for c in name)):
+        raise typer.BadParameter("a name without spaces", param_hint="--name")
+    key = new_api_key()
+    typer.echo(key)
+    typer.echo(key_file_line(key, name))
 
 
 def _check_stream_log(settings: Settings) -> None:

@@ -65,6 +65,14 @@ def parse(data: str | bytes) -> Event:
         raise ProtocolError(f"not a wire protocol v1 event: {data[:200]!r}") from exc
 
 
+_STATUS_CODES = {
+    401: "unauthorized",
+    403: "forbidden",
+    413: "payload_too_large",
+    429: "rate_limited",
+}  # a refused WebSocket handshake may come without a readable body
+
+
 def http_error(response: httpx.Response) -> ServerError:
     """The :class:`ServerError` of an HTTP error answer (``{"error": {code, message, retryable}}``
     when the body has one)."""
@@ -76,10 +84,14 @@ def http_error(response: httpx.Response) -> ServerError:
             status=response.status_code,
             retryable=bool(error.get("retryable", False)),
         )
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, httpx.ResponseNotRead):
+        try:
+            message = response.text[:200] or response.reason_phrase
+        except httpx.ResponseNotRead:
+            message = f"HTTP {response.status_code} {response.reason_phrase}"
         return ServerError(
-            response.text[:200] or response.reason_phrase,
-            code="http_error",
+            message,
+            code=_STATUS_CODES.get(response.status_code, "http_error"),
             status=response.status_code,
             retryable=response.status_code in _RETRYABLE_STATUS,
         )
@@ -197,7 +209,8 @@ class WebSocketConnection(_Connection):
             self._ws = await ready
         except WebSocketUpgradeError as exc:
             response = exc.response
-            await response.aread()
+            with contextlib.suppress(httpx.StreamError):  # closed already with the handshake
+                await response.aread()
             error = http_error(response)
             if error.retryable and error.status in _RETRYABLE_STATUS:
                 raise Dropped(str(error), retry_after=retry_after(response)) from error

@@ -35,6 +35,7 @@ from enum import StrEnum
 from typing import Literal
 
 from tokenwire.errors import ErrorCode, ProviderError
+from tokenwire.metrics import NO_METRICS, StreamObserver
 from tokenwire.protocol.events import (
     ErrorEvent,
     Event,
@@ -119,6 +120,7 @@ class Generation:
         self._cancel_requested = False
         self._failure: tuple[ErrorCode, str, bool] | None = None
         self._grace: asyncio.TimerHandle | None = None
+        self.metrics: StreamObserver = NO_METRICS  # metrics hook, set by tokenwire.metrics
         log.begin(stream_id)
 
     # -- subscriptions ------------------------------------------------------------------------
@@ -362,6 +364,7 @@ class Generation:
             )
         finally:
             self._end()
+            self.metrics.stream_ended(self, error)  # metrics hook
         if external_cancel:
             raise asyncio.CancelledError
 

@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import ClassVar
 
 from tokenwire.errors import ErrorCode
+from tokenwire.metrics import delivery_observer
 from tokenwire.protocol.events import ErrorEvent, Event, FinishReason, StreamEnd, Usage
 from tokenwire.streams.registry import Attachment
 from tokenwire.streams.subscription import ends_stream
@@ -109,6 +110,7 @@ async def pump(
     subscription = attachment.subscription
     if subscription is None:
         return Delivery.ENDED
+    observer = delivery_observer(attachment)  # metrics hook
     while True:
         try:
             async with asyncio.timeout(heartbeat_interval):
@@ -119,8 +121,10 @@ async def pump(
         if not batch:
             ending = eviction_events(attachment.stream_id, cursor, attachment.usage_so_far())
             await _bounded(transport.send_events(ending), send_timeout)
+            observer.evicted()  # metrics hook
             return Delivery.EVICTED
         await _bounded(transport.send_events(batch), send_timeout)
+        observer.sent(batch)  # metrics hook
         cursor = _last_seq(batch, cursor)
         if ends_stream(batch):
             return Delivery.ENDED

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from tokenwire.errors import ErrorCode, InvalidRequest, TokenwireError
+from tokenwire.limits import MessageBudget, rate_limited_message
 from tokenwire.protocol import websocket as codec
 from tokenwire.protocol.events import ErrorEvent, Event, StreamReset
 from tokenwire.protocol.requests import (
@@ -87,6 +88,7 @@ class WebSocketSession:
         self._streams: dict[str, asyncio.Task[None]] = {}
         self._close_code: int | None = None
         self._closing = asyncio.Event()
+        self._budget = MessageBudget(settings.ws_messages_per_minute)  # tokenwire.limits
 
     async def run(self) -> None:
         """Accept, serve messages until the client disconnects or is cut off, then detach
@@ -121,6 +123,8 @@ class WebSocketSession:
 
     async def _handle(self, data: str | bytes) -> None:
         try:
+            if not self._budget.allow():  # ws_messages_per_minute: drop, say so
+                raise rate_limited_message(self._budget)
             message = codec.decode_client_message(data)
             await self._dispatch(message)
         except TokenwireError as exc:
