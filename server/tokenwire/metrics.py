@@ -224,6 +224,9 @@ class Metrics(StreamObserver):
 
 
 class _Delivery(DeliveryObserver):
+    """Per-subscriber hooks on the hot path: the labelled children are looked up once, and a
+    batch costs one observation per metric, not one per event."""
+
     def __init__(
         self,
         metrics: Metrics,
@@ -235,27 +238,33 @@ class _Delivery(DeliveryObserver):
         self.metrics = metrics
         self.generation = generation
         self.subscription = subscription
-        self.transport = generation.transport
+        self.transport = transport = generation.transport
         self.last_text: float | None = time.monotonic() if resumed else None
         self.coalesced = 0
+        self._batch = metrics.batch.labels(transport)
+        self._deltas = metrics.events_delivered.labels(transport, "text.delta")
+        self._ttft = metrics.ttft.labels(transport)
+        self._inter_token = metrics.inter_token.labels(transport)
 
     def sent(self, events: list[Any]) -> None:
-        m, transport = self.metrics, self.transport
-        now = time.monotonic()
-        m.batch.labels(transport).observe(len(events))
-        carries_text = False
+        self._batch.observe(len(events))
+        deltas = 0
         for event in events:
-            m.events_delivered.labels(transport, event.type).inc()
-            carries_text = carries_text or isinstance(event, TextDelta)
-        if carries_text:
-            if self.last_text is None:
-                m.ttft.labels(transport).observe(now - self.generation.started_at)
+            if isinstance(event, TextDelta):
+                deltas += 1
             else:
-                m.inter_token.labels(transport).observe(now - self.last_text)
+                self.metrics.events_delivered.labels(self.transport, event.type).inc()
+        if deltas:
+            self._deltas.inc(deltas)
+            now = time.monotonic()
+            if self.last_text is None:
+                self._ttft.observe(now - self.generation.started_at)
+            else:
+                self._inter_token.observe(now - self.last_text)
             self.last_text = now
         coalesced = self.subscription.coalesced
         if coalesced > self.coalesced:
-            m.coalesced.labels(transport).inc(coalesced - self.coalesced)
+            self.metrics.coalesced.labels(self.transport).inc(coalesced - self.coalesced)
             self.coalesced = coalesced
 
     def evicted(self) -> None:

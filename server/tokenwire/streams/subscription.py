@@ -22,9 +22,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 from tokenwire.protocol.events import Event, StreamEnd, TextDelta
 from tokenwire.settings import OverflowPolicy
+
+_NUDGE: Any = object()
+"""Queued by :meth:`Subscription.nudge` to wake the consumer; never delivered."""
 
 
 class Subscription:
@@ -51,6 +55,7 @@ class Subscription:
         self._pending: TextDelta | None = None  # coalesce: the merged overflow delta
         self._room = asyncio.Event()  # set whenever the consumer takes something
         self._on_evicted = on_evicted
+        self._nudged = False  # a _NUDGE marker is queued
 
     @property
     def depth(self) -> int:
@@ -64,6 +69,9 @@ class Subscription:
         nobody will read it). Cancelling a waiting ``put`` is safe: the event was not queued.
         """
         if self.closed or self.evicted:
+            return
+        if self._pending is None and not self.queue.full():  # the common case: no await
+            self.queue.put_nowait(event)
             return
         if self.overflow is OverflowPolicy.COALESCE:
             await self._put_coalescing(event)
@@ -117,19 +125,32 @@ class Subscription:
     async def get_batch(self) -> list[Event]:
         """Wait for at least one event, then take every event already queued.
 
-        Cancelling it is safe: no event is lost. After eviction it returns ``[]`` at once (the
-        queue only fills while the consumer is not waiting here, so no wake-up is needed).
+        Returns ``[]`` after :meth:`nudge` (nothing to send: a heartbeat is due) and, at once,
+        after eviction (the queue only fills while the consumer is not waiting here, so no
+        wake-up is needed); :attr:`evicted` tells the two apart. Cancelling it is safe: no
+        event is lost.
         """
         if self.evicted:
             return []
-        if self.queue.empty():
+        queue = self.queue
+        if queue.empty():
             self._flush_pending()
-        batch = [await self.queue.get()]
-        while not self.queue.empty():
-            batch.append(self.queue.get_nowait())
+        batch = [queue.get_nowait() if not queue.empty() else await queue.get()]
+        while not queue.empty():
+            batch.append(queue.get_nowait())
         self._flush_pending()
         self._room.set()
+        if self._nudged:
+            self._nudged = False
+            batch = [event for event in batch if event is not _NUDGE]
         return batch
+
+    def nudge(self) -> None:
+        """Wake a consumer waiting in :meth:`get_batch` with nothing to deliver (it returns
+        ``[]``): how a delivery loop learns that a heartbeat is due without a timer per wait."""
+        if self.queue.empty():
+            self._nudged = True
+            self.queue.put_nowait(_NUDGE)
 
     def close(self) -> None:
         """Stop accepting events (the consumer is gone). Idempotent."""

@@ -20,7 +20,7 @@ from tokenwire.errors import ErrorCode
 from tokenwire.metrics import delivery_observer
 from tokenwire.protocol.events import ErrorEvent, Event, FinishReason, StreamEnd, Usage
 from tokenwire.streams.registry import Attachment
-from tokenwire.streams.subscription import ends_stream
+from tokenwire.streams.subscription import Subscription, ends_stream
 
 
 class Transport(ABC):
@@ -53,12 +53,71 @@ class Delivery(StrEnum):
     EVICTED = "evicted"  # the consumer was too slow (overflow=disconnect); it was told so
 
 
-async def _bounded(write: Awaitable[None], send_timeout: float | None) -> None:
-    try:
-        async with asyncio.timeout(send_timeout):
+class _Watchdog:
+    """The timers of one delivery loop in one timer: the send timeout and the heartbeat.
+
+    A timer per wait and per write (``asyncio.timeout``) costs more than writing a token; this
+    one ticks every half of the shorter interval and only looks at two timestamps, so a write
+    costs one clock read. A write that is still pending ``send_timeout`` seconds after it began
+    is abandoned at the next tick (so after ``send_timeout`` to 1.5 x ``send_timeout``
+    seconds): the delivery task is cancelled and :meth:`write` raises :class:`SendTimeout`. A
+    loop idle for ``heartbeat_interval`` seconds is nudged (its subscription's ``get_batch``
+    returns ``[]``) at the next tick, so heartbeats come every 1 to 1.5 intervals.
+    """
+
+    def __init__(
+        self,
+        subscription: Subscription | None,
+        heartbeat_interval: float | None,
+        send_timeout: float | None,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
+        self.subscription = subscription
+        self.heartbeat_interval = heartbeat_interval if subscription is not None else None
+        self.send_timeout = send_timeout
+        self.last_write = self.loop.time()  # when the last write began
+        self.writing = False
+        self.fired = False
+        intervals = [t for t in (self.heartbeat_interval, send_timeout) if t is not None]
+        self.tick = min(intervals) / 2 if intervals else None
+        self._handle: asyncio.TimerHandle | None = None
+        if self.tick is not None:
+            self._handle = self.loop.call_later(self.tick, self._check)
+
+    def _check(self) -> None:
+        now = self.loop.time()
+        if self.writing:
+            if self.send_timeout is not None and now - self.last_write >= self.send_timeout:
+                self.fired = True
+                self._handle = None
+                if self.task is not None:
+                    self.task.cancel()
+                return
+        elif self.heartbeat_interval is not None and self.subscription is not None:
+            if now - self.last_write >= self.heartbeat_interval:
+                self.subscription.nudge()
+        assert self.tick is not None
+        self._handle = self.loop.call_later(self.tick, self._check)
+
+    async def write(self, write: Awaitable[None]) -> None:
+        """Await ``write`` under the send timeout. Raises :class:`SendTimeout`."""
+        self.last_write = self.loop.time()
+        self.writing = True
+        try:
             await write
-    except TimeoutError as exc:
-        raise SendTimeout(f"a write took longer than {send_timeout} s") from exc
+        except asyncio.CancelledError:
+            if self.fired and self.task is not None:
+                self.task.uncancel()
+                raise SendTimeout(f"a write took longer than {self.send_timeout} s") from None
+            raise
+        finally:
+            self.writing = False
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 def eviction_events(stream_id: str, cursor: int, usage: Usage | None) -> list[Event]:
@@ -99,11 +158,19 @@ async def pump(
     what a cancel means for the generation). A heartbeat goes out after each
     ``heartbeat_interval`` seconds (``None``: never) without an event.
     """
+    watchdog = _Watchdog(attachment.subscription, heartbeat_interval, send_timeout)
+    try:
+        return await _deliver(attachment, transport, watchdog)
+    finally:
+        watchdog.close()
+
+
+async def _deliver(attachment: Attachment, transport: Transport, watchdog: _Watchdog) -> Delivery:
     cursor = 0
     catch_up = attachment.catch_up
     for start in range(0, len(catch_up), CATCH_UP_BATCH):
         batch = catch_up[start : start + CATCH_UP_BATCH]
-        await _bounded(transport.send_events(batch), send_timeout)
+        await watchdog.write(transport.send_events(batch))
         cursor = _last_seq(batch, cursor)
         if ends_stream(batch):
             return Delivery.ENDED
@@ -112,18 +179,16 @@ async def pump(
         return Delivery.ENDED
     observer = delivery_observer(attachment)  # metrics hook
     while True:
-        try:
-            async with asyncio.timeout(heartbeat_interval):
-                batch = await subscription.get_batch()
-        except TimeoutError:
-            await _bounded(transport.send_heartbeat(), send_timeout)
-            continue
+        batch = await subscription.get_batch()
         if not batch:
+            if not subscription.evicted:  # nudged: idle for a heartbeat interval
+                await watchdog.write(transport.send_heartbeat())
+                continue
             ending = eviction_events(attachment.stream_id, cursor, attachment.usage_so_far())
-            await _bounded(transport.send_events(ending), send_timeout)
+            await watchdog.write(transport.send_events(ending))
             observer.evicted()  # metrics hook
             return Delivery.EVICTED
-        await _bounded(transport.send_events(batch), send_timeout)
+        await watchdog.write(transport.send_events(batch))
         observer.sent(batch)  # metrics hook
         cursor = _last_seq(batch, cursor)
         if ends_stream(batch):
