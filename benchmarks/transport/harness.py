@@ -93,9 +93,10 @@ class Profile:
     rate: float = 20.0
     memory_connections: int = 1000
     memory_steps: int = 4
+    memory_rate: float = 2.0
     latency_streams: int = 1000
     latency_window: float = 10.0
-    ramp: list[int] = field(default_factory=lambda: [1000, 2000, 3000, 4000, 5000])
+    ramp: list[int] = field(default_factory=lambda: [250, 500, 1000, 1500, 2000, 3000, 4000, 5000])
     ramp_window: float = 5.0
     stop_p99_ms: float = 50.0
     spread: float = 2.0
@@ -103,6 +104,7 @@ class Profile:
     outpace_streams: int = 50
     outpace_window: float = 5.0
     outpace_read_every: float = 0.01
+    quiesce_within: float = 20.0  # after each phase, wait at most this long for an idle server
 
     def phases(self) -> list[dict[str, Any]]:
         """The load generator's phase specs (see :mod:`transport.loadgen`)."""
@@ -111,6 +113,7 @@ class Profile:
                 "name": "memory",
                 "connections": self.memory_connections,
                 "steps": self.memory_steps,
+                "rate": self.memory_rate,
                 "settle": self.settle,
             },
             {
@@ -155,6 +158,7 @@ PROFILES = {
         settle=0.5,
         outpace_streams=20,
         outpace_window=1.5,
+        quiesce_within=5.0,
     ),
     # The smallest run through the same code: for the harness's own test.
     "smoke": Profile(
@@ -168,6 +172,7 @@ PROFILES = {
         settle=0.3,
         outpace_streams=4,
         outpace_window=0.5,
+        quiesce_within=2.0,
     ),
 }
 
@@ -353,6 +358,7 @@ def run(
                     "port": port,
                     "server_pid": process.pid,
                     "rate": profile.rate,
+                    "quiesce_within": profile.quiesce_within,
                     "phases": profile.phases(),
                 }
                 result = run_loadgen(job, on_progress, log_dir)

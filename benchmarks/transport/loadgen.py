@@ -392,6 +392,9 @@ class Generator:
         self.closing = False
         self.lag = array("d")
         self.changed = asyncio.Event()
+        self.quiesce_s: list[float] = []  # seconds each close_all waited for a quiet server
+        self.quiesce_within: float = job.get("quiesce_within", 20.0)
+        self.warnings: list[str] = []
 
     # -- streams --------------------------------------------------------------------------
 
@@ -430,18 +433,41 @@ class Generator:
                     await self.changed.wait()
 
     async def close_all(self, settle: float) -> None:
+        """Abort every open stream, wait ``settle / 2`` seconds, then until the server is
+        quiet again (see :meth:`quiesce`)."""
         self.closing = True
         for stream in list(self.open_streams):
             stream.verify()
             stream.close()
-        await asyncio.sleep(settle)
+        began = time.monotonic()
+        await asyncio.sleep(settle / 2)
+        await self.quiesce()
+        self.quiesce_s.append(time.monotonic() - began)
         self.closing = False
         self.streams.clear()
         self.established = 0
 
-    def active_schedule(self, seconds: float) -> Callable[[], Schedule]:
-        tokens = max(1, math.ceil(seconds * self.rate))
-        return lambda: Schedule(time.monotonic(), tokens=tokens, ttft=0.0, interval=1 / self.rate)
+    async def quiesce(self, busy: float = 0.05) -> None:
+        """Until the server used less than ``busy`` of a CPU over 0.2 s twice in a row (at most
+        ``quiesce_within`` seconds; then a warning). A server that fell behind its schedule
+        keeps working for a while after its clients left (overdue tokens, disconnects noticed
+        late); the next phase must not pay for that."""
+        within = self.quiesce_within
+        period, quiet, deadline = 0.2, 0, time.monotonic() + within
+        before = self.server_cpu()
+        while quiet < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(period)
+            now = self.server_cpu()
+            quiet = quiet + 1 if now - before < busy * period else 0
+            before = now
+        if quiet < 2:
+            self.warnings.append(f"server still busy {within:g} s after its clients left")
+
+    def active_schedule(self, seconds: float, rate: float | None = None) -> Callable[[], Schedule]:
+        """Schedules of streams that last ``seconds`` at ``rate`` tokens/s (default: the job's)."""
+        rate = rate or self.rate
+        tokens = max(1, math.ceil(seconds * rate))
+        return lambda: Schedule(time.monotonic(), tokens=tokens, ttft=0.0, interval=1 / rate)
 
     # -- measurements ---------------------------------------------------------------------
 
@@ -499,7 +525,9 @@ class Generator:
 async def phase_memory(gen: Generator, spec: dict[str, Any]) -> dict[str, Any]:
     """Server RSS with 0..``connections`` idle connections, then as many active streams on
     top, in ``steps`` steps. Idle: a WebSocket after the upgrade with no stream; an SSE stream
-    whose first token is due in an hour. Bytes per connection = least-squares slope."""
+    whose first token is due in an hour. Active: a stream delivering ``rate`` tokens/s (low, so
+    that no server falls behind and holds a backlog). Bytes per connection = least-squares
+    slope."""
     connections, steps, settle = spec["connections"], spec["steps"], spec["settle"]
     gen.recorder = Recorder(latency=False)
     warm = lambda: Schedule(time.monotonic(), tokens=5, ttft=0.0, interval=0.0)  # noqa: E731
@@ -516,7 +544,8 @@ async def phase_memory(gen: Generator, spec: dict[str, Any]) -> dict[str, Any]:
         opened = 0
         for count in per_step:
             target = gen.established + count
-            await gen.open(count, mode, 0.25, gen.active_schedule(active_seconds))
+            schedule_of = gen.active_schedule(active_seconds, spec["rate"])
+            await gen.open(count, mode, 0.25, schedule_of)
             await gen.wait_established(target, 30)
             opened += count
             await asyncio.sleep(settle)
@@ -664,6 +693,8 @@ async def run(job: dict[str, Any]) -> dict[str, Any]:
         for spec in job["phases"]:
             gen.failures = []
             gen.verified = gen.mismatches = 0
+            gen.quiesce_s = []
+            gen.warnings = []
             began = time.monotonic()
             result = await PHASES[spec["name"]](gen, spec)
             result.update(
@@ -672,6 +703,8 @@ async def run(job: dict[str, Any]) -> dict[str, Any]:
                 failure_examples=sorted(set(gen.failures))[:5],
                 verified_streams=gen.verified,
                 text_mismatches=gen.mismatches,
+                quiesce_s=gen.quiesce_s,
+                warnings=gen.warnings,
             )
             results[spec["name"]] = result
     finally:

@@ -75,6 +75,7 @@ def row(name: str, server: dict[str, Any]) -> dict[str, Any]:
         "outpace_tokens_per_s": outpace.get("tokens_per_s"),
         "failures": sum(p.get("failures", 0) for p in phases.values()),
         "text_mismatches": sum(p.get("text_mismatches", 0) for p in phases.values()),
+        "warnings": [f"{n}: {w}" for n, p in phases.items() for w in p.get("warnings", [])],
     }
 
 
@@ -139,6 +140,9 @@ def markdown(results: dict[str, Any]) -> str:
             f"- {r['server']}: {r['failures']} failed streams, {r['text_mismatches']} streams "
             "whose text differed (see results.json)"
         )
+    for r in rows:
+        for warning in r["warnings"]:
+            lines.append(f"- {r['server']}, {warning}")
     if costly:
         lines.append(f"- the client cost more CPU per token than the server for: {costly}")
     lines.append("")
