@@ -40,6 +40,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="a TOKENWIRE_* setting for the tokenwire server (repeatable), "
         "e.g. TOKENWIRE_OVERFLOW=coalesce",
     )  # fmt: skip
+    parser.add_argument(
+        "--py-spy", action="store_true",
+        help="profile each server with py-spy during the latency window "
+        "(writes profiles/<server>.txt and .md; needs pip install py-spy)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     names = {s.name for s in SERVERS}
     if args.servers is not None:
@@ -64,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or BENCHMARKS_DIR / "results" / f"{args.profile}-{stamp}"
     console = Console()
     command = shlex.join(["tokenwire", "bench", *argv])
-    results = run(args.profile, out, args.servers, args.tokenwire_env, console, command)
+    results = run(
+        args.profile, out, args.servers, args.tokenwire_env, console, command, args.py_spy
+    )
     console.print(Markdown((out / "results.md").read_text()))
     for name, server in results["servers"].items():
         r = row(name, server)

@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -244,9 +245,12 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def run_loadgen(job: dict[str, Any], on_progress: Any, log_dir: Path) -> dict[str, Any]:
+def run_loadgen(
+    job: dict[str, Any], on_progress: Any, log_dir: Path, on_window: Any = None
+) -> dict[str, Any]:
     """Run :mod:`transport.loadgen` with ``job``; call ``on_progress(message)`` per progress
-    line; return the result message. Raises RuntimeError if it fails."""
+    line and ``on_window(message)`` when a measurement window opens; return the result
+    message. Raises RuntimeError if it fails."""
     stderr = (log_dir / f"loadgen-{job['server']}.log").open("wb")
     with (
         stderr,
@@ -267,6 +271,8 @@ def run_loadgen(job: dict[str, Any], on_progress: Any, log_dir: Path) -> dict[st
             message = json.loads(line)
             if message["type"] == "progress":
                 on_progress(message)
+            elif message["type"] == "window" and on_window is not None:
+                on_window(message)
             elif message["type"] == "result":
                 result = message
     if process.returncode != 0 or result is None:
@@ -275,6 +281,44 @@ def run_loadgen(job: dict[str, Any], on_progress: Any, log_dir: Path) -> dict[st
             f"see {stderr.name}"
         )
     return result
+
+
+class PySpy:
+    """Samples one server with py-spy (``py-spy record --nonblocking``, 100 Hz) while the
+    latency phase's window is open; writes ``<path>.txt`` (collapsed stacks) and
+    ``<path>.md`` (the hot spots, :func:`transport.report.hot_spots`). py-spy must be on PATH
+    or next to this Python (``pip install py-spy``)."""
+
+    def __init__(self, pid: int, path: Path) -> None:
+        self.pid = pid
+        self.path = path
+        self.process: subprocess.Popen[bytes] | None = None
+        found = shutil.which("py-spy") or shutil.which(
+            "py-spy", path=str(Path(sys.executable).parent)
+        )
+        if found is None:
+            raise RuntimeError("--py-spy needs py-spy: pip install py-spy")
+        self.executable = found
+
+    def on_window(self, message: dict[str, Any]) -> None:
+        if message["phase"] != "latency" or self.process is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        command = [self.executable, "record", "--pid", str(self.pid), "--nonblocking"]
+        command += ["--duration", str(max(1, int(message["seconds"]))), "--format", "raw"]
+        command += ["--output", str(self.path.with_suffix(".txt"))]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def finish(self) -> None:
+        from transport.report import hot_spots
+
+        if self.process is None:
+            return
+        _, stderr = self.process.communicate(timeout=120)
+        raw = self.path.with_suffix(".txt")
+        if self.process.returncode != 0 or not raw.exists():
+            raise RuntimeError(f"py-spy failed: {stderr.decode(errors='replace')[-500:]}")
+        self.path.with_suffix(".md").write_text(hot_spots(raw, self.path.name))
 
 
 def machine() -> dict[str, Any]:
@@ -309,9 +353,11 @@ def run(
     tokenwire_env: dict[str, str] | None = None,
     console: Console | None = None,
     command: str = "",
+    py_spy: bool = False,
 ) -> dict[str, Any]:
     """Run the benchmark; write results.json, results.md and the plots into ``out``; return
-    the results. Raises RuntimeError when a server or the load generator fails."""
+    the results. With ``py_spy``, also profile each server during the latency phase's window
+    (see :class:`PySpy`). Raises RuntimeError when a server or the load generator fails."""
     from transport import report
 
     console = console or Console()
@@ -361,7 +407,10 @@ def run(
                     "quiesce_within": profile.quiesce_within,
                     "phases": profile.phases(),
                 }
-                result = run_loadgen(job, on_progress, log_dir)
+                spy = PySpy(process.pid, out / "profiles" / server.name) if py_spy else None
+                result = run_loadgen(job, on_progress, log_dir, spy.on_window if spy else None)
+                if spy is not None:
+                    spy.finish()
             results["servers"][server.name] = {
                 "description": server.description,
                 "phases": result["phases"],

@@ -2,8 +2,8 @@
 
 Run as ``python -m transport.loadgen``: it reads one JSON job from stdin (which server, its
 port and pid, the phases to run, see :func:`main`), writes progress lines
-``{"type": "progress", ...}`` to stdout while it runs, and one ``{"type": "result", ...}`` line
-at the end.
+``{"type": "progress", ...}`` to stdout while it runs, ``{"type": "window", "phase", "seconds"}``
+when a measurement window opens, and one ``{"type": "result", ...}`` line at the end.
 
 Why raw sockets: the client must cost less per token than the server, or the table would
 measure the client. Every stream is an :class:`asyncio.Protocol` on uvloop; HTTP responses
@@ -395,6 +395,7 @@ class Generator:
         self.quiesce_s: list[float] = []  # seconds each close_all waited for a quiet server
         self.quiesce_within: float = job.get("quiesce_within", 20.0)
         self.warnings: list[str] = []
+        self.phase = ""
 
     # -- streams --------------------------------------------------------------------------
 
@@ -496,6 +497,7 @@ class Generator:
         """Open the window for ``seconds`` and return CPU, counts and client lag within it."""
         self.lag = array("d")
         cpu0, own0 = self.server_cpu(), time.process_time()
+        emit({"type": "window", "server": self.name, "phase": self.phase, "seconds": seconds})
         self.recorder.open_window(seconds)
         await asyncio.sleep(seconds)
         cpu1, own1 = self.server_cpu(), time.process_time()
@@ -695,6 +697,7 @@ async def run(job: dict[str, Any]) -> dict[str, Any]:
             gen.verified = gen.mismatches = 0
             gen.quiesce_s = []
             gen.warnings = []
+            gen.phase = spec["name"]
             began = time.monotonic()
             result = await PHASES[spec["name"]](gen, spec)
             result.update(

@@ -258,3 +258,33 @@ def write(results: dict[str, Any], out: Path) -> None:
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / "results.md").write_text(markdown(results))
     plots(results, out)
+
+
+def hot_spots(raw: Path, title: str, top: int = 25) -> str:
+    """A Markdown summary of py-spy's collapsed stacks (``frame;frame;... count`` lines): the
+    functions with the most samples on top of the stack (self) and in the stack (inclusive),
+    as percentages of all samples. py-spy records busy samples only (no --idle), so these are
+    shares of the time the server was running Python."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        samples = int(count)
+        total += samples
+        frames = stack.split(";")
+        own[frames[-1]] = own.get(frames[-1], 0) + samples
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + samples
+    lines = [f"# py-spy hot spots: {title}", "", f"{total} samples.", ""]
+    for label, table in (("self", own), ("inclusive", inclusive)):
+        lines += [f"| {label} % | function (file:line) |", "|---|---|"]
+        ranked = sorted(table.items(), key=lambda item: -item[1])
+        if label == "inclusive":  # the outer frames (uvicorn's main, the loop) are ~100 %
+            ranked = [item for item in ranked if item[1] < 0.95 * total]
+        for frame, samples in ranked[:top]:
+            lines.append(f"| {100 * samples / max(total, 1):.1f} | `{frame}` |")
+        lines.append("")
+    return "\n".join(lines)
