@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import shlex
 import sys
 from pathlib import Path
@@ -62,9 +63,26 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def missing_packages() -> list[str]:
+    """The bench extra's packages that cannot be imported."""
+    missing = []
+    for module, package in (("sse_starlette", "sse-starlette"), ("psutil", "psutil"),
+                            ("matplotlib", "matplotlib"), ("uvloop", "uvloop"),
+                            ("httptools", "httptools")):  # fmt: skip
+        if importlib.util.find_spec(module) is None:
+            missing.append(package)
+    return missing
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if missing := missing_packages():
+        print(
+            f"tokenwire bench needs {', '.join(missing)}: pip install -e '.[bench]'",
+            file=sys.stderr,
+        )
+        return 2
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = args.out or BENCHMARKS_DIR / "results" / f"{args.profile}-{stamp}"
     console = Console()
