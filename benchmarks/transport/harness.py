@@ -2,9 +2,11 @@
 
 Every server runs alone in its own ``python -m uvicorn`` process (same flags for all, see
 :data:`UVICORN_FLAGS`) on a free loopback port; the load generator (:mod:`transport.loadgen`)
-runs in another process and reads the server's CPU time and RSS by its pid. Servers run one
+runs in another process and reads the server's CPU time and RSS by its pid. Each phase gets a
+fresh server process, so that nothing one phase left behind (streams a server still works on
+after its clients left, memory it did not return) is charged to the next. Servers run one
 after another, never two at once; results go to ``<out>/results.json``, ``results.md`` and PNG
-plots (:mod:`transport.report`), server logs to ``<out>/logs/``.
+plots (:mod:`transport.report`), server and load generator logs to ``<out>/logs/``.
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ UVICORN_FLAGS = [
     "--no-access-log",
     "--log-level", "warning",
     "--backlog", "8192",
-    "--timeout-graceful-shutdown", "3",
+    "--timeout-graceful-shutdown", "1",
 ]  # fmt: skip
 
 # tokenwire's settings for the benchmark; everything else is its default.
@@ -105,7 +107,7 @@ class Profile:
     outpace_streams: int = 50
     outpace_window: float = 5.0
     outpace_read_every: float = 0.01
-    quiesce_within: float = 20.0  # after each phase, wait at most this long for an idle server
+    quiesce_within: float = 5.0  # after each phase, wait at most this long for an idle server
 
     def phases(self) -> list[dict[str, Any]]:
         """The load generator's phase specs (see :mod:`transport.loadgen`)."""
@@ -152,28 +154,28 @@ PROFILES = {
         memory_connections=200,
         memory_steps=2,
         latency_streams=200,
-        latency_window=2.0,
+        latency_window=1.5,
         ramp=[500, 1000],
-        ramp_window=1.5,
+        ramp_window=1.0,
         spread=0.5,
         settle=0.5,
         outpace_streams=20,
-        outpace_window=1.5,
-        quiesce_within=5.0,
+        outpace_window=1.0,
+        quiesce_within=1.0,
     ),
     # The smallest run through the same code: for the harness's own test.
     "smoke": Profile(
         memory_connections=20,
-        memory_steps=2,
+        memory_steps=1,
         latency_streams=20,
         latency_window=1.0,
         ramp=[10, 30],
         ramp_window=0.5,
         spread=0.2,
-        settle=0.3,
+        settle=0.2,
         outpace_streams=4,
         outpace_window=0.5,
-        quiesce_within=2.0,
+        quiesce_within=0.5,
     ),
 }
 
@@ -195,7 +197,7 @@ def running_server(
     server: ServerUnderTest, log_dir: Path, tokenwire_env: dict[str, str]
 ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     """Start ``server`` under uvicorn on a free port and wait for ``GET /healthz``; stop it
-    (SIGINT, then SIGKILL after 10 s) on exit. Raises RuntimeError if it does not start."""
+    (SIGINT, then SIGKILL after 5 s) on exit. Raises RuntimeError if it does not start."""
     log_dir.mkdir(parents=True, exist_ok=True)
     for _attempt in range(3):
         port = free_port()
@@ -239,7 +241,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
         try:
-            process.wait(timeout=10)
+            process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
@@ -397,24 +399,29 @@ def run(
                 progress.update(task, advance=1, description=message.get("detail", ""))
 
             began_server = time.monotonic()
-            with running_server(server, log_dir, tokenwire_env or {}) as (process, port):
-                started = time.monotonic() - began_server
-                job = {
-                    "server": server.name,
-                    "port": port,
-                    "server_pid": process.pid,
-                    "rate": profile.rate,
-                    "quiesce_within": profile.quiesce_within,
-                    "phases": profile.phases(),
-                }
-                spy = PySpy(process.pid, out / "profiles" / server.name) if py_spy else None
-                result = run_loadgen(job, on_progress, log_dir, spy.on_window if spy else None)
-                if spy is not None:
-                    spy.finish()
+            phases: dict[str, Any] = {}
+            startup: dict[str, float] = {}
+            for spec in profile.phases():
+                began_phase = time.monotonic()
+                with running_server(server, log_dir, tokenwire_env or {}) as (process, port):
+                    startup[spec["name"]] = time.monotonic() - began_phase
+                    job = {
+                        "server": server.name,
+                        "port": port,
+                        "server_pid": process.pid,
+                        "rate": profile.rate,
+                        "quiesce_within": profile.quiesce_within,
+                        "phases": [spec],
+                    }
+                    spy = PySpy(process.pid, out / "profiles" / server.name) if py_spy else None
+                    result = run_loadgen(job, on_progress, log_dir, spy.on_window if spy else None)
+                    if spy is not None:
+                        spy.finish()
+                phases.update(result["phases"])
             results["servers"][server.name] = {
                 "description": server.description,
-                "phases": result["phases"],
-                "startup_s": started,
+                "phases": phases,
+                "startup_s": startup,
                 "elapsed_s": time.monotonic() - began_server,
             }
             progress.update(task, completed=profile.progress_steps(), description="done")
