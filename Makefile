@@ -9,7 +9,9 @@ ARGS ?=
 serve: $(VENV)/.installed-local  ## set up, then serve the bundled local model on 127.0.0.1:8000
 	$(BIN)/tokenwire serve $(ARGS)
 
-test: $(VENV)/.installed-dev  ## set up, then run every test
+test: $(VENV)/.installed-dev  ## set up, then run every test (installs redis-server and chromium if missing)
+	command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
+	test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium)
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: $(VENV)/.installed-dev

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -124,3 +128,123 @@ async def wait_for(predicate: Any, within: float = 5.0) -> None:
 def provider_of(app: Starlette) -> Provider:
     provider: Provider = app.state.tokenwire.provider
     return provider
+
+
+class RedisServer:
+    """A real ``redis-server`` of the test's own on a free loopback port, with no persistence;
+    it can be killed and started again on the same port (Redis faults)."""
+
+    def __init__(self) -> None:
+        executable = shutil.which("redis-server")
+        if executable is None:  # `make test` installs it; a bare pytest run must say so
+            pytest.fail("redis-server is not installed (apt-get install redis-server)")
+        self.executable = executable
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.process = subprocess.Popen(
+            [self.executable, "--port", str(self.port), "--bind", "127.0.0.1"]
+            + ["--save", "", "--appendonly", "no", "--protected-mode", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.02)
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def command(self, *args: str) -> bytes:
+        """Send one command; return the raw reply (enough for FLUSHALL, INFO, DBSIZE)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            parts = [f"*{len(args)}\r\n".encode()]
+            for arg in args:
+                parts.append(f"${len(arg.encode())}\r\n{arg}\r\n".encode())
+            sock.sendall(b"".join(parts))
+            time.sleep(0.05)
+            return sock.recv(1 << 20)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One redis-server for the session (tests use fresh stream ids, so they don't collide)."""
+    server = RedisServer().start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server of the test's own, which the test may kill and restart."""
+    server = RedisServer().start()
+    yield server
+    server.kill()
+
+
+class ServerProcess:
+    """``tokenwire serve`` in a process of its own on a free loopback port, configured by
+    ``TOKENWIRE_*`` variables; its log goes to a file that the test can read."""
+
+    def __init__(self, tmp_path: Any, name: str, **settings: Any) -> None:
+        self.port = free_port()
+        self.log_path = tmp_path / f"{name}.log"
+        self.env = {**os.environ, **{f"TOKENWIRE_{k.upper()}": str(v) for k, v in settings.items()}}
+        self.env.update(TOKENWIRE_PORT=str(self.port), TOKENWIRE_HOST="127.0.0.1")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ServerProcess:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "tokenwire.cli", "serve"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(self.base_url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start:\n{self.log()}")
+            time.sleep(0.05)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()

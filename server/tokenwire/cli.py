@@ -1,4 +1,6 @@
-"""The ``tokenwire`` command: ``tokenwire serve`` runs the server under uvicorn.
+"""The ``tokenwire`` command: ``tokenwire serve`` runs the server under uvicorn;
+``tokenwire chat`` is a terminal chat with a running server; ``tokenwire new-key`` makes an API
+key and its ``api_keys_file`` line.
 
 Every flag mirrors a ``TOKENWIRE_*`` setting; a flag given on the command line wins over the
 environment. Flags are passed to worker processes through the environment, so
@@ -7,14 +9,19 @@ environment. Flags are passed to worker processes through the environment, so
 
 from __future__ import annotations
 
+import math
 import os
+import secrets
+from enum import StrEnum
 from typing import Annotated
 
 import typer
 import uvicorn
 from pydantic import ValidationError
 
+from tokenwire.keys import key_file_line, new_api_key
 from tokenwire.providers import PROVIDERS
+from tokenwire.security import check_settings
 from tokenwire.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -58,13 +65,17 @@ def serve(
             os.environ[f"TOKENWIRE_{name.upper()}"] = str(value)
     try:
         settings = Settings()
+        check_settings(settings)
         if settings.provider not in PROVIDERS:
             raise typer.BadParameter(
                 f"unknown provider {settings.provider!r}; choose one of: {', '.join(PROVIDERS)}",
                 param_hint="--provider",
             )
-    except ValidationError as exc:
+    except (ValidationError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from exc
+    _check_stream_log(settings)
+    if settings.token_secret is None:  # one signing secret for every worker of this server
+        os.environ["TOKENWIRE_TOKEN_SECRET"] = secrets.token_urlsafe(32)
     uvicorn.run(
         "tokenwire.app:create_app_from_env",
         factory=True,
@@ -72,10 +83,77 @@ def serve(
         port=settings.port,
         workers=settings.workers,
         log_level=settings.log_level,
-        ws_per_message_deflate=False,
+        ws_per_message_deflate=settings.ws_per_message_deflate,
         ws_ping_interval=settings.ws_ping_interval,
         ws_ping_timeout=settings.ws_ping_timeout,
         ws_max_size=settings.ws_max_message_size,
+        # connections end at once on SIGTERM (SSE responses end, WebSockets close 1012); the
+        # generations get the drain timeout in the lifespan shutdown
+        timeout_graceful_shutdown=max(1, math.ceil(settings.drain_timeout)),
+    )
+
+
+@app.command("new-key")
+def new_key(
+    name: Annotated[
+        str | None, typer.Option(help="A label for logs and metrics (no spaces).")
+    ] = None,
+) -> None:
+    """Print a new random API key (give it to the client) and, on the next line, the line to
+    append to TOKENWIRE_API_KEYS_FILE (only the key's SHA-256 digest is stored)."""
+    if name is not None and (not name or any(c.isspace() for c in name)):
+        raise typer.BadParameter("a name without spaces", param_hint="--name")
+    key = new_api_key()
+    typer.echo(key)
+    typer.echo(key_file_line(key, name))
+
+
+def _check_stream_log(settings: Settings) -> None:
+    """Fail before starting any worker if the Redis stream log cannot be reached."""
+    if settings.stream_log == "memory":
+        return
+    from redis import Redis
+    from redis.exceptions import RedisError
+
+    from tokenwire.streams.redis_log import redacted
+
+    try:
+        with Redis.from_url(settings.stream_log, socket_connect_timeout=5) as client:
+            client.ping()
+    except RedisError as exc:
+        typer.secho(
+            f"tokenwire: cannot reach the stream log at {redacted(settings.stream_log)}: {exc}",
+            err=True,
+            fg=typer.colors.RED,
+        )
+        raise typer.Exit(1) from exc
+
+
+class ChatTransport(StrEnum):
+    SSE = "sse"
+    WEBSOCKET = "websocket"
+
+
+@app.command()
+def chat(
+    url: Annotated[
+        str, typer.Option(help="The server's base URL.", envvar="TOKENWIRE_URL")
+    ] = "http://127.0.0.1:8000",
+    transport: Annotated[
+        ChatTransport, typer.Option(help="How replies travel.")
+    ] = ChatTransport.SSE,
+    model: Annotated[str | None, typer.Option(help="Model id (default: the server's).")] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option(min=1, help="Tokens per reply (default: the server's).")
+    ] = None,
+    system: Annotated[str | None, typer.Option(help="A system message to start with.")] = None,
+) -> None:
+    """Chat in the terminal: replies stream token by token; Ctrl-C stops a reply (not the
+    chat); Ctrl-D or /exit quits."""
+    from tokenwire.chat import run_chat  # the client is only needed here
+
+    raise typer.Exit(
+        run_chat(url, transport=transport.value, model=model, max_tokens=max_tokens, system=system)
     )
 
 

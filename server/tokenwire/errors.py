@@ -5,6 +5,10 @@ Hierarchy::
     TokenwireError                 root; ``code`` is the protocol error code, ``retryable`` a hint
     ├── InvalidRequest             the client's request is malformed (``invalid_request``)
     ├── NotFound                   unknown stream or model (``not_found``)
+    ├── Unauthorized               no valid API key or token (``unauthorized``, HTTP 401)
+    ├── Forbidden                  a browser Origin not on the allowlist (``forbidden``, 403)
+    ├── PayloadTooLarge            a body over the size limit (``payload_too_large``, 413)
+    ├── RateLimited                a concurrency or rate limit was hit (``rate_limited``, 429)
     └── ProviderError              the model backend failed (``provider_error``)
         └── ProviderTimeout        the backend did not answer in time (``provider_timeout``)
 
@@ -27,6 +31,9 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "rate_limited"
     SLOW_CONSUMER = "slow_consumer"
     UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    UNAVAILABLE = "unavailable"  # the stream log, or the worker running the stream, is gone
     INTERNAL_ERROR = "internal_error"
 
 
@@ -76,3 +83,35 @@ class ProviderTimeout(ProviderError):
 
     code = ErrorCode.PROVIDER_TIMEOUT
     retryable = True
+
+
+# -- security and limits (see tokenwire.security and tokenwire.limits) -------------------------
+
+
+class Unauthorized(TokenwireError):
+    """No credentials, or an API key or signed token that is unknown, revoked or expired."""
+
+    code = ErrorCode.UNAUTHORIZED
+
+
+class Forbidden(TokenwireError):
+    """The request's ``Origin`` is not on the allowlist (cross-site request or WebSocket)."""
+
+    code = ErrorCode.FORBIDDEN
+
+
+class PayloadTooLarge(TokenwireError):
+    """A request body or message is larger than the server accepts."""
+
+    code = ErrorCode.PAYLOAD_TOO_LARGE
+
+
+class RateLimited(TokenwireError):
+    """A concurrency or rate limit was hit. Always retryable; ``retry_after`` is in seconds."""
+
+    code = ErrorCode.RATE_LIMITED
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

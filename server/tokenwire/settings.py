@@ -6,10 +6,11 @@ Durations are in seconds; ``None`` disables a timeout or heartbeat where the fie
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class OverflowPolicy(StrEnum):
@@ -65,6 +66,15 @@ class Settings(BaseSettings):
     first_token_timeout: Annotated[float | None, Field(gt=0)] = 120.0
     max_stream_duration: Annotated[float | None, Field(gt=0)] = 900.0
 
+    # resume: the stream log (memory, or a redis:// URL shared by every worker and host)
+    stream_log: str = "memory"
+    stream_log_max_events: Annotated[int, Field(ge=1)] = 10_000  # kept per stream
+    stream_log_max_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024  # kept per stream
+    stream_log_ttl: Annotated[float, Field(gt=0)] = 300.0  # an ended stream stays resumable
+    stream_log_lease: Annotated[float, Field(gt=0)] = 10.0  # redis: a silent owner is gone after
+    reconnect_delay: Annotated[float, Field(ge=0)] = 1.0  # SSE `retry:` sent to clients
+    drain_timeout: Annotated[float, Field(ge=0)] = 30.0  # shutdown: generations may finish
+
     # liveness
     heartbeat_interval: Annotated[float | None, Field(gt=0)] = 15.0  # SSE `: ping` when idle
     send_timeout: Annotated[float | None, Field(gt=0)] = 30.0  # bound on every write
@@ -72,6 +82,42 @@ class Settings(BaseSettings):
     ws_ping_timeout: Annotated[float | None, Field(gt=0)] = 20.0  # no pong: close 1011
     ws_max_message_size: Annotated[int, Field(ge=1024)] = 65536  # bytes; larger: close 1009
     log_format: Literal["text", "json"] = "text"
+
+    # demo page
+    web_dir: str | None = None  # serve GET / from this directory instead of the bundled page
+
+    # security and limits (docs/security.md); lists are comma-separated in the environment
+    auth: Literal["auto", "required", "off"] = "auto"  # auto: required once a key is configured
+    api_keys: Annotated[list[SecretStr], NoDecode] = []
+    api_keys_file: Path | None = None  # lines `sha256:<hex> [name]`, re-read when it changes
+    token_secret: SecretStr | None = None  # signs query tokens; None: random per process
+    token_ttl: Annotated[float, Field(gt=0, le=3600)] = 60.0  # longest query-token lifetime
+    auth_timeout: Annotated[float, Field(gt=0)] = 5.0  # WebSocket first `auth` message within
+    allowed_origins: Annotated[list[str], NoDecode] = []  # exact; same-origin always allowed
+    max_body_size: Annotated[int, Field(ge=1024)] = 1048576  # bytes; larger: 413
+    max_messages: Annotated[int, Field(ge=1)] = 256  # per request
+    max_input_chars: Annotated[int, Field(ge=1)] = 262144  # all message contents together
+    max_streams: Annotated[int, Field(ge=1)] = 512  # live streams per server process
+    max_streams_per_key: Annotated[int, Field(ge=1)] = 32  # live streams per API key
+    max_ws_connections: Annotated[int, Field(ge=1)] = 1024  # open WebSockets per process
+    max_ws_connections_per_key: Annotated[int, Field(ge=1)] = 32
+    ws_messages_per_minute: Annotated[int | None, Field(ge=1)] = 240  # per socket; None: no limit
+    ws_per_message_deflate: bool = False  # RFC 7692; the size limit applies decompressed
+    metrics: bool = True  # GET /metrics (behind auth like every route when auth is on)
+
+    @field_validator("api_keys", "allowed_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("stream_log")
+    @classmethod
+    def _known_stream_log(cls, value: str) -> str:
+        if value != "memory" and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("stream_log must be 'memory' or a redis:// URL")
+        return value
 
     @field_validator("log_level")
     @classmethod

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+import functools
+
+import httpx
+import pytest
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import scripted_app, serve
 from tokenwire.protocol import sse
 from tokenwire.protocol.events import FinishReason, StreamEnd, StreamStart, TextDelta, parse_event
+from tokenwire.providers.scripted import Script, scripted_text
 from tokenwire_client.sse import ServerSentEvent, SSEDecoder
 
 
@@ -66,3 +72,51 @@ def test_server_frames_round_trip_through_the_decoder(deltas, cuts):
     assert [parse_event(e.data) for e in decoded] == events
     assert [e.id for e in decoded] == [str(event.seq) for event in events]
     assert [e.event for e in decoded] == [event.type for event in events]
+
+
+@pytest.mark.parametrize(
+    ("stream", "expected"),
+    [
+        # a field with no colon has an empty value; `data` alone adds an empty line
+        (b"data\ndata\n\n", [ServerSentEvent(data="\n")]),
+        # only one leading space is stripped; unknown fields are ignored
+        (b"data:  two\nfoo: bar\n\n", [ServerSentEvent(data=" two")]),
+        # an empty `id` resets the last event id
+        (
+            b"id: 5\ndata: a\n\nid\ndata: b\n\n",
+            [ServerSentEvent("a", id="5"), ServerSentEvent("b", id="")],
+        ),
+        # `retry` must be all digits, and is kept across events
+        (
+            b"retry: -1\ndata: a\n\nretry: 250\n\ndata: b\n\n",
+            [ServerSentEvent("a"), ServerSentEvent("b", retry=250)],
+        ),
+        # a BOM is dropped at the start only
+        ("\ufeffdata: a\n\n\ufeffdata: b\n\n".encode(), [ServerSentEvent("a")]),
+        # CR alone ends lines, CR LF is one line end
+        (b"data: a\rdata: b\r\n\r\n", [ServerSentEvent("a\nb")]),
+    ],
+)
+def test_whatwg_field_rules(stream, expected):
+    assert decode_all([stream]) == expected
+    assert decode_all([bytes([b]) for b in stream]) == expected  # one byte at a time
+
+
+@functools.cache
+def real_server_bytes() -> bytes:
+    """What a real uvicorn sends for one stream: heartbeats while waiting, then the events."""
+    app, _ = scripted_app(Script(tokens=12, ttft=0.05, interval=0.002), heartbeat_interval=0.01)
+    with serve(app) as server:
+        body = {"messages": [{"role": "user", "content": "é 🙂 \r\n"}]}
+        return httpx.post(f"{server.base_url}/v1/streams", json=body, timeout=10).content
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=100_000), max_size=30))
+def test_the_bytes_our_server_sends_decode_on_any_split(cuts):
+    wire = real_server_bytes()
+    assert wire.count(b": ping\n\n") >= 1
+    events = [parse_event(sse.data) for sse in decode_all(split(wire, cuts))]
+    assert isinstance(events[0], StreamStart) and isinstance(events[-1], StreamEnd)
+    assert "".join(e.delta for e in events if isinstance(e, TextDelta)) == scripted_text(12)
+    assert [e.seq for e in events] == sorted({e.seq for e in events})

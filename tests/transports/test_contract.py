@@ -222,7 +222,8 @@ async def test_sse_cancel_from_another_connection():
 async def test_disconnect_mid_stream_stops_the_provider(transport):
     app, provider = scripted_app(Script(tokens=1000, interval=0.005))
     async with connect(app, "uvicorn", transport) as client:
-        async with client.stream(USER) as events:
+        # The client asks for `detach` when it may resume; this test is about `cancel`.
+        async with client.stream(USER, on_disconnect="cancel") as events:
             async for event in events:
                 if isinstance(event, TextDelta):
                     break

@@ -1,56 +1,81 @@
-"""``AsyncClient``: stream tokenwire events over SSE or WebSocket with one API.
+"""``AsyncClient``: stream tokenwire events over SSE or WebSocket with one API, resuming by
+itself when the connection drops.
 
     async with AsyncClient("http://127.0.0.1:8000", transport="websocket") as client:
-        async for event in client.stream([{"role": "user", "content": "Hi"}]):
-            if event.type == "text.delta":
-                print(event.delta, end="")
+        async with client.stream([{"role": "user", "content": "Hi"}]) as stream:
+            async for event in stream:
+                if event.type == "text.delta":
+                    print(event.delta, end="")
+        print(stream.text, stream.end.finish_reason)
 
-Events are the protocol's models (:mod:`tokenwire.protocol.events`). A stream ends after its
-``stream.end``. Raises :class:`ServerError` for an HTTP error answer or a stream-less ``error``
-frame, and :class:`ProtocolError` for frames that are not wire protocol v1.
+Events are the protocol's models (:mod:`tokenwire.protocol.events`); an iteration ends after
+``stream.end``. A lost connection is invisible to the caller: the client reconnects with
+exponential backoff and jitter (:class:`Reconnect`) and resumes after the last seq it received
+(SSE: ``Last-Event-ID``, WHATWG HTML 9.2; WebSocket: a ``resume`` message), so no text is
+duplicated or missing. The iteration yields ``stream.resumed`` each time that happens.
+
+Exceptions (see :mod:`tokenwire_client.errors`): :class:`ServerError` when the server refuses,
+:class:`ConnectionLost` when the stream cannot be resumed (:class:`StreamReset` when the server
+no longer has it), :class:`ProtocolError` for frames that are not wire protocol v1. An
+``error`` event inside a stream (e.g. ``provider_error``) is not raised: it is yielded and
+followed by ``stream.end`` with finish_reason ``error``.
 """
 
 from __future__ import annotations
 
-import json
-from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
-from httpx_ws import aconnect_ws
-from pydantic import ValidationError
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
-from tokenwire.protocol.events import ErrorEvent, Event, StreamEnd, parse_event
-from tokenwire_client.sse import SSEDecoder
+from tokenwire.protocol.events import (
+    ErrorEvent,
+    Event,
+    StreamEnd,
+    StreamReset,
+    StreamResumed,
+    StreamStart,
+    TextDelta,
+)
+from tokenwire_client.connections import Dropped, SSEConnection, WebSocketConnection
+from tokenwire_client.errors import ConnectionLost
+from tokenwire_client.errors import StreamReset as StreamResetError
 
 TransportName = Literal["sse", "websocket"]
 
-
-class ClientError(Exception):
-    """Root of the client's exceptions."""
+_CANCEL_TIMEOUT = 5.0  # seconds; a best-effort cancel on close never hangs longer
 
 
-class ProtocolError(ClientError):
-    """The server sent something that is not wire protocol v1."""
+@dataclass(frozen=True, kw_only=True)
+class Reconnect:
+    """How a stream reconnects after a lost connection. Durations in seconds.
 
+    An outage gets up to ``attempts`` tries; the count starts again once the server has sent
+    a new event. Before try ``n`` (from 1) the client waits
+    ``min(initial * 2**(n-1) + uniform(0, jitter), maximum)``, and never less than the
+    server's ``retry:`` hint (SSE). The first try of an outage waits only for that hint.
+    """
 
-class ServerError(ClientError):
-    """The server refused the request. ``status`` is the HTTP status (0 over WebSocket)."""
+    attempts: int = 8
+    initial: float = 0.1
+    maximum: float = 5.0
+    jitter: float = 0.1
 
-    def __init__(self, message: str, *, code: str, status: int = 0, retryable: bool = False):
-        super().__init__(f"{code}: {message}" + (f" (HTTP {status})" if status else ""))
-        self.code = code
-        self.status = status
-        self.retryable = retryable
-
-
-def _parse(data: str | bytes) -> Event:
-    try:
-        return parse_event(data)
-    except ValidationError as exc:
-        raise ProtocolError(f"not a wire protocol v1 event: {data[:200]!r}") from exc
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"attempts must be >= 1, got {self.attempts}")
+        if min(self.initial, self.maximum, self.jitter) < 0:
+            raise ValueError("initial, maximum and jitter are seconds: they must be >= 0")
 
 
 class AsyncClient:
@@ -58,10 +83,19 @@ class AsyncClient:
 
     Args:
         base_url: e.g. ``http://127.0.0.1:8000``.
-        transport: ``"sse"`` or ``"websocket"``.
-        api_key: sent as ``Authorization: Bearer``.
+        transport: ``"sse"`` or ``"websocket"``; the events and the API are the same.
+        api_key: sent as ``Authorization: Bearer <api_key>``.
+        reconnect: the backoff policy; ``None`` turns automatic resume off (a drop then raises
+            :class:`ConnectionLost` at once).
+        read_timeout: seconds without a byte after which an SSE connection counts as lost
+            (the server sends ``: ping`` every 15 s by default); ``None``: wait forever.
+            WebSocket liveness uses protocol pings (httpx-ws: every 20 s).
         http_client: an ``httpx.AsyncClient`` to use (e.g. with an in-process ASGI transport);
-            by default the client makes and owns one.
+            by default the client makes one and closes it in :meth:`aclose`.
+
+    With ``reconnect`` on, streams are started with ``on_disconnect: "detach"`` (unless the
+    call says otherwise) so that the generation survives a drop; closing a stream before its
+    end then cancels it on the server.
     """
 
     def __init__(
@@ -70,16 +104,19 @@ class AsyncClient:
         *,
         transport: TransportName = "sse",
         api_key: str | None = None,
+        reconnect: Reconnect | None = Reconnect(),  # noqa: B008 - frozen, so sharing is safe
+        read_timeout: float | None = 60.0,
         http_client: httpx.AsyncClient | None = None,
     ) -> None:
         if transport not in ("sse", "websocket"):
             raise ValueError(f"transport must be 'sse' or 'websocket', got {transport!r}")
         self.base_url = base_url.rstrip("/")
-        self.transport = transport
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.transport: TransportName = transport
+        self.reconnect = reconnect
+        self.read_timeout = read_timeout
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._owns_http = http_client is None
         self._http = http_client or httpx.AsyncClient(timeout=httpx.Timeout(30.0, read=None))
-        self._headers = headers
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -88,45 +125,77 @@ class AsyncClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Close the HTTP client if this client made it (idempotent)."""
         if self._owns_http:
             await self._http.aclose()
 
     def stream(
         self, messages: Sequence[dict[str, Any]], *, model: str | None = None, **params: Any
     ) -> EventStream:
-        """Start a stream: an async iterator of its events, up to and including ``stream.end``.
+        """Start a stream (the connection opens on the first ``__anext__``).
 
-        Leaving the iteration early: ``async with client.stream(...) as events:`` (or call
-        ``await events.aclose()``) closes the connection; the server then applies its
-        disconnect policy. Raises :class:`ServerError` when the server refuses the request.
+        ``messages`` are ``{"role", "content"}`` dicts; ``params`` are the other fields of
+        ``POST /v1/streams`` (``max_tokens``, ``temperature``, ``top_p``, ``stop``, ``seed``,
+        ``on_disconnect``). Raises :class:`ServerError` on the first ``__anext__`` when the
+        server refuses the request (e.g. 422 ``invalid_request``).
         """
         body: dict[str, Any] = {"messages": list(messages), **params}
         if model is not None:
             body["model"] = model
+        if self.reconnect is not None:
+            body.setdefault("on_disconnect", "detach")
         return EventStream(self, body)
 
     async def text(self, messages: Sequence[dict[str, Any]], **params: Any) -> str:
         """Stream and return the whole generated text."""
-        parts = []
-        async with self.stream(messages, **params) as events:
-            async for event in events:
-                if event.type == "text.delta":
-                    parts.append(event.delta)
-        return "".join(parts)
+        async with self.stream(messages, **params) as stream:
+            async for _ in stream:
+                pass
+        return stream.text
+
+    def _connection(self) -> SSEConnection | WebSocketConnection:
+        kind = SSEConnection if self.transport == "sse" else WebSocketConnection
+        read_timeout = self.read_timeout if self.transport == "sse" else None
+        return kind(self._http, self.base_url, self._headers, read_timeout)  # type: ignore[arg-type]
 
 
 class EventStream:
-    """The events of one stream; the connection opens on the first ``__anext__``."""
+    """The events of one stream, and what has been learnt from them so far.
+
+    Attributes:
+        text: the text of every ``text.delta`` so far (exactly once each, across resumes).
+        stream_id: the server's id of the stream, once known.
+        last_seq: seq of the last numbered event received (the resume cursor), 0 before any.
+        reconnects: connections lost and resumed so far.
+        end: the ``stream.end`` event, once received.
+        error: the ``error`` event of a failed stream, if any.
+        retry_after: the server's reconnection delay in seconds (SSE ``retry:``, or an HTTP
+            ``Retry-After``), ``None`` until it gives one; the client never reconnects sooner.
+
+    Iterate it from one task. :meth:`cancel` may be called from any task of the same loop.
+    """
 
     def __init__(self, client: AsyncClient, body: dict[str, Any]) -> None:
         self._client = client
         self._body = body
-        self._stack = AsyncExitStack()
-        self._read: Callable[[], Awaitable[Event | None]] | None = None
-        self._done = False
+        self.request_id = "req_" + secrets.token_urlsafe(9)
+        self.text = ""
+        self.stream_id: str | None = None
+        self.last_seq = 0
+        self.reconnects = 0
+        self.end: StreamEnd | None = None
+        self.error: ErrorEvent | None = None
+        self._connection: SSEConnection | WebSocketConnection | None = None
+        self.retry_after: float | None = None
+        self._cancel_requested = False
+        self._cancel_sent = False
+        self._events = self._run()
 
     def __aiter__(self) -> EventStream:
         return self
+
+    async def __anext__(self) -> Event:
+        return await self._events.__anext__()
 
     async def __aenter__(self) -> EventStream:
         return self
@@ -135,80 +204,166 @@ class EventStream:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connection (idempotent)."""
-        self._done = True
-        await self._stack.aclose()
+        """Close the connection (idempotent). A stream left before its end is cancelled on the
+        server (best effort, at most 5 s), since with resume on it would otherwise run on
+        detached for the server's grace period."""
+        await self._events.aclose()
+        detached = self._body.get("on_disconnect") == "detach"
+        if self.end is None and self.stream_id is not None and detached:
+            connection = self._client._connection()
+            try:
+                async with asyncio.timeout(_CANCEL_TIMEOUT):
+                    await connection.post_cancel(self.stream_id)
+            except Exception:  # best effort by contract: the server's grace period is the backstop
+                pass
+            finally:
+                await connection.aclose()
 
-    async def __anext__(self) -> Event:
-        if self._done:
-            raise StopAsyncIteration
+    async def cancel(self) -> None:
+        """Ask the server to end the stream; the iteration then goes on up to ``stream.end``
+        (finish_reason ``cancelled``, with the usage so far). Idempotent; a no-op after the
+        end. Before the stream id is known the cancel is sent as soon as it is. Over
+        WebSocket it is a ``cancel`` message, over SSE ``POST /v1/streams/{id}/cancel``; while
+        reconnecting, it goes over HTTP."""
+        self._cancel_requested = True
+        await self._send_cancel()
+
+    async def _send_cancel(self) -> None:
+        if self._cancel_sent or self.end is not None or self.stream_id is None:
+            return
+        self._cancel_sent = True
+        connection = self._connection
         try:
-            if self._read is None:
-                if self._client.transport == "sse":
-                    self._read = await self._open_sse()
-                else:
-                    self._read = await self._open_websocket()
-            event = await self._read()
-        except BaseException:
-            await self.aclose()
+            if connection is not None:
+                await connection.cancel(self.stream_id)
+                return
+            helper = self._client._connection()
+            try:
+                await helper.post_cancel(self.stream_id)
+            finally:
+                await helper.aclose()
+        except Dropped:
+            self._cancel_sent = False  # sent again once reconnected
+
+    # -- the stream's life ------------------------------------------------------------------
+
+    async def _run(self) -> AsyncIterator[Event]:
+        resuming = False
+        while True:
+            connection, pending = await self._establish(resuming)
+            self._connection = connection
+            try:
+                await self._send_cancel_if_requested()
+                while True:
+                    for event in pending:
+                        if self._accept(event):
+                            yield event
+                            if self.end is not None:
+                                return
+                            await self._send_cancel_if_requested()
+                    pending = [await connection.next()]
+            except Dropped as exc:
+                if self._client.reconnect is None:
+                    raise self._lost(f"connection lost and reconnect is off: {exc}") from exc
+                self.retry_after = exc.retry_after or connection.retry_after or self.retry_after
+                self.reconnects += 1
+                resuming = True
+            finally:
+                self._connection = None
+                await connection.aclose()
+
+    async def _send_cancel_if_requested(self) -> None:
+        if self._cancel_requested and not self._cancel_sent:
+            await self._send_cancel()
+
+    async def _establish(self, resuming: bool) -> tuple[Any, list[Event]]:
+        """Connect (start or resume) until the server makes progress: returns the live
+        connection and the events read so far, the last of which is new. Raises
+        :class:`ConnectionLost` when every attempt failed."""
+        policy = self._client.reconnect
+        if policy is None:
+            try:
+                return await self._attempt()
+            except Dropped as exc:
+                raise self._lost(f"could not connect: {exc}") from exc
+        if resuming and self.retry_after:
+            await asyncio.sleep(self.retry_after)
+        backoff = wait_exponential_jitter(
+            multiplier=policy.initial, max=policy.maximum, jitter=policy.jitter
+        )
+
+        def wait(state: RetryCallState) -> float:
+            return max(self.retry_after or 0.0, backoff(state))
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(policy.attempts),
+            wait=wait,
+            retry=retry_if_exception_type(Dropped),
+            reraise=True,
+        )
+        try:
+            return await retrying(self._attempt)
+        except Dropped as exc:
+            attempts = retrying.statistics.get("attempt_number", policy.attempts)
+            raise self._lost(f"gave up after {attempts} attempts: {exc}", attempts) from exc
+
+    async def _attempt(self) -> tuple[Any, list[Event]]:
+        connection = self._client._connection()
+        try:
+            if self.stream_id is None:
+                await connection.start(self._body, self.request_id)
+            else:
+                await connection.resume(self.stream_id, self.last_seq)
+            if connection.stream_id and self.stream_id is None:
+                self.stream_id = connection.stream_id
+            pending: list[Event] = []
+            while True:
+                event = await connection.next()
+                pending.append(event)
+                if self._is_progress(event):
+                    return connection, pending
+        except BaseException as exc:
+            if isinstance(exc, Dropped):
+                self.retry_after = exc.retry_after or connection.retry_after or self.retry_after
+            await connection.aclose()
             raise
-        if event is None:
-            await self.aclose()
-            raise ProtocolError("the connection closed before stream.end")
-        if isinstance(event, StreamEnd):
-            await self.aclose()
-        return event
 
-    async def _open_sse(self) -> Callable[[], Awaitable[Event | None]]:
-        client = self._client
-        response = await self._stack.enter_async_context(
-            client._http.stream(
-                "POST", f"{client.base_url}/v1/streams", json=self._body, headers=client._headers
+    def _is_progress(self, event: Event) -> bool:
+        if isinstance(event, StreamReset):
+            return True
+        seq = getattr(event, "seq", None)
+        return seq is not None and seq > self.last_seq
+
+    def _accept(self, event: Event) -> bool:
+        """Update the state from one event; whether to hand it to the caller."""
+        if isinstance(event, StreamReset):
+            raise StreamResetError(
+                f"the server cannot resume stream {event.stream_id} ({event.reason})",
+                reason=event.reason,
+                stream_id=self.stream_id,
+                last_seq=self.last_seq,
             )
+        if isinstance(event, ErrorEvent) and event.code == "slow_consumer" and event.retryable:
+            # Evicted: the generation goes on; the stream.end that follows is this
+            # connection's, not the stream's. Both carry the last seq sent, so resume after it.
+            raise Dropped(f"evicted as a slow consumer: {event.message}")
+        if isinstance(event, StreamResumed):
+            return True
+        seq = getattr(event, "seq", None)
+        if seq is None or seq <= self.last_seq:
+            return False  # a duplicate from a replay overlap: already handed over
+        self.last_seq = seq
+        if isinstance(event, StreamStart):
+            self.stream_id = event.stream_id
+        elif isinstance(event, TextDelta):
+            self.text += event.delta
+        elif isinstance(event, ErrorEvent):
+            self.error = event
+        elif isinstance(event, StreamEnd):
+            self.end = event
+        return True
+
+    def _lost(self, message: str, attempts: int = 0) -> ConnectionLost:
+        return ConnectionLost(
+            message, stream_id=self.stream_id, last_seq=self.last_seq, attempts=attempts
         )
-        if response.status_code != 200:
-            await response.aread()
-            raise _http_error(response)
-        decoder = SSEDecoder()
-        chunks = response.aiter_raw()
-        ready: deque[Event] = deque()
-
-        async def read() -> Event | None:
-            while not ready:
-                try:
-                    chunk = await anext(chunks)
-                except StopAsyncIteration:
-                    return None
-                ready.extend(_parse(sse.data) for sse in decoder.decode(chunk))
-            return ready.popleft()
-
-        return read
-
-    async def _open_websocket(self) -> Callable[[], Awaitable[Event | None]]:
-        client = self._client
-        url = client.base_url.replace("http", "ws", 1) + "/v1/ws"
-        ws = await self._stack.enter_async_context(
-            aconnect_ws(url, client._http, headers=client._headers)
-        )
-        await ws.send_text(json.dumps({"type": "generate", **self._body}))
-
-        async def read() -> Event | None:
-            event = _parse(await ws.receive_text())
-            if isinstance(event, ErrorEvent) and event.stream_id is None:
-                raise ServerError(event.message, code=event.code, retryable=event.retryable)
-            return event
-
-        return read
-
-
-def _http_error(response: httpx.Response) -> ServerError:
-    try:
-        error = response.json()["error"]
-        return ServerError(
-            error["message"],
-            code=error["code"],
-            status=response.status_code,
-            retryable=bool(error.get("retryable", False)),
-        )
-    except (ValueError, KeyError, TypeError):
-        return ServerError(response.text[:200], code="http_error", status=response.status_code)

@@ -27,6 +27,8 @@ _ERROR_TYPES = {
     ErrorCode.INVALID_REQUEST: "invalid_request_error",
     ErrorCode.NOT_FOUND: "invalid_request_error",
     ErrorCode.UNAUTHORIZED: "authentication_error",
+    ErrorCode.FORBIDDEN: "permission_error",
+    ErrorCode.PAYLOAD_TOO_LARGE: "invalid_request_error",
     ErrorCode.RATE_LIMITED: "rate_limit_error",
 }
 

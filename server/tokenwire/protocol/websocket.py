@@ -28,7 +28,7 @@ class CloseCode:
     POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009  # sent by uvicorn (ws_max_size)
     INTERNAL_ERROR = 1011  # sent by uvicorn, also when pings go unanswered
-    SERVICE_RESTART = 1012  # sent by uvicorn at shutdown: reconnect and resume
+    SERVICE_RESTART = 1012  # the server drains (shutdown): reconnect and resume
     TRY_AGAIN_LATER = 1013
     SLOW_CONSUMER = 4008  # the client did not keep up: reconnect and resume (retryable)
 

@@ -1,8 +1,9 @@
 """Generation: runs one provider call as a task and publishes its events to subscriptions.
 
-Data flows one way: provider -> Generation -> Subscription(queue) -> transport. Control flows
-back: :meth:`Generation.cancel` (an explicit cancel, or a disconnect under the ``cancel``
-policy) cancels the task, which closes the provider's iterator and so stops the upstream work.
+Data flows one way: provider -> Generation -> StreamLog and Subscription(queue) -> transport.
+Control flows back: :meth:`Generation.cancel` (an explicit cancel, or a disconnect under the
+``cancel`` policy) cancels the task, which closes the provider's iterator and so stops the
+upstream work.
 
 Every generation publishes, in order: ``stream.start``; ``text.delta`` per provider delta;
 ``error`` if the provider failed; exactly one ``stream.end`` with the finish reason and the usage
@@ -13,9 +14,14 @@ Deadlines (seconds, ``None`` to disable), each ending the stream and closing the
 (finish_reason error); ``max_duration`` -> ``stream.end`` (finish_reason timeout). The token
 limit is the request's ``max_tokens`` (finish_reason length), enforced by the provider.
 
-Disconnect policy, applied when the last subscriber goes away before the end: ``cancel`` stops
-the generation at once, also while the provider still waits for its first token; ``detach``
-lets it run on, and cancels it if nobody has subscribed again within ``detach_grace`` seconds.
+Every event is appended to the :class:`~tokenwire.streams.log.StreamLog` before any subscription
+sees it, so that :meth:`Generation.attach` (a snapshot of the log plus a new subscription, taken
+in one step of the event loop) continues a consumer's cursor with no gap and no duplicate.
+
+Disconnect policy, applied when the last reader goes away before the end (local subscriptions
+and readers in other processes alike): ``cancel`` stops the generation at once, also while the
+provider still waits for its first token; ``detach`` lets it run on, and cancels it if nobody
+has attached again within ``detach_grace`` seconds.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from enum import StrEnum
 from typing import Literal
 
 from tokenwire.errors import ErrorCode, ProviderError
+from tokenwire.metrics import NO_METRICS, StreamObserver
 from tokenwire.protocol.events import (
     ErrorEvent,
     Event,
@@ -41,6 +48,7 @@ from tokenwire.protocol.events import (
 from tokenwire.protocol.requests import GenerateParams
 from tokenwire.providers.base import Delta, Finish, Prompt, Provider
 from tokenwire.settings import DisconnectPolicy, OverflowPolicy
+from tokenwire.streams.log import StreamLog
 from tokenwire.streams.subscription import Subscription
 
 log = logging.getLogger("tokenwire.streams")
@@ -64,6 +72,7 @@ class Generation:
         params: what to generate.
         transport: name of the transport that started it ("sse", "websocket", "openai"), logged.
         request_id: echoed in ``stream.start`` (WebSocket ``generate.request_id``).
+        log: where every event is kept for resume; the stream is begun in it at once.
         on_disconnect: what a disconnect of the last subscriber does (``cancel`` stops it).
     """
 
@@ -74,6 +83,7 @@ class Generation:
         params: GenerateParams,
         *,
         model: str,
+        log: StreamLog,
         transport: str,
         request_id: str | None = None,
         on_disconnect: DisconnectPolicy = DisconnectPolicy.CANCEL,
@@ -86,6 +96,7 @@ class Generation:
         self.provider = provider
         self.params = params
         self.model = model
+        self.log = log
         self.transport = transport
         self.request_id = request_id
         self.on_disconnect = on_disconnect
@@ -103,10 +114,14 @@ class Generation:
         self.first_token_at: float | None = None
         self.ended = asyncio.Event()
         self.subscriptions: list[Subscription] = []
+        self.remote_readers = 0  # readers attached through the log from other processes
         self._on_ended = on_ended
         self._task: asyncio.Task[None] | None = None
         self._cancel_requested = False
+        self._failure: tuple[ErrorCode, str, bool] | None = None
         self._grace: asyncio.TimerHandle | None = None
+        self.metrics: StreamObserver = NO_METRICS  # metrics hook, set by tokenwire.metrics
+        log.begin(stream_id)
 
     # -- subscriptions ------------------------------------------------------------------------
 
@@ -120,9 +135,7 @@ class Generation:
         """Attach a consumer. It receives every event published from now on.
 
         ``evict_after`` (seconds) applies to the ``disconnect`` overflow policy."""
-        if self._grace is not None:
-            self._grace.cancel()
-            self._grace = None
+        self._stop_grace()
         subscription = Subscription(
             self.stream_id,
             maxsize=maxsize,
@@ -144,7 +157,55 @@ class Generation:
         if subscription not in self.subscriptions:
             return
         self.subscriptions.remove(subscription)
-        if reason == "ended" or self.subscriptions or self.state is GenerationState.ENDED:
+        if reason != "ended":
+            self._reader_left()
+
+    def attach(
+        self,
+        after_seq: int,
+        *,
+        maxsize: int = 64,
+        overflow: OverflowPolicy = OverflowPolicy.BLOCK,
+        evict_after: float = 5.0,
+    ) -> tuple[list[Event], Subscription | None] | None:
+        """Resume a consumer after its cursor ``after_seq``: the logged events after it, and a
+        subscription for everything later (``None`` when the catch-up already ends the stream).
+        Returns ``None`` when the log no longer holds this stream locally (read it through the
+        log instead).
+
+        Raises:
+            CursorAhead: ``after_seq`` is beyond the newest event.
+            CursorExpired: events right after ``after_seq`` are no longer kept.
+        """
+        snapshot = self.log.snapshot(self.stream_id, after_seq)
+        if snapshot is None:
+            return None
+        catch_up, ended = snapshot
+        if ended:
+            return catch_up, None
+        subscription = self.subscribe(maxsize=maxsize, overflow=overflow, evict_after=evict_after)
+        return catch_up, subscription
+
+    def remote_attached(self) -> None:
+        """A reader in another process attached through the log (it holds off the grace)."""
+        self.remote_readers += 1
+        self._stop_grace()
+
+    def remote_detached(self) -> None:
+        """A reader in another process went away: the disconnect policy may apply."""
+        self.remote_readers = max(0, self.remote_readers - 1)
+        self._reader_left()
+
+    def prepare_drain(self, timeout: float) -> None:
+        """The server is shutting down: readers will be told to reconnect elsewhere, and the
+        generation runs on (writing to the log) for at most ``timeout`` seconds without one."""
+        self.on_disconnect = DisconnectPolicy.DETACH
+        self.detach_grace = timeout
+        self._stop_grace()
+        self._reader_left()
+
+    def _reader_left(self) -> None:
+        if self.subscriptions or self.remote_readers or self.state is GenerationState.ENDED:
             return
         if self.on_disconnect is DisconnectPolicy.CANCEL:
             self.cancel()
@@ -152,19 +213,27 @@ class Generation:
             loop = asyncio.get_running_loop()
             self._grace = loop.call_later(self.detach_grace, self._grace_expired)
 
+    def _stop_grace(self) -> None:
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+
     def _grace_expired(self) -> None:
         self._grace = None
-        if not self.subscriptions:
+        if not self.subscriptions and not self.remote_readers:
             self.cancel()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> asyncio.Task[None]:
-        """Run the provider in a new task. Raises ``RuntimeError`` if already started."""
+        """Run the provider in a new task. Raises ``RuntimeError`` if already started.
+
+        Started with no reader (a detached start), the disconnect policy applies at once."""
         if self._task is not None:
             raise RuntimeError(f"generation {self.stream_id} was already started")
         self.state = GenerationState.RUNNING
         self._task = asyncio.create_task(self._run(), name=f"generation-{self.stream_id}")
+        self._reader_left()
         return self._task
 
     def cancel(self) -> bool:
@@ -177,6 +246,15 @@ class Generation:
             self._task.cancel()
         return True
 
+    def fail(self, code: ErrorCode, message: str, *, retryable: bool) -> bool:
+        """Stop the generation with an ``error`` (``code``, ``message``) and ``stream.end``
+        (finish_reason error): the provider is closed as on cancel. Returns False if it had
+        already ended."""
+        if self.state is GenerationState.ENDED or self._cancel_requested:
+            return False
+        self._failure = (code, message, retryable)
+        return self.cancel()
+
     def usage_so_far(self) -> Usage:
         """The usage counted so far (the final one once the stream has ended)."""
         return self.usage or Usage.of(self.prompt_tokens, self.completion_tokens)
@@ -188,6 +266,7 @@ class Generation:
     # -- the run ------------------------------------------------------------------------------
 
     async def _publish(self, event: Event) -> None:
+        self.log.append(self.stream_id, event)  # first: see attach()
         for subscription in list(self.subscriptions):
             await subscription.put(event)
 
@@ -248,6 +327,10 @@ class Generation:
                 task.uncancel()
             else:
                 external_cancel = True  # server shutdown: still end the stream, then re-raise
+            if self._failure is not None:
+                finish = FinishReason.ERROR
+                code, message, retryable = self._failure
+                error = self._error(code, message, retryable)
         except TimeoutError:
             waiting_for_first = self.first_token_at is None and first_by is not None
             if deadline is None or not deadline.expired():  # not ours: a provider bug
@@ -281,6 +364,7 @@ class Generation:
             )
         finally:
             self._end()
+            self.metrics.stream_ended(self, error)  # metrics hook
         if external_cancel:
             raise asyncio.CancelledError
 
@@ -300,9 +384,7 @@ class Generation:
 
     def _end(self) -> None:
         self.state = GenerationState.ENDED
-        if self._grace is not None:
-            self._grace.cancel()
-            self._grace = None
+        self._stop_grace()
         self.ended.set()
         now = time.monotonic()
         ttft = None if self.first_token_at is None else self.first_token_at - self.started_at

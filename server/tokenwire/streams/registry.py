@@ -1,16 +1,36 @@
-"""StreamRegistry: the live generations of one server process, by stream id."""
+"""StreamRegistry: the live generations of one server process, and how consumers attach to any
+stream (live here, live in another process, or ended) through the stream log."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from tokenwire.errors import NotFound
+from tokenwire.errors import ErrorCode, NotFound
+from tokenwire.protocol.events import (
+    ErrorEvent,
+    Event,
+    FinishReason,
+    StreamEnd,
+    StreamResumed,
+    Usage,
+)
 from tokenwire.protocol.requests import GenerateParams
 from tokenwire.providers.base import Provider
 from tokenwire.settings import DisconnectPolicy, Settings
-from tokenwire.streams.generation import Generation
+from tokenwire.streams.generation import Detach, Generation
+from tokenwire.streams.log import (
+    LogReader,
+    MemoryStreamLog,
+    StreamLog,
+    StreamLogUnavailable,
+)
 from tokenwire.streams.subscription import Subscription
+
+log = logging.getLogger("tokenwire.streams")
 
 
 def new_stream_id() -> str:
@@ -18,14 +38,57 @@ def new_stream_id() -> str:
     return "str_" + secrets.token_urlsafe(16)
 
 
-class StreamRegistry:
-    """Creates, finds, cancels and forgets generations, with the limits and policies of
-    ``settings``. A generation leaves the registry as soon as its ``stream.end`` is published."""
+@dataclass(eq=False)
+class Attachment:
+    """One consumer's view of a stream: ``catch_up`` (events to send first, in order), then
+    whatever ``subscription`` delivers (``None`` when the catch-up ends the stream).
 
-    def __init__(self, provider: Provider, settings: Settings | None = None) -> None:
+    A transport sends the catch-up, drains the subscription, and calls :meth:`detach` once,
+    with how the delivery ended.
+    """
+
+    stream_id: str
+    catch_up: list[Event]
+    subscription: Subscription | None
+    generation: Generation | None = None  # a stream that runs in this process
+    _feeder: asyncio.Task[None] | None = field(default=None, repr=False)
+    _on_detach: Callable[[], None] | None = field(default=None, repr=False)
+
+    def usage_so_far(self) -> Usage | None:
+        """The usage counted so far, when the stream runs here (else unknown: ``None``)."""
+        return None if self.generation is None else self.generation.usage_so_far()
+
+    def detach(self, reason: Detach) -> None:
+        """The consumer is done (``ended``), gone (``disconnected``) or was cut off
+        (``evicted``). Idempotent."""
+        if self.subscription is not None:
+            if self.generation is not None:
+                self.generation.unsubscribe(self.subscription, reason)
+            else:
+                self.subscription.close()
+        if self._feeder is not None:
+            self._feeder.cancel()
+            self._feeder = None
+        if self._on_detach is not None:
+            on_detach, self._on_detach = self._on_detach, None
+            on_detach()
+
+
+class StreamRegistry:
+    """Creates, finds, resumes, cancels and drains generations, with the limits and policies of
+    ``settings``. A generation leaves the registry as soon as its ``stream.end`` is published;
+    the stream log keeps its events for resume."""
+
+    def __init__(
+        self, provider: Provider, settings: Settings | None = None, log: StreamLog | None = None
+    ) -> None:
         self.provider = provider
         self.settings = settings or Settings()
+        self.log = log or MemoryStreamLog.from_settings(self.settings)
+        self.log.on_control(self._on_control)
+        self.draining = asyncio.Event()  # set when the server starts to shut down
         self._live: dict[str, Generation] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
         return len(self._live)
@@ -36,22 +99,28 @@ class StreamRegistry:
         *,
         transport: str,
         request_id: str | None = None,
+        on_disconnect: DisconnectPolicy | None = None,
     ) -> Generation:
-        """A new generation, registered but not started (subscribe first, then ``start()``).
-        Its disconnect policy is the request's ``on_disconnect``, else the server's.
+        """A new generation, registered but not started (attach first, then ``start()``).
+        Its disconnect policy is ``on_disconnect``, else the request's, else the server's.
 
         Raises:
             NotFound: the provider does not serve ``params.model``.
+            StreamLogUnavailable: the server is shutting down (retry on another worker).
         """
+        if self.draining.is_set():
+            raise StreamLogUnavailable("the server is shutting down; retry")
         model = self.provider.resolve_model(params.model)
+        policy = on_disconnect or params.on_disconnect or self.settings.on_disconnect
         generation = Generation(
             new_stream_id(),
             self.provider,
             params,
             model=model,
+            log=self.log,
             transport=transport,
             request_id=request_id,
-            on_disconnect=DisconnectPolicy(params.on_disconnect or self.settings.on_disconnect),
+            on_disconnect=DisconnectPolicy(policy),
             detach_grace=self.settings.detach_grace,
             first_token_timeout=self.settings.first_token_timeout,
             max_duration=self.settings.max_stream_duration,
@@ -62,11 +131,68 @@ class StreamRegistry:
 
     def subscribe(self, generation: Generation) -> Subscription:
         """Attach a consumer with the server's queue size and overflow policy."""
-        return generation.subscribe(
-            maxsize=self.settings.queue_maxsize,
-            overflow=self.settings.overflow,
-            evict_after=self.settings.slow_consumer_timeout,
+        return generation.subscribe(**self._queue_settings())
+
+    def attach(self, generation: Generation) -> Attachment:
+        """Attach a consumer to a new generation from its first event."""
+        return Attachment(
+            generation.stream_id, [], self.subscribe(generation), generation=generation
         )
+
+    async def resume(self, stream_id: str, after_seq: int) -> Attachment:
+        """Attach a consumer to any stream after its cursor ``after_seq`` (0: from the start).
+
+        The catch-up begins with ``stream.resumed`` when ``after_seq`` > 0. A stream that runs
+        here is continued from memory; any other is read from the stream log (catch-up, then
+        live through a reader task).
+
+        Raises:
+            UnknownStream, CursorExpired: answer with ``stream.reset``.
+            CursorAhead: an invalid request.
+            StreamLogUnavailable: the log's storage cannot be reached (retryable).
+        """
+        preamble: list[Event] = (
+            [StreamResumed(stream_id=stream_id, after_seq=after_seq)] if after_seq else []
+        )
+        generation = self._live.get(stream_id)
+        if generation is not None:
+            attached = generation.attach(after_seq, **self._queue_settings())
+            if attached is not None:
+                catch_up, subscription = attached
+                return Attachment(
+                    stream_id, preamble + catch_up, subscription, generation=generation
+                )
+        reader = await self.log.open_reader(stream_id, after_seq)
+        if reader.ended:
+            return Attachment(stream_id, preamble + reader.catch_up, None)
+        subscription = Subscription(
+            stream_id,
+            **self._queue_settings(),
+            on_evicted=lambda _: attachment.detach("evicted"),
+        )
+        attachment = Attachment(
+            stream_id, preamble + reader.catch_up, subscription, _on_detach=self._closer(reader)
+        )
+        feeder = asyncio.create_task(_feed(reader, subscription, after_seq))
+        attachment._feeder = feeder
+        self._tasks.add(feeder)
+        feeder.add_done_callback(self._tasks.discard)
+        return attachment
+
+    def _closer(self, reader: LogReader) -> Callable[[], None]:
+        def close() -> None:
+            task = asyncio.get_running_loop().create_task(reader.aclose())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        return close
+
+    def _queue_settings(self) -> dict[str, object]:
+        return {
+            "maxsize": self.settings.queue_maxsize,
+            "overflow": self.settings.overflow,
+            "evict_after": self.settings.slow_consumer_timeout,
+        }
 
     def get(self, stream_id: str) -> Generation:
         """The live generation ``stream_id``. Raises :class:`NotFound`."""
@@ -76,17 +202,98 @@ class StreamRegistry:
             raise NotFound(f"no live stream {stream_id!r}") from None
 
     def cancel(self, stream_id: str) -> Generation:
-        """Cancel a live generation (see :meth:`Generation.cancel`). Raises :class:`NotFound`."""
+        """Cancel a generation of this process (see :meth:`Generation.cancel`).
+        Raises :class:`NotFound`."""
         generation = self.get(stream_id)
         generation.cancel()
         return generation
 
+    async def cancel_anywhere(self, stream_id: str) -> str:
+        """Cancel ``stream_id`` wherever it runs. Returns ``cancelled`` (it ran here),
+        ``cancelling`` (the request went to the process that runs it) or ``ended``.
+
+        Raises:
+            NotFound: no such stream.
+            StreamLogUnavailable: the log's storage cannot be reached.
+        """
+        generation = self._live.get(stream_id)
+        if generation is not None:
+            return "cancelled" if generation.cancel() else "ended"
+        if await self.log.publish_cancel(stream_id):
+            return "cancelling"
+        reader = await self.log.open_reader(stream_id, 0)  # raises UnknownStream
+        await reader.aclose()
+        if reader.ended:
+            return "ended"
+        await self.log.publish_cancel(stream_id)  # its owner had not written its lease yet
+        return "cancelling"
+
+    def _on_control(self, op: str, stream_id: str) -> None:
+        generation = self._live.get(stream_id)
+        if generation is None:
+            return
+        if op == "cancel":
+            generation.cancel()
+        elif op == "attach":
+            generation.remote_attached()
+        elif op == "detach":
+            generation.remote_detached()
+        elif op == "lost":
+            message = "the stream log (Redis) is unavailable; retry later"
+            generation.fail(ErrorCode.UNAVAILABLE, message, retryable=True)
+
+    # -- shutdown -----------------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Start a graceful shutdown: refuse new streams, and let the running generations go
+        on without readers (writing to the log) for at most ``settings.drain_timeout`` seconds.
+        Transports watch :attr:`draining` and tell their clients to reconnect."""
+        if self.draining.is_set():
+            return
+        self.draining.set()
+        log.info("draining %d live streams", len(self._live))
+        for generation in list(self._live.values()):
+            generation.prepare_drain(self.settings.drain_timeout)
+
     async def aclose(self) -> None:
-        """Cancel every live generation and wait for their ``stream.end``."""
+        """Wait up to the drain timeout for the live generations to end (when draining), then
+        cancel the rest and wait for their ``stream.end``."""
+        generations = list(self._live.values())
+        if self.draining.is_set() and generations:
+            waits = [asyncio.ensure_future(generation.wait()) for generation in generations]
+            await asyncio.wait(waits, timeout=self.settings.drain_timeout)
+            for waiting in waits:
+                waiting.cancel()
         generations = list(self._live.values())
         for generation in generations:
             generation.cancel()
         await asyncio.gather(*(generation.wait() for generation in generations))
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _forget(self, generation: Generation) -> None:
         self._live.pop(generation.stream_id, None)
+
+
+async def _feed(reader: LogReader, subscription: Subscription, after_seq: int) -> None:
+    """Copy a log reader's events into ``subscription`` until ``stream.end``. If the log fails,
+    the consumer gets ``error`` (retryable) and ``stream.end``, both carrying the last seq it
+    was given, so that a later resume after them loses nothing."""
+    cursor = reader.catch_up[-1].seq if reader.catch_up else after_seq  # type: ignore[union-attr]
+    try:
+        async for batch in reader.live():
+            for event in batch:
+                await subscription.put(event)
+                cursor = event.seq  # type: ignore[union-attr]  # log events are numbered
+        return
+    except StreamLogUnavailable as exc:
+        code, message = exc.code, exc.message
+    except Exception:
+        log.exception("reading stream %s from the log failed", reader.stream_id)
+        code, message = ErrorCode.INTERNAL_ERROR, "internal error"
+    stream_id = reader.stream_id
+    error = ErrorEvent(stream_id=stream_id, seq=cursor, code=code, message=message, retryable=True)
+    await subscription.put(error)
+    end = StreamEnd(stream_id=stream_id, seq=cursor, finish_reason=FinishReason.ERROR, usage=None)
+    await subscription.put(end)

@@ -1,7 +1,8 @@
 """The SSE transport: one stream per HTTP response, framed per the WHATWG SSE rules.
 
 :class:`SSETransport` writes frames; :class:`EventStreamResponse` is the ASGI response that runs,
-in one task group, the :func:`pump` and a listener for ``http.disconnect``. Whichever finishes
+in one task group, the :func:`pump`, a listener for ``http.disconnect`` and a watch on the
+server's drain. Whichever finishes
 first cancels the other. A disconnect before ``stream.end`` (or a write that exceeds the send
 timeout) detaches the subscription as ``disconnected``, so the generation follows its disconnect
 policy at once, also while the provider is still waiting for its first token. An evicted slow
@@ -13,6 +14,7 @@ The same response carries OpenAI ``chat.completion.chunk`` frames when given tha
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import anyio
@@ -21,7 +23,7 @@ from starlette.types import Receive, Scope, Send
 from tokenwire.protocol import sse
 from tokenwire.protocol.events import Event
 from tokenwire.streams.generation import Detach, Generation, GenerationState
-from tokenwire.streams.subscription import Subscription
+from tokenwire.streams.registry import Attachment
 from tokenwire.transports.base import Delivery, Transport, pump
 
 Encoder = Callable[[Event], bytes]
@@ -46,49 +48,61 @@ class SSETransport(Transport):
 
 
 class EventStreamResponse:
-    """ASGI response streaming one generation's events as ``text/event-stream``.
+    """ASGI response streaming one attachment's events as ``text/event-stream``.
 
-    The generation is started by the response once the subscription exists, so no event is
-    missed. ``heartbeat_interval`` is in seconds (``None``: no heartbeats).
+    ``start``, if given, is a new generation that the response starts once the consumer is
+    attached, so that no event is missed. ``retry`` (milliseconds) is sent first as the
+    client's reconnection delay (WHATWG SSE ``retry:`` field). ``heartbeat_interval`` is in
+    seconds (``None``: no heartbeats). When ``draining`` is set (the server shuts down), the
+    response ends at once without ``stream.end``: the client reconnects after ``retry`` with
+    its Last-Event-ID and resumes, on another worker.
     """
 
     def __init__(
         self,
-        generation: Generation,
-        subscription: Subscription,
+        attachment: Attachment,
         *,
+        start: Generation | None = None,
         encode: Encoder = sse.encode_event,
+        retry: int | None = None,
         heartbeat_interval: float | None = 15.0,
         send_timeout: float | None = 30.0,
+        draining: asyncio.Event | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        self.generation = generation
-        self.subscription = subscription
+        self.attachment = attachment
+        self.start = start
         self.encode = encode
+        self.retry = retry
         self.heartbeat_interval = heartbeat_interval
         self.send_timeout = send_timeout
+        self.draining = draining
         self.headers = {**sse.HEADERS, **(headers or {})}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_headers = [(b"content-type", b"text/event-stream; charset=utf-8")]
         raw_headers += [(k.lower().encode(), v.encode()) for k, v in self.headers.items()]
         await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
+        if self.retry is not None:
+            body = sse.encode_retry(self.retry)
+            await send({"type": "http.response.body", "body": body, "more_body": True})
         transport = SSETransport(send, self.encode)
         outcome: Detach = "disconnected"
+        finish_response = False
 
         async with anyio.create_task_group() as group:
 
             async def deliver() -> None:
-                nonlocal outcome
+                nonlocal outcome, finish_response
                 try:
                     delivery = await pump(
-                        self.generation,
-                        self.subscription,
+                        self.attachment,
                         transport,
                         heartbeat_interval=self.heartbeat_interval,
                         send_timeout=self.send_timeout,
                     )
                     outcome = "evicted" if delivery is Delivery.EVICTED else "ended"
+                    finish_response = True
                 except OSError:  # the client went away, or stopped reading (send timeout)
                     pass
                 group.cancel_scope.cancel()
@@ -98,11 +112,21 @@ class EventStreamResponse:
                     pass
                 group.cancel_scope.cancel()
 
+            async def drain() -> None:
+                nonlocal finish_response
+                assert self.draining is not None
+                await self.draining.wait()
+                finish_response = True
+                group.cancel_scope.cancel()
+
             group.start_soon(deliver)
             group.start_soon(listen_for_disconnect)
-            if self.generation.state is GenerationState.CREATED:
-                self.generation.start()
-        self.generation.unsubscribe(self.subscription, outcome)
-        if outcome != "disconnected":
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if self.draining is not None:
+                group.start_soon(drain)
+            if self.start is not None and self.start.state is GenerationState.CREATED:
+                self.start.start()
+        self.attachment.detach(outcome)
+        if finish_response:
+            with anyio.move_on_after(self.send_timeout):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         # else: the response stays incomplete and uvicorn closes the connection

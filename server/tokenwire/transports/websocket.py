@@ -2,8 +2,10 @@
 
 :class:`WebSocketTransport` writes frames (one lock serializes the writers of all streams);
 :class:`WebSocketSession` is the connection's life: it reads client messages (``generate``,
-``cancel``, ``ping``), runs one :func:`pump` task per stream, and on disconnect detaches every
-subscription as ``disconnected`` so each generation follows its disconnect policy.
+``cancel``, ``resume``, ``ping``), runs one :func:`pump` task per stream, and on disconnect
+detaches every consumer as ``disconnected`` so each generation follows its disconnect policy.
+When the server drains, the socket is closed with 1012 (service restart): the client reconnects
+and resumes each stream after its last seq.
 
 A bad client message gets ``{"type":"error","code":"invalid_request",...}`` without a
 stream_id, and the socket stays open. Close codes are listed in
@@ -18,9 +20,10 @@ from collections.abc import Callable
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from tokenwire.errors import ErrorCode, TokenwireError
+from tokenwire.errors import ErrorCode, InvalidRequest, TokenwireError
+from tokenwire.limits import MessageBudget, rate_limited_message
 from tokenwire.protocol import websocket as codec
-from tokenwire.protocol.events import ErrorEvent, Event
+from tokenwire.protocol.events import ErrorEvent, Event, StreamReset
 from tokenwire.protocol.requests import (
     CancelMessage,
     ClientMessage,
@@ -30,9 +33,9 @@ from tokenwire.protocol.requests import (
     ResumeMessage,
 )
 from tokenwire.settings import Settings
-from tokenwire.streams.generation import Detach, Generation
-from tokenwire.streams.registry import StreamRegistry
-from tokenwire.streams.subscription import Subscription
+from tokenwire.streams.generation import Detach
+from tokenwire.streams.log import CursorExpired, UnknownStream
+from tokenwire.streams.registry import Attachment, StreamRegistry
 from tokenwire.transports.base import Delivery, SendTimeout, Transport, pump
 
 log = logging.getLogger("tokenwire.websocket")
@@ -63,10 +66,10 @@ class WebSocketTransport(Transport):
 class WebSocketSession:
     """One client socket: reads its messages and delivers its streams until it closes.
 
-    Close codes sent: 1000 after the client's own close; 4008 when the client did not keep
-    up (a subscription was evicted as a slow consumer, or a write exceeded the send timeout).
-    uvicorn itself sends 1009 for a message over the size limit, 1011 when pings go
-    unanswered, and 1012 at shutdown.
+    Close codes sent: 1000 after the client's own close; 1012 when the server drains; 4008 when
+    the client did not keep up (a subscription was evicted as a slow consumer, or a write
+    exceeded the send timeout). uvicorn itself sends 1009 for a message over the size limit and
+    1011 when pings go unanswered.
     """
 
     def __init__(
@@ -82,9 +85,10 @@ class WebSocketSession:
         self.settings = settings
         self.transport = WebSocketTransport(websocket)
         self._limit_params = limit_params
-        self._streams: dict[str, tuple[Generation, Subscription, asyncio.Task[None]]] = {}
+        self._streams: dict[str, asyncio.Task[None]] = {}
         self._close_code: int | None = None
         self._closing = asyncio.Event()
+        self._budget = MessageBudget(settings.ws_messages_per_minute)  # tokenwire.limits
 
     async def run(self) -> None:
         """Accept, serve messages until the client disconnects or is cut off, then detach
@@ -92,11 +96,15 @@ class WebSocketSession:
         await self.websocket.accept()
         reader = asyncio.create_task(self._read())
         closing = asyncio.create_task(self._closing.wait())
+        draining = asyncio.create_task(self.registry.draining.wait())
         try:
-            await asyncio.wait({reader, closing}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({reader, closing, draining}, return_when=asyncio.FIRST_COMPLETED)
+            if draining.done():
+                self._cut_off(codec.CloseCode.SERVICE_RESTART)
         finally:
             reader.cancel()
             closing.cancel()
+            draining.cancel()
             await self._detach_all()
             await self._close()
 
@@ -115,6 +123,8 @@ class WebSocketSession:
 
     async def _handle(self, data: str | bytes) -> None:
         try:
+            if not self._budget.allow():  # ws_messages_per_minute: drop, say so
+                raise rate_limited_message(self._budget)
             message = codec.decode_client_message(data)
             await self._dispatch(message)
         except TokenwireError as exc:
@@ -128,9 +138,7 @@ class WebSocketSession:
         elif isinstance(message, PingMessage):
             await self.transport.send_text(codec.encode_pong(message.id))
         elif isinstance(message, ResumeMessage):
-            await self._send_error(
-                ErrorCode.INVALID_REQUEST, "resume is not supported by this server yet", False
-            )
+            await self._resume(message)
 
     def _generate(self, message: GenerateMessage) -> None:
         params = self._limit_params(
@@ -139,16 +147,33 @@ class WebSocketSession:
         generation = self.registry.create(
             params, transport=self.transport.name, request_id=message.request_id
         )
-        subscription = self.registry.subscribe(generation)
-        task = asyncio.create_task(self._deliver(generation, subscription))
-        self._streams[generation.stream_id] = (generation, subscription, task)
+        self._deliver_in_task(self.registry.attach(generation))
         generation.start()
 
-    async def _deliver(self, generation: Generation, subscription: Subscription) -> None:
+    async def _resume(self, message: ResumeMessage) -> None:
+        """Continue ``message.stream_id`` after ``message.after_seq`` on this socket. An
+        unserveable cursor gets ``stream.reset``; a stream already delivered on this socket is
+        an invalid request (it would be delivered twice)."""
+        if message.stream_id in self._streams:
+            raise InvalidRequest(f"stream {message.stream_id} is already delivered on this socket")
+        try:
+            attachment = await self.registry.resume(message.stream_id, message.after_seq)
+        except (UnknownStream, CursorExpired) as exc:
+            reason = "expired" if isinstance(exc, CursorExpired) else "unknown_stream"
+            reset = StreamReset(stream_id=message.stream_id, reason=reason)
+            await self.transport.send_text(codec.encode_event(reset))
+            return
+        self._deliver_in_task(attachment)
+
+    def _deliver_in_task(self, attachment: Attachment) -> None:
+        task = asyncio.create_task(self._deliver(attachment))
+        self._streams[attachment.stream_id] = task
+
+    async def _deliver(self, attachment: Attachment) -> None:
         outcome: Detach = "disconnected"
         try:
             delivery = await pump(
-                generation, subscription, self.transport, send_timeout=self.settings.send_timeout
+                attachment, self.transport, send_timeout=self.settings.send_timeout
             )
             outcome = "evicted" if delivery is Delivery.EVICTED else "ended"
         except SendTimeout:
@@ -156,8 +181,8 @@ class WebSocketSession:
         except (WebSocketDisconnect, OSError, RuntimeError):
             pass  # the socket is gone; the reader sees the disconnect and cleans up
         finally:
-            self._streams.pop(generation.stream_id, None)
-            generation.unsubscribe(subscription, outcome)
+            self._streams.pop(attachment.stream_id, None)
+            attachment.detach(outcome)
         if outcome == "evicted":
             self._cut_off(codec.CloseCode.SLOW_CONSUMER)
 
@@ -171,10 +196,10 @@ class WebSocketSession:
         await self.transport.send_text(codec.encode_event(event))
 
     async def _detach_all(self) -> None:
-        streams = list(self._streams.values())
-        for _, _, task in streams:
+        tasks = list(self._streams.values())
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*(task for _, _, task in streams), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _close(self) -> None:
         if self.websocket.application_state is not WebSocketState.CONNECTED:

@@ -1,0 +1,150 @@
+"""The app's protection and observation layer, wired in one place: authentication and Origin
+checks (:mod:`tokenwire.security`), limits (:mod:`tokenwire.limits`) and metrics
+(:mod:`tokenwire.metrics`).
+
+:class:`Guards` gives the app its middleware (outermost first: CORS, connection metrics,
+security, sizes), its extra routes (``POST /v1/tokens``, ``GET /metrics``) and
+:meth:`Guards.scoped`, the stream registry as one connection may use it.
+"""
+
+from __future__ import annotations
+
+import json
+
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.websockets import WebSocket
+
+from tokenwire.errors import InvalidRequest, TokenwireError, Unauthorized
+from tokenwire.keys import TOKEN_PREFIX
+from tokenwire.limits import ConnectionLimiter, LimitsMiddleware, ScopedRegistry, StreamGuard
+from tokenwire.metrics import ConnectionMetricsMiddleware, Metrics
+from tokenwire.security import (
+    STATUS,
+    Authenticator,
+    OriginPolicy,
+    SecurityMiddleware,
+    auth_state,
+    error_body,
+)
+from tokenwire.settings import Settings
+from tokenwire.streams.registry import StreamRegistry
+
+
+class Guards:
+    """Security, limits and metrics of one app (one per process).
+
+    Raises ``ValueError`` at construction for settings that cannot work (see
+    :func:`tokenwire.security.check_settings`).
+    """
+
+    def __init__(self, settings: Settings, registry: StreamRegistry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.auth = Authenticator(settings)
+        self.origins = OriginPolicy(settings.allowed_origins)
+        self.metrics = Metrics()
+        self.streams = StreamGuard(settings, self.auth, self.metrics)
+        self.metrics.live = self.streams.live
+        self.connections = ConnectionLimiter(
+            settings.max_ws_connections, settings.max_ws_connections_per_key
+        )
+
+    def scoped(self, connection: Request | WebSocket) -> ScopedRegistry:
+        """The registry as the caller of ``connection`` may use it: stream limits, and its own
+        streams only (see :class:`tokenwire.limits.ScopedRegistry`)."""
+        return self.streams.scoped(self.registry, connection.scope)
+
+    def routes(self) -> list[Route]:
+        routes = [Route("/v1/tokens", self.mint_token, methods=["POST"])]
+        if self.settings.metrics:
+            routes.append(Route("/metrics", self.metrics.endpoint, methods=["GET"]))
+        return routes
+
+    def middleware(self) -> list[Middleware]:
+        """Outermost first: CORS (answers preflights; only with an allowlist), connection
+        metrics, Origin + authentication + WebSocket connection limits, sizes."""
+        settings = self.settings
+        stack = []
+        if settings.allowed_origins:
+            stack.append(
+                Middleware(
+                    CORSMiddleware,
+                    allow_origins=sorted(self.origins.allowed),
+                    allow_methods=["GET", "POST", "OPTIONS"],
+                    allow_headers=[
+                        "Authorization",
+                        "Content-Type",
+                        "Last-Event-ID",
+                        "X-Request-Id",
+                    ],
+                    expose_headers=["X-Stream-Id", "X-Request-Id", "Retry-After"],
+                    max_age=600,
+                )
+            )
+        stack += [
+            Middleware(ConnectionMetricsMiddleware, metrics=self.metrics),
+            Middleware(
+                SecurityMiddleware,
+                authenticator=self.auth,
+                origins=self.origins,
+                connections=self.connections,
+                metrics=self.metrics,
+                auth_timeout=settings.auth_timeout,
+            ),
+            Middleware(
+                LimitsMiddleware,
+                max_body_size=settings.max_body_size,
+                max_message_size=settings.ws_max_message_size,
+            ),
+        ]
+        return stack
+
+    async def mint_token(self, request: Request) -> Response:
+        """``POST /v1/tokens`` (optional JSON body ``{"ttl": seconds}``, at most ``token_ttl``):
+        201 ``{token, expires_at, expires_in}``, a signed token for the ``token`` query
+        parameter of GET requests and WebSockets (browsers' EventSource and WebSocket cannot
+        send headers). Needs an API key, not a token, so that tokens cannot be renewed
+        forever. With authentication off the token is minted anyway (and never checked), so
+        that browser clients need no special case. Errors: 400/422 ``invalid_request``, 401."""
+        try:
+            ttl = _requested_ttl(await request.body(), self.settings.token_ttl)
+            header = request.headers.get("authorization", "")
+            if header.partition(" ")[2].strip().startswith(TOKEN_PREFIX + "."):
+                raise Unauthorized("mint tokens with an API key, not with a token")
+        except TokenwireError as exc:
+            status = 422 if isinstance(exc, _BadField) else STATUS.get(exc.code, 400)
+            return Response(error_body(exc), status, media_type="application/json")
+        principal = auth_state(request.scope).principal
+        key_id = principal.key_id if principal is not None and principal.key_id else "anonymous"
+        token, expires_at = self.auth.signer.mint(key_id, ttl)
+        return JSONResponse(
+            {"token": token, "expires_at": expires_at, "expires_in": ttl},
+            status_code=201,
+            headers={"Cache-Control": "no-store"},
+        )
+
+
+class _BadField(InvalidRequest):
+    """A field with a value out of its range (HTTP 422, as elsewhere)."""
+
+
+def _requested_ttl(raw: bytes, limit: float) -> float:
+    """The ``ttl`` of a token request body (empty: ``limit``). Raises :class:`InvalidRequest`."""
+    if not raw.strip():
+        return limit
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict) or set(body) - {"ttl"}:
+        raise _BadField("body: expected {'ttl': seconds} or nothing")
+    ttl = body.get("ttl", limit)
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+        raise _BadField("ttl: must be a number of seconds")
+    if not 0 < ttl <= limit:
+        raise _BadField(f"ttl: must be in (0, {limit}]")
+    return ttl

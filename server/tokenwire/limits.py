@@ -1,0 +1,363 @@
+"""Limits: what one request, one socket, one API key and one server process may take.
+
+Each limit is a setting (see :class:`tokenwire.settings.Settings`) and each has a documented
+answer, the same on both transports where the transport allows:
+
+=============================  ==============================  ==============================
+limit (setting)                HTTP                            WebSocket
+=============================  ==============================  ==============================
+``max_body_size`` (bytes)      413 payload_too_large            --
+``ws_max_message_size``        --                              close 1009
+``max_messages``,              422 invalid_request              ``error`` invalid_request
+``max_input_chars``,
+``max_tokens_limit``
+``max_streams_per_key``,       429 rate_limited + Retry-After   ``error`` rate_limited
+``max_streams``                                                 (the socket stays open)
+``ws_messages_per_minute``     --                              ``error`` rate_limited, the
+                                                                message is dropped
+``max_ws_connections``,        --                              accept, then close 1013
+``max_ws_connections_per_key``
+=============================  ==============================  ==============================
+
+:class:`LimitsMiddleware` (pure ASGI) enforces the sizes before any route reads a byte;
+:class:`StreamGuard` counts live streams per key and per process, and hands each request a
+:class:`ScopedRegistry` through which it creates, finds and cancels streams: a stream is only
+visible to the key that created it.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections import defaultdict
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tokenwire.errors import (
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    Unauthorized,
+)
+from tokenwire.metrics import Metrics
+from tokenwire.protocol.requests import GenerateParams
+from tokenwire.protocol.websocket import CloseCode
+from tokenwire.security import Authenticator, auth_state, send_http_error
+from tokenwire.settings import Settings
+from tokenwire.streams.generation import Generation
+from tokenwire.streams.registry import Attachment, StreamRegistry
+
+# How long a client should wait before trying again after a concurrency limit (seconds): a
+# hint only; streams end at their own pace.
+CONCURRENCY_RETRY_AFTER = 1.0
+
+
+# -- request contents -------------------------------------------------------------------------
+
+
+def check_request(params: GenerateParams, settings: Settings) -> None:
+    """Enforce ``max_messages`` and ``max_input_chars`` (all message contents together).
+
+    Raises :class:`InvalidRequest` naming the limit and the value found."""
+    if len(params.messages) > settings.max_messages:
+        raise InvalidRequest(
+            f"messages: at most {settings.max_messages} messages, got {len(params.messages)}"
+        )
+    chars = sum(len(message.content) for message in params.messages)
+    if chars > settings.max_input_chars:
+        raise InvalidRequest(
+            f"messages: at most {settings.max_input_chars} characters of content, got {chars}"
+        )
+
+
+# -- sizes ------------------------------------------------------------------------------------
+
+
+class LimitsMiddleware:
+    """Body and message sizes, enforced before the app sees them.
+
+    HTTP: a body over ``max_body_size`` bytes (by ``Content-Length``, or counted as it
+    arrives) is answered 413 payload_too_large; the body is read into memory (at most that many
+    bytes) before the route runs. WebSocket: a message over ``ws_max_message_size`` bytes
+    closes the socket with 1009 and the app sees a disconnect (uvicorn enforces the same limit
+    on the wire with ``ws_max_size``; this covers other servers and in-process clients).
+    """
+
+    def __init__(self, app: ASGIApp, *, max_body_size: int, max_message_size: int) -> None:
+        self.app = app
+        self.max_body_size = max_body_size
+        self.max_message_size = max_message_size
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
+            await self._http(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await self.app(scope, _MessageSizeGuard(self.max_message_size, receive, send), send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        too_large = PayloadTooLarge(f"request body over {self.max_body_size} bytes")
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_body_size:
+                await send_http_error(send, too_large, scope["path"])
+                return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away before sending its body
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_size:
+                await send_http_error(send, too_large, scope["path"])
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+class _MessageSizeGuard:
+    def __init__(self, limit: int, receive: Receive, send: Send) -> None:
+        self.limit = limit
+        self._receive = receive
+        self._send = send
+        self._closed: Message | None = None
+
+    async def __call__(self) -> Message:
+        if self._closed is not None:
+            return self._closed
+        message = await self._receive()
+        if message["type"] == "websocket.receive":
+            text = message.get("text")
+            size = len(text.encode()) if text is not None else len(message.get("bytes") or b"")
+            if size > self.limit:
+                self._closed = {"type": "websocket.disconnect", "code": CloseCode.MESSAGE_TOO_BIG}
+                try:
+                    await self._send(
+                        {
+                            "type": "websocket.close",
+                            "code": CloseCode.MESSAGE_TOO_BIG,
+                            "reason": f"message over {self.limit} bytes",
+                        }
+                    )
+                except (OSError, RuntimeError):
+                    pass  # the peer is gone already
+                return self._closed
+        return message
+
+
+# -- rates ------------------------------------------------------------------------------------
+
+
+class MessageBudget:
+    """A token bucket: ``per_minute`` messages a minute, in bursts of up to ``per_minute``.
+
+    ``per_minute=None`` never limits. ``allow()`` takes one message's worth and says whether
+    there was one."""
+
+    def __init__(self, per_minute: int | None) -> None:
+        self.capacity = per_minute
+        self.tokens = float(per_minute or 0)
+        self.updated = time.monotonic()
+
+    def allow(self) -> bool:
+        if self.capacity is None:
+            return True
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.capacity / 60)
+        self.updated = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+    def retry_after(self) -> float:
+        """Seconds until the next message would be allowed."""
+        if self.capacity is None:
+            return 0.0
+        return max(0.0, (1 - self.tokens) * 60 / self.capacity)
+
+
+def rate_limited_message(budget: MessageBudget) -> RateLimited:
+    return RateLimited(
+        f"more than {budget.capacity} messages a minute on this socket; message dropped",
+        retry_after=budget.retry_after(),
+    )
+
+
+# -- concurrency ------------------------------------------------------------------------------
+
+
+class ConnectionLimiter:
+    """Open WebSocket connections per process and per API key.
+
+    ``acquire`` raises :class:`RateLimited` when full; every successful ``acquire`` must be
+    paired with one ``release`` with the same arguments."""
+
+    def __init__(self, max_total: int, max_per_key: int) -> None:
+        self.max_total = max_total
+        self.max_per_key = max_per_key
+        self.total = 0
+        self.per_key: defaultdict[str | None, int] = defaultdict(int)
+
+    def acquire(self, key_id: str | None, *, per_key: bool) -> None:
+        if per_key:
+            if self.per_key[key_id] >= self.max_per_key:
+                raise RateLimited(
+                    f"this API key has {self.max_per_key} open WebSockets already",
+                    retry_after=CONCURRENCY_RETRY_AFTER,
+                )
+            self.per_key[key_id] += 1
+        else:
+            if self.total >= self.max_total:
+                raise RateLimited(
+                    f"the server has {self.max_total} open WebSockets already",
+                    retry_after=CONCURRENCY_RETRY_AFTER,
+                )
+            self.total += 1
+
+    def release(self, key_id: str | None, *, per_key: bool) -> None:
+        if per_key:
+            self.per_key[key_id] -= 1
+            if self.per_key[key_id] <= 0:
+                del self.per_key[key_id]
+        else:
+            self.total -= 1
+
+
+class StreamGuard:
+    """Live streams per process (``max_streams``) and per key (``max_streams_per_key``), and
+    who owns which stream. A stream counts from its creation until its ``stream.end``."""
+
+    def __init__(self, settings: Settings, authenticator: Authenticator, metrics: Metrics) -> None:
+        self.settings = settings
+        self.auth = authenticator
+        self.metrics = metrics
+        self._owner: weakref.WeakKeyDictionary[Generation, str | None] = weakref.WeakKeyDictionary()
+
+    def live(self) -> list[Generation]:
+        """The tracked generations that have not ended yet."""
+        return [g for g in list(self._owner) if not g.ended.is_set()]
+
+    def count(self, key_id: str | None = None, *, per_key: bool = False) -> int:
+        return sum(
+            1
+            for g, owner in list(self._owner.items())
+            if not g.ended.is_set() and (not per_key or owner == key_id)
+        )
+
+    def admit(self, key_id: str | None) -> None:
+        """Raise :class:`RateLimited` if one more stream would exceed a limit."""
+        if key_id is not None and (
+            self.count(key_id, per_key=True) >= self.settings.max_streams_per_key
+        ):
+            self.metrics.limited("streams_per_key")
+            raise RateLimited(
+                f"this API key has {self.settings.max_streams_per_key} live streams already",
+                retry_after=CONCURRENCY_RETRY_AFTER,
+            )
+        if self.count() >= self.settings.max_streams:
+            self.metrics.limited("streams")
+            raise RateLimited(
+                f"the server has {self.settings.max_streams} live streams already",
+                retry_after=CONCURRENCY_RETRY_AFTER,
+            )
+
+    def track(self, generation: Generation, key_id: str | None) -> None:
+        self._owner[generation] = key_id
+
+    def owner(self, generation: Generation) -> str | None:
+        return self._owner.get(generation)
+
+    def scoped(self, registry: StreamRegistry, scope: Scope) -> ScopedRegistry:
+        """The registry as seen by the caller of ``scope``."""
+        return ScopedRegistry(self, registry, scope)
+
+
+class ScopedRegistry:
+    """A :class:`StreamRegistry` seen through one connection's credentials.
+
+    ``create`` enforces the stream limits (:class:`RateLimited`) and checks that the key has not
+    been revoked since the connection authenticated (:class:`Unauthorized`); ``get`` and
+    ``cancel`` only find the caller's own streams (:class:`NotFound` otherwise, so that
+    stream ids of other keys cannot even be probed). Everything else is the registry's.
+    """
+
+    def __init__(self, guard: StreamGuard, registry: StreamRegistry, scope: Scope) -> None:
+        self._guard = guard
+        self._registry = registry
+        self._auth = auth_state(scope)
+
+    @property
+    def key_id(self) -> str | None:
+        principal = self._auth.principal
+        return None if principal is None else principal.key_id
+
+    def create(self, params: GenerateParams, **options: Any) -> Generation:
+        """The registry's ``create`` (same keyword options), within the limits of the caller's
+        key. Raises :class:`RateLimited`, :class:`Unauthorized`, and what ``create`` raises."""
+        principal = self._auth.principal
+        if principal is None or not self._guard.auth.still_valid(principal):
+            raise Unauthorized("the API key of this connection was revoked")
+        self._guard.admit(principal.key_id)
+        generation = self._registry.create(params, **options)
+        self._guard.track(generation, principal.key_id)
+        self._guard.metrics.attach(generation)
+        return generation
+
+    def get(self, stream_id: str) -> Generation:
+        generation = self._registry.get(stream_id)
+        if self._guard.owner(generation) != self.key_id:
+            raise NotFound(f"no live stream {stream_id!r}")
+        return generation
+
+    def cancel(self, stream_id: str) -> Generation:
+        self.get(stream_id)
+        generation = self._registry.cancel(stream_id)
+        self._guard.metrics.cancel_requested(generation)
+        return generation
+
+    def _local(self, stream_id: str) -> Generation | None:
+        """The stream when it runs in this process and belongs to the caller (raises
+        :class:`NotFound` when it belongs to another key); ``None`` when it runs elsewhere.
+        Streams of other workers carry no owner yet: they are not checked."""
+        try:
+            generation = self._registry.get(stream_id)
+        except NotFound:
+            return None
+        if self._guard.owner(generation) != self.key_id:
+            raise NotFound(f"no live stream {stream_id!r}")
+        return generation
+
+    async def cancel_anywhere(self, stream_id: str) -> str:
+        generation = self._local(stream_id)
+        if generation is not None:
+            self._guard.metrics.cancel_requested(generation)
+        return await self._registry.cancel_anywhere(stream_id)
+
+    async def resume(self, stream_id: str, after_seq: int) -> Attachment:
+        generation = self._local(stream_id)
+        attachment = await self._registry.resume(stream_id, after_seq)
+        self._guard.metrics.resumed(generation.transport if generation else "unknown")
+        return attachment
+
+    def __len__(self) -> int:
+        return len(self._registry)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._registry, name)

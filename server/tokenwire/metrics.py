@@ -1,0 +1,325 @@
+"""Prometheus metrics, served at ``GET /metrics`` in the text exposition format.
+
+Each app has its own :class:`Metrics` (its own ``CollectorRegistry``), so several apps in one
+process (tests) do not mix their numbers. With ``--workers N`` every worker process counts its
+own streams: a scrape sees the worker that answered it.
+
+The stream layer feeds the numbers through two small hooks, so that it knows nothing of
+Prometheus: every :class:`~tokenwire.streams.generation.Generation` has a ``metrics`` attribute
+(a :class:`StreamObserver`; the no-op :data:`NO_METRICS` until :meth:`Metrics.attach`), which
+it calls once at its end, and :func:`tokenwire.transports.base.pump` asks it for a
+:class:`DeliveryObserver` that sees every write. Metric names and labels::
+
+    tokenwire_connections_open{transport}            open WebSockets / SSE responses
+    tokenwire_streams_active{transport}              live streams
+    tokenwire_streams_started_total{transport}
+    tokenwire_streams_ended_total{transport,finish_reason}
+    tokenwire_tokens_total{transport}                completion tokens, counted at the end
+    tokenwire_events_delivered_total{transport,type} events written to clients
+    tokenwire_ttft_seconds{transport}                histogram: creation to first text written
+    tokenwire_inter_token_seconds{transport}         histogram: between writes carrying text
+    tokenwire_queue_depth_events{transport}          events waiting for subscribers now
+    tokenwire_delivery_batch_events{transport}       histogram: events per write (queue drained)
+    tokenwire_coalesced_total{transport}             deltas merged under overflow=coalesce
+    tokenwire_evicted_total{transport}               slow consumers cut off
+    tokenwire_cancels_total{transport}               explicit cancel requests
+    tokenwire_resumes_total{transport}               resumes served
+    tokenwire_provider_errors_total{code}            streams that ended with an error event
+    tokenwire_refused_total{code,scope}              requests refused (auth, origin, limits)
+    tokenwire_limited_total{limit}                   streams refused by a concurrency limit
+
+``transport`` is the one that created the stream: ``sse``, ``websocket`` or ``openai``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder, generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tokenwire.protocol.events import ErrorEvent, TextDelta
+
+if TYPE_CHECKING:
+    from tokenwire.streams.generation import Generation
+    from tokenwire.streams.registry import Attachment
+    from tokenwire.streams.subscription import Subscription
+
+# seconds; TTFT of a small local model is 10 ms .. seconds, inter-token 1 ms .. 1 s
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+INTER_TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class DeliveryObserver:
+    """Sees one subscriber's writes (:func:`~tokenwire.transports.base.pump`). No-op base."""
+
+    def sent(self, events: list[Any]) -> None:
+        """``events`` were just written to the client."""
+
+    def evicted(self) -> None:
+        """The subscriber was cut off as a slow consumer."""
+
+
+class StreamObserver:
+    """What the stream layer reports. The base class ignores everything (:data:`NO_METRICS`)."""
+
+    def stream_ended(self, generation: Generation, error: ErrorEvent | None) -> None:
+        """The generation published its ``stream.end`` (after ``error`` when given)."""
+
+    def delivery(
+        self, generation: Generation, subscription: Subscription, *, resumed: bool = False
+    ) -> DeliveryObserver:
+        """An observer for one subscriber's delivery loop (``resumed``: after a catch-up, so
+        its first text is no TTFT)."""
+        return _NO_DELIVERY
+
+
+_NO_DELIVERY = DeliveryObserver()
+NO_METRICS = StreamObserver()
+
+
+def delivery_observer(attachment: Attachment) -> DeliveryObserver:
+    """The observer of an attachment's live delivery: its generation's, when the stream runs
+    in this process (a stream read from another worker's log is counted by that worker)."""
+    generation, subscription = attachment.generation, attachment.subscription
+    if generation is None or subscription is None:
+        return _NO_DELIVERY
+    return generation.metrics.delivery(generation, subscription, resumed=bool(attachment.catch_up))
+
+
+class Metrics(StreamObserver):
+    """The server's metrics (one per app). ``live`` returns the live generations, for the
+    queue depth gauge (computed at scrape time)."""
+
+    def __init__(self, live: Callable[[], list[Generation]] | None = None) -> None:
+        self.registry = CollectorRegistry()
+        self.live = live or (lambda: [])
+        r = self.registry
+        self.connections_open = Gauge(
+            "tokenwire_connections_open", "Open client connections.", ["transport"], registry=r
+        )
+        self.streams_active = Gauge(
+            "tokenwire_streams_active", "Live streams.", ["transport"], registry=r
+        )
+        self.streams_started = Counter(
+            "tokenwire_streams_started", "Streams started.", ["transport"], registry=r
+        )
+        self.streams_ended = Counter(
+            "tokenwire_streams_ended",
+            "Streams ended, by finish_reason.",
+            ["transport", "finish_reason"],
+            registry=r,
+        )
+        self.tokens = Counter(
+            "tokenwire_tokens", "Completion tokens of ended streams.", ["transport"], registry=r
+        )
+        self.events_delivered = Counter(
+            "tokenwire_events_delivered",
+            "Events written to clients.",
+            ["transport", "type"],
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "tokenwire_ttft_seconds",
+            "Time from a stream's creation to its first text written to a client.",
+            ["transport"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.inter_token = Histogram(
+            "tokenwire_inter_token_seconds",
+            "Time between consecutive writes carrying text, per subscriber.",
+            ["transport"],
+            buckets=INTER_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.batch = Histogram(
+            "tokenwire_delivery_batch_events",
+            "Events per write: how deep a subscriber's queue was when drained.",
+            ["transport"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.coalesced = Counter(
+            "tokenwire_coalesced",
+            "Text deltas merged (overflow=coalesce).",
+            ["transport"],
+            registry=r,
+        )
+        self.evictions = Counter(
+            "tokenwire_evicted", "Slow consumers cut off.", ["transport"], registry=r
+        )
+        self.cancels = Counter(
+            "tokenwire_cancels", "Explicit cancel requests.", ["transport"], registry=r
+        )
+        self.resumes = Counter("tokenwire_resumes", "Resumes served.", ["transport"], registry=r)
+        self.provider_errors = Counter(
+            "tokenwire_provider_errors",
+            "Streams that ended with an error event, by code.",
+            ["code"],
+            registry=r,
+        )
+        self.refusals = Counter(
+            "tokenwire_refused",
+            "Requests refused before a route ran (auth, origin, connection limits).",
+            ["code", "scope"],
+            registry=r,
+        )
+        self.limits = Counter(
+            "tokenwire_limited", "Streams refused by a concurrency limit.", ["limit"], registry=r
+        )
+        r.register(_QueueDepth(self))
+
+    # -- hooks ------------------------------------------------------------------------------
+
+    def attach(self, generation: Generation) -> None:
+        """Count a new generation and have it report here."""
+        generation.metrics = self
+        self.streams_started.labels(generation.transport).inc()
+        self.streams_active.labels(generation.transport).inc()
+
+    def stream_ended(self, generation: Generation, error: ErrorEvent | None) -> None:
+        transport = generation.transport
+        self.streams_active.labels(transport).dec()
+        self.streams_ended.labels(transport, str(generation.finish_reason)).inc()
+        self.tokens.labels(transport).inc(generation.completion_tokens)
+        if error is not None:
+            self.provider_errors.labels(str(error.code)).inc()
+
+    def delivery(
+        self, generation: Generation, subscription: Subscription, *, resumed: bool = False
+    ) -> DeliveryObserver:
+        return _Delivery(self, generation, subscription, resumed=resumed)
+
+    def cancel_requested(self, generation: Generation) -> None:
+        self.cancels.labels(generation.transport).inc()
+
+    def resumed(self, transport: str) -> None:
+        """A client resumed a stream (called by the resume paths of the transports)."""
+        self.resumes.labels(transport).inc()
+
+    def refused(self, code: str, scope: str) -> None:
+        self.refusals.labels(code, scope).inc()
+
+    def limited(self, limit: str) -> None:
+        self.limits.labels(limit).inc()
+
+    # -- exposition -------------------------------------------------------------------------
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    async def endpoint(self, request: Request) -> Response:
+        """``GET /metrics``: the Prometheus text format (0.0.4), or OpenMetrics when the
+        scraper's ``Accept`` asks for it."""
+        encode, content_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(encode(self.registry), headers={"Content-Type": content_type})
+
+
+class _Delivery(DeliveryObserver):
+    def __init__(
+        self,
+        metrics: Metrics,
+        generation: Generation,
+        subscription: Subscription,
+        *,
+        resumed: bool = False,
+    ):
+        self.metrics = metrics
+        self.generation = generation
+        self.subscription = subscription
+        self.transport = generation.transport
+        self.last_text: float | None = time.monotonic() if resumed else None
+        self.coalesced = 0
+
+    def sent(self, events: list[Any]) -> None:
+        m, transport = self.metrics, self.transport
+        now = time.monotonic()
+        m.batch.labels(transport).observe(len(events))
+        carries_text = False
+        for event in events:
+            m.events_delivered.labels(transport, event.type).inc()
+            carries_text = carries_text or isinstance(event, TextDelta)
+        if carries_text:
+            if self.last_text is None:
+                m.ttft.labels(transport).observe(now - self.generation.started_at)
+            else:
+                m.inter_token.labels(transport).observe(now - self.last_text)
+            self.last_text = now
+        coalesced = self.subscription.coalesced
+        if coalesced > self.coalesced:
+            m.coalesced.labels(transport).inc(coalesced - self.coalesced)
+            self.coalesced = coalesced
+
+    def evicted(self) -> None:
+        self.metrics.evictions.labels(self.transport).inc()
+
+
+class _QueueDepth:
+    """``tokenwire_queue_depth_events``: computed from the live subscriptions at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "tokenwire_queue_depth_events", "Events waiting for subscribers.", labels=["transport"]
+        )
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth: dict[str, int] = {}
+        for generation in self.metrics.live():
+            total = sum(subscription.depth for subscription in list(generation.subscriptions))
+            depth[generation.transport] = depth.get(generation.transport, 0) + total
+        family = GaugeMetricFamily(
+            "tokenwire_queue_depth_events", "Events waiting for subscribers.", labels=["transport"]
+        )
+        for transport, value in sorted(depth.items()):
+            family.add_metric([transport], value)
+        yield family
+
+
+class ConnectionMetricsMiddleware:
+    """Counts open WebSockets (from accept to the end) and open SSE responses (from a
+    ``text/event-stream`` response start to the end) in ``tokenwire_connections_open``."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
+        self.app = app
+        self.gauge = metrics.connections_open
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        opened: str | None = None
+
+        async def counting_send(message: Message) -> None:
+            nonlocal opened
+            if opened is None and _opens(message):
+                opened = "websocket" if scope["type"] == "websocket" else "sse"
+                self.gauge.labels(opened).inc()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            if opened is not None:
+                self.gauge.labels(opened).dec()
+
+
+def _opens(message: Message) -> bool:
+    if message["type"] == "websocket.accept":
+        return True
+    if message["type"] != "http.response.start":
+        return False
+    for name, value in message.get("headers", []):
+        if name.lower() == b"content-type" and value.startswith(b"text/event-stream"):
+            return True
+    return False

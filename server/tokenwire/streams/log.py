@@ -1,0 +1,288 @@
+"""StreamLog: the events of each stream, kept so that any client can resume from a cursor.
+
+A :class:`~tokenwire.streams.generation.Generation` appends every event it publishes, in seq
+order, with :meth:`StreamLog.append` (which never waits). A consumer that (re)attaches reads
+the log from its cursor, "the last seq seen": catch-up first, then live, with no gap and no
+duplicate across the boundary.
+
+- Streams that run in this process are served from the process's own memory:
+  :meth:`StreamLog.snapshot` returns the events after a cursor synchronously, so that a
+  subscription taken in the same step of the event loop continues exactly where the snapshot
+  stops.
+- Streams that ended, or that run in another process (the Redis backend), are served by
+  :meth:`StreamLog.open_reader`.
+
+Backends, chosen by ``TOKENWIRE_STREAM_LOG`` (see :func:`create_stream_log`):
+
+- ``memory`` (default): one process. Each stream keeps at most ``max_events`` events and
+  ``max_bytes`` bytes (oldest dropped first; a cursor before the kept window is *expired*), and
+  an ended stream is forgotten ``ttl`` seconds after its end.
+- ``redis://...``: Redis Streams, shared by every worker and host of a deployment
+  (:mod:`tokenwire.streams.redis_log`).
+
+Errors raised to callers: :class:`UnknownStream`, :class:`CursorExpired` (both answered with
+``stream.reset``), :class:`CursorAhead` (an ``invalid_request``), :class:`StreamLogUnavailable`
+(a retryable ``unavailable`` error).
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from tokenwire.errors import ErrorCode, InvalidRequest, NotFound, TokenwireError
+from tokenwire.protocol.events import Event, StreamEnd, TextDelta
+from tokenwire.settings import Settings
+
+EVENT_OVERHEAD = 64
+"""Bytes counted per event on top of its text, for the ``max_bytes`` bound (an estimate of the
+framing and JSON keys, so that the bound does not cost a serialization per event)."""
+
+
+class UnknownStream(NotFound):
+    """The log holds no stream with this id (never existed, or forgotten after its TTL)."""
+
+
+class CursorExpired(TokenwireError):
+    """The events right after the cursor were dropped from the log (its bounds)."""
+
+    code = ErrorCode.INVALID_REQUEST
+
+
+class CursorAhead(InvalidRequest):
+    """The cursor names a seq the stream has not reached: no client can have seen it."""
+
+
+class StreamLogUnavailable(TokenwireError):
+    """The log's storage cannot be reached (Redis down). Retryable."""
+
+    code = ErrorCode.UNAVAILABLE
+    retryable = True
+
+
+def event_size(event: Event) -> int:
+    """Bytes an event counts for in ``max_bytes``: its text (UTF-8 upper bound) plus
+    :data:`EVENT_OVERHEAD`."""
+    return (len(event.delta) * 4 if isinstance(event, TextDelta) else 0) + EVENT_OVERHEAD
+
+
+@dataclass
+class StreamRecord:
+    """The kept events of one stream, oldest first, and their bounds' bookkeeping."""
+
+    events: list[Event] = field(default_factory=list)
+    seqs: list[int] = field(default_factory=list)  # seqs of ``events``, for bisect
+    size: int = 0  # bytes, as counted by event_size
+    last_seq: int = 0  # the seq of the newest event ever appended
+    ended_at: float | None = None  # time.monotonic() of stream.end
+
+    @property
+    def ended(self) -> bool:
+        return self.ended_at is not None
+
+    def add(self, event: Event, max_events: int, max_bytes: int) -> None:
+        seq = event.seq  # type: ignore[union-attr]  # log events are numbered
+        self.events.append(event)
+        self.seqs.append(seq)
+        self.size += event_size(event)
+        self.last_seq = seq
+        drop = 0
+        while len(self.events) - drop > max_events or (
+            self.size > max_bytes and len(self.events) - drop > 1
+        ):
+            self.size -= event_size(self.events[drop])
+            drop += 1
+        if drop:
+            del self.events[:drop]
+            del self.seqs[:drop]
+        if isinstance(event, StreamEnd):
+            self.ended_at = time.monotonic()
+
+    def after(self, stream_id: str, after_seq: int) -> list[Event]:
+        """The kept events with seq > ``after_seq``.
+
+        Raises:
+            CursorAhead: ``after_seq`` is beyond the newest event.
+            CursorExpired: events right after ``after_seq`` were dropped.
+        """
+        if after_seq > self.last_seq:
+            raise CursorAhead(
+                f"cursor {after_seq} is ahead of stream {stream_id} (last seq {self.last_seq})"
+            )
+        first_kept = self.seqs[0] if self.seqs else self.last_seq + 1
+        if after_seq < first_kept - 1:
+            raise CursorExpired(
+                f"events after seq {after_seq} of stream {stream_id} are no longer kept"
+            )
+        return self.events[bisect.bisect_right(self.seqs, after_seq) :]
+
+
+class LogReader(ABC):
+    """One consumer's read of a stream that does not run in this process. Made by
+    :meth:`StreamLog.open_reader`, which has checked the cursor and read the ``catch_up``: the
+    kept events after the cursor. ``ended`` tells whether the stream's ``stream.end`` is among
+    them or before them (nothing more will come); otherwise :meth:`live` yields the rest."""
+
+    stream_id: str
+    catch_up: list[Event]
+    ended: bool
+
+    @abstractmethod
+    def live(self) -> AsyncIterator[list[Event]]:
+        """The events after the catch-up, in seq order, in batches; ends after ``stream.end``.
+
+        Raises :class:`StreamLogUnavailable` if the storage fails, or if the process that runs
+        the stream is gone. Cancelling the iteration is safe."""
+
+    async def aclose(self) -> None:  # noqa: B027  # optional hook
+        """Release what the reader holds (tell the stream's owner that it has one reader less)."""
+
+
+class StreamLog(ABC):
+    """Where the events of every stream are kept for resume. One per server process.
+
+    Args:
+        max_events: events kept per stream (oldest dropped first).
+        max_bytes: bytes kept per stream, counted by :func:`event_size`.
+        ttl: seconds an ended stream stays readable.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, *, max_events: int, max_bytes: int, ttl: float) -> None:
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.ttl = ttl
+        self._local: dict[str, StreamRecord] = {}  # streams that run in this process
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StreamLog:
+        return cls(
+            max_events=settings.stream_log_max_events,
+            max_bytes=settings.stream_log_max_bytes,
+            ttl=settings.stream_log_ttl,
+        )
+
+    async def start(self) -> None:  # noqa: B027  # optional hook
+        """Connect to the storage. Raises :class:`StreamLogUnavailable` if it is unreachable."""
+
+    async def aclose(self) -> None:  # noqa: B027  # optional hook
+        """Write what is pending (bounded) and disconnect."""
+
+    # -- this process's streams -------------------------------------------------------------
+
+    def begin(self, stream_id: str) -> None:
+        """Start keeping a new stream that runs in this process."""
+        self._local[stream_id] = StreamRecord()
+
+    def append(self, stream_id: str, event: Event) -> None:
+        """Keep ``event`` (numbered, in seq order) of a stream begun here. Never waits."""
+        record = self._local[stream_id]
+        record.add(event, self.max_events, self.max_bytes)
+        if record.ended:
+            self._ended(stream_id, record)
+
+    def snapshot(self, stream_id: str, after_seq: int) -> tuple[list[Event], bool] | None:
+        """The kept events after ``after_seq`` of a stream that runs in this process, and
+        whether it has ended; ``None`` if it is not held here.
+
+        Raises :class:`CursorAhead`, :class:`CursorExpired`."""
+        record = self._local.get(stream_id)
+        if record is None:
+            return None
+        return record.after(stream_id, after_seq), record.ended
+
+    @abstractmethod
+    def _ended(self, stream_id: str, record: StreamRecord) -> None:
+        """The local stream ``stream_id`` has just appended its ``stream.end``."""
+
+    # -- any stream ---------------------------------------------------------------------------
+
+    @abstractmethod
+    async def open_reader(self, stream_id: str, after_seq: int) -> LogReader:
+        """A reader of the events after ``after_seq`` of a stream that does not run here.
+
+        Raises:
+            UnknownStream: the log holds no such stream.
+            CursorExpired: events right after the cursor are no longer kept.
+            CursorAhead: the cursor is beyond the stream's newest event.
+            StreamLogUnavailable: the storage cannot be reached.
+        """
+
+    async def publish_cancel(self, stream_id: str) -> bool:
+        """Ask the process that runs ``stream_id`` to cancel it. Returns whether the stream is
+        known to run elsewhere (False in a single-process log)."""
+        return False
+
+    def on_control(self, handler: Callable[[str, str], None]) -> None:  # noqa: B027
+        """Register ``handler(op, stream_id)`` for control messages from other processes
+        (``cancel``, ``attach``, ``detach``). Single-process logs have none."""
+
+
+class _ReplayReader(LogReader):
+    """A reader of an ended stream: everything is in the catch-up."""
+
+    def __init__(self, stream_id: str, catch_up: list[Event]) -> None:
+        self.stream_id = stream_id
+        self.catch_up = catch_up
+        self.ended = True
+
+    async def live(self) -> AsyncIterator[list[Event]]:
+        return
+        yield
+
+
+class MemoryStreamLog(StreamLog):
+    """The log of a single-process server: live streams are in memory already; ended ones
+    are kept for ``ttl`` seconds, at most ``max_streams`` of them (oldest forgotten first)."""
+
+    name = "memory"
+
+    def __init__(
+        self, *, max_events: int, max_bytes: int, ttl: float, max_streams: int = 10_000
+    ) -> None:
+        super().__init__(max_events=max_events, max_bytes=max_bytes, ttl=ttl)
+        self.max_streams = max_streams
+        self._ended_streams: OrderedDict[str, StreamRecord] = OrderedDict()
+
+    def _ended(self, stream_id: str, record: StreamRecord) -> None:
+        del self._local[stream_id]
+        self._ended_streams[stream_id] = record
+        self._forget_expired()
+
+    def _forget_expired(self) -> None:
+        now = time.monotonic()
+        while self._ended_streams:
+            stream_id, record = next(iter(self._ended_streams.items()))
+            expired = record.ended_at is not None and now - record.ended_at > self.ttl
+            if not expired and len(self._ended_streams) <= self.max_streams:
+                return
+            del self._ended_streams[stream_id]
+
+    async def open_reader(self, stream_id: str, after_seq: int) -> LogReader:
+        self._forget_expired()
+        record = self._ended_streams.get(stream_id)
+        if record is None:
+            raise UnknownStream(f"no stream {stream_id!r} (unknown, or forgotten after its TTL)")
+        return _ReplayReader(stream_id, record.after(stream_id, after_seq))
+
+
+def create_stream_log(settings: Settings) -> StreamLog:
+    """The backend that ``settings.stream_log`` names: ``memory`` or a ``redis://`` URL.
+
+    Raises:
+        ValueError: an unknown backend.
+    """
+    spec = settings.stream_log
+    if spec == "memory":
+        return MemoryStreamLog.from_settings(settings)
+    if spec.startswith(("redis://", "rediss://", "unix://")):
+        from tokenwire.streams.redis_log import RedisStreamLog
+
+        return RedisStreamLog.from_settings(settings)
+    raise ValueError(f"unknown stream log {spec!r}: use 'memory' or a redis:// URL")

@@ -1,0 +1,193 @@
+"""``GET /metrics``: the values move as streams run, on both transports."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import asgi_client, scripted_app, serve, wait_for
+from tests.security_helpers import GENERATE, USER, sse_events, ws_connect, ws_events
+from tokenwire.metrics import Metrics
+from tokenwire.protocol.events import TextDelta
+from tokenwire.protocol.requests import GenerateParams
+from tokenwire.providers.scripted import Script, ScriptedProvider, scripted_text
+from tokenwire.settings import OverflowPolicy, Settings
+from tokenwire.streams.registry import StreamRegistry
+from tokenwire.streams.subscription import ends_stream
+from tokenwire.transports.base import Delivery, Transport, pump
+
+GENERATE_PARAMS = GenerateParams(messages=USER)
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(text: str) -> Samples:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+async def scrape(http: httpx.AsyncClient, **kwargs: object) -> Samples:
+    response = await http.get("/metrics", **kwargs)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    return parse(response.text)
+
+
+async def test_metrics_follow_streams_on_both_transports():
+    app, _ = scripted_app(Script(tokens=60, interval=0.01))
+    with serve(app) as server:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
+            before = await scrape(http)
+            assert value(before, "tokenwire_streams_started_total", transport="websocket") == 0
+
+            async with ws_connect(server.base_url) as ws:
+                await ws.send(json.dumps(GENERATE))
+                while json.loads(await ws.recv())["type"] != "text.delta":
+                    pass
+                during = await scrape(http)
+                assert value(during, "tokenwire_connections_open", transport="websocket") == 1
+                assert value(during, "tokenwire_streams_active", transport="websocket") == 1
+                assert value(during, "tokenwire_ttft_seconds_count", transport="websocket") == 1
+                delivered = ("tokenwire_events_delivered_total", "websocket")
+                assert value(during, delivered[0], transport=delivered[1], type="text.delta") >= 1
+                rest = await ws_events(ws)
+                assert rest[-1]["finish_reason"] == "stop"
+
+            async with http.stream("POST", "/v1/streams", json={"messages": USER}) as response:
+                lines = response.aiter_lines()
+                async for line in lines:
+                    if line.startswith("event: text.delta"):
+                        break
+                during = await scrape(http)
+                assert value(during, "tokenwire_connections_open", transport="sse") == 1
+                assert value(during, "tokenwire_streams_active", transport="sse") == 1
+                rest = [line async for line in lines]
+                assert '"finish_reason":"stop"' in [x for x in rest if x][-1]
+
+            await wait_for(lambda: len(app.state.tokenwire.guards.streams.live()) == 0)
+            after = await scrape(http)
+    for transport in ("websocket", "sse"):
+        assert value(after, "tokenwire_streams_started_total", transport=transport) == 1
+        assert (
+            value(after, "tokenwire_streams_ended_total", transport=transport, finish_reason="stop")
+            == 1
+        )
+        assert value(after, "tokenwire_streams_active", transport=transport) == 0
+        assert value(after, "tokenwire_tokens_total", transport=transport) == 60
+        deltas = value(
+            after, "tokenwire_events_delivered_total", transport=transport, type="text.delta"
+        )
+        assert 1 <= deltas <= 60
+        assert value(after, "tokenwire_inter_token_seconds_count", transport=transport) >= 1
+        assert value(after, "tokenwire_ttft_seconds_count", transport=transport) == 1
+        assert value(after, "tokenwire_delivery_batch_events_count", transport=transport) >= 3
+    assert value(after, "tokenwire_connections_open", transport="websocket") == 0
+
+
+async def test_metrics_count_cancels_errors_refusals_and_limits():
+    app, _ = scripted_app(Script(tokens=500, interval=0.01), api_keys="tw_k", max_streams=1)
+    auth = {"Authorization": "Bearer tw_k"}
+    app.state.tokenwire.provider._script_for = lambda params: (
+        Script(tokens=10, error_after=2)
+        if params.messages[0].content == "fail"
+        else Script(tokens=500, interval=0.01)
+    )
+    with serve(app) as server:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
+            assert (await http.get("/metrics")).status_code == 401
+            failing = {"messages": [{"role": "user", "content": "fail"}]}
+            response = await http.post("/v1/streams", json=failing, headers=auth)
+            assert sse_events(response.text)[-1]["finish_reason"] == "error"
+            body = {"messages": USER}
+            async with http.stream("POST", "/v1/streams", json=body, headers=auth) as live:
+                stream_id = live.headers["x-stream-id"]
+                refused = await http.post("/v1/streams", json=body, headers=auth)
+                assert refused.status_code == 429
+                cancel = await http.post(f"/v1/streams/{stream_id}/cancel", headers=auth)
+                assert cancel.status_code == 202
+                await live.aread()
+            samples = await scrape(http, headers=auth)
+    assert value(samples, "tokenwire_provider_errors_total", code="provider_error") == 1
+    assert value(samples, "tokenwire_cancels_total", transport="sse") == 1
+    ended = "tokenwire_streams_ended_total"
+    assert value(samples, ended, transport="sse", finish_reason="cancelled") == 1
+    assert value(samples, ended, transport="sse", finish_reason="error") == 1
+    assert value(samples, "tokenwire_refused_total", code="unauthorized", scope="http") == 1
+    assert value(samples, "tokenwire_limited_total", limit="streams") == 1
+
+
+class StalledClient(Transport):
+    """A transport whose client reads nothing until ``reading`` is set."""
+
+    name = "stalled"
+
+    def __init__(self) -> None:
+        self.reading = asyncio.Event()
+        self.texts: list[str] = []
+
+    async def send_events(self, events: list) -> None:
+        await self.reading.wait()
+        self.texts += [e.delta for e in events if isinstance(e, TextDelta)]
+
+    async def send_heartbeat(self) -> None:
+        pass
+
+
+async def run_stalled(overflow: OverflowPolicy, tokens: int) -> tuple[Samples, Delivery, str]:
+    provider = ScriptedProvider(Script(tokens=tokens))
+    settings = Settings(
+        provider="scripted", queue_maxsize=2, overflow=overflow, slow_consumer_timeout=0.05
+    )
+    metrics = Metrics()
+    async with provider:
+        registry = StreamRegistry(provider, settings)
+        generation = registry.create(GENERATE_PARAMS, transport="websocket")
+        metrics.attach(generation)
+        attachment = registry.attach(generation)
+        client = StalledClient()
+        generation.start()
+        delivering = asyncio.create_task(pump(attachment, client))
+        await asyncio.sleep(0.2)  # the provider runs ahead of the stalled client
+        client.reading.set()
+        delivery = await delivering
+        await generation.wait()
+    return parse(metrics.render().decode()), delivery, "".join(client.texts)
+
+
+async def test_coalesced_and_evicted_are_counted():
+    samples, delivery, text = await run_stalled(OverflowPolicy.COALESCE, 300)
+    assert delivery is Delivery.ENDED and text == scripted_text(300)
+    assert value(samples, "tokenwire_coalesced_total", transport="websocket") > 0
+    samples, delivery, _ = await run_stalled(OverflowPolicy.DISCONNECT, 300)
+    assert delivery is Delivery.EVICTED
+    assert value(samples, "tokenwire_evicted_total", transport="websocket") == 1
+
+
+async def test_queue_depth_is_read_at_scrape_time():
+    app, _ = scripted_app(Script(tokens=100), queue_maxsize=8)
+    state = app.state.tokenwire
+    async with asgi_client(app) as http:
+        assert value(await scrape(http), "tokenwire_queue_depth_events", transport="sse") == 0
+        generation = state.guards.streams.scoped(state.registry, {}).create(
+            GENERATE_PARAMS, transport="sse"
+        )
+        subscription = state.registry.subscribe(generation)
+        generation.start()
+        await wait_for(lambda: subscription.depth == 8)  # nobody reads; the provider waits
+        samples = await scrape(http)
+        assert value(samples, "tokenwire_queue_depth_events", transport="sse") == 8
+        generation.cancel()
+        events = []
+        while not ends_stream(events):
+            events += await subscription.get_batch()
+        assert value(await scrape(http), "tokenwire_queue_depth_events", transport="sse") == 0
