@@ -81,11 +81,19 @@ UVICORN_FLAGS = [
     "--timeout-graceful-shutdown", "1",
 ]  # fmt: skip
 
-# tokenwire's settings for the benchmark; everything else is its default.
+# tokenwire's settings for the benchmark; everything else is its default. Its protective limits
+# (live streams and WebSockets per process and per key) are lifted: the baselines have none,
+# and the ramp must find where latency, not a limit, stops a server.
 TOKENWIRE_ENV = {
     "TOKENWIRE_PROVIDER": "scripted",
     "TOKENWIRE_LOG_LEVEL": "warning",
+    "TOKENWIRE_AUTH": "off",
     "TOKENWIRE_MAX_TOKENS_LIMIT": "100000000",
+    "TOKENWIRE_MAX_STREAMS": "1000000",
+    "TOKENWIRE_MAX_STREAMS_PER_KEY": "1000000",
+    "TOKENWIRE_MAX_WS_CONNECTIONS": "1000000",
+    "TOKENWIRE_MAX_WS_CONNECTIONS_PER_KEY": "1000000",
+    "TOKENWIRE_WS_MESSAGES_PER_MINUTE": "1000000",
 }
 
 
