@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: serve test lint bench clean
+.PHONY: serve test lint bench bench-transport clean
 
 serve: $(VENV)/.installed-local  ## set up, then serve the bundled local model on 127.0.0.1:8000
 	$(BIN)/tokenwire serve $(ARGS)
@@ -20,6 +20,10 @@ lint: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev  ## local model throughput through the server vs llama-cpp-python
 	$(BIN)/python benchmarks/local_throughput.py $(ARGS)
+
+# SSE vs WebSocket vs baselines; e.g. make bench-transport ARGS=--quick
+bench-transport: $(VENV)/.installed-dev  ## the transport benchmark (tokenwire bench)
+	$(BIN)/tokenwire bench $(ARGS)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

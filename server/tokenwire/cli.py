@@ -157,5 +157,38 @@ def chat(
     )
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def bench(ctx: typer.Context) -> None:
+    """Run the transport benchmark (SSE vs WebSocket vs common baselines) of a source checkout.
+
+    The harness is benchmark code, not part of the installed package: it lives in the
+    repository's benchmarks/transport, found in the current directory or a parent. Every option
+    is the harness's own (``tokenwire bench --help``; ``--quick`` for the 2-minute profile). Exit
+    status 2 when no checkout is found, else the harness's.
+    """
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        benchmarks = folder / "benchmarks"
+        if (benchmarks / "transport" / "__main__.py").is_file():
+            break
+    else:
+        typer.echo(
+            "tokenwire bench: benchmarks/transport not found in the current directory or its "
+            "parents; run it from a tokenwire source checkout (pip install -e '.[bench]')",
+            err=True,
+        )
+        raise typer.Exit(2)
+    path = os.pathsep.join(p for p in (str(benchmarks), os.environ.get("PYTHONPATH")) if p)
+    command = [sys.executable, "-m", "transport", *ctx.args]
+    raise typer.Exit(subprocess.call(command, env={**os.environ, "PYTHONPATH": path}))
+
+
 if __name__ == "__main__":
     app()

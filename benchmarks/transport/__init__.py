@@ -1,0 +1,31 @@
+"""The transport benchmark: tokenwire SSE and WebSocket against three common baselines.
+
+Run it from the repository root with ``tokenwire bench`` (``--quick`` for the 2-minute profile,
+``--help`` for the options), or ``PYTHONPATH=benchmarks python -m transport``.
+
+Servers under test (:mod:`transport.servers`), each alone in its own uvicorn process (uvloop,
+httptools, the same flags for all) on a free loopback port: tokenwire's SSE route, tokenwire's
+WebSocket route, and baselines written the way most projects do it: (a) Starlette
+``StreamingResponse`` yielding ``data: {token}\\n\\n``, (b) sse-starlette ``EventSourceResponse``,
+(c) a Starlette WebSocket with one ``send_text`` per token.
+
+Fairness: every server streams from the same token source (:mod:`transport.source`): the
+scripted provider's text on an absolute schedule that the client sends with the request
+(``t0`` = the client's ``time.monotonic()``, one clock for all processes on Linux). The client
+therefore knows when each token was due and measures *added* latency (parsed by the client -
+due) with no side channel and no extra work on the server, and the server's own lateness (a busy
+event loop waking the provider late) counts against it. One stream per connection for every
+server; the same JSON request body for all (tokenwire's protocol, the baselines read the same
+field).
+
+The load generator (:mod:`transport.loadgen`) is a separate uvloop process on raw sockets,
+cheaper per token than any server (printed for every run). Metrics per server: added TTFT and
+inter-token latency (p50, p99, p99.9), server and client CPU microseconds per delivered token,
+the largest stepped-ramp concurrency whose added inter-token p99 stays under 50 ms, RSS per idle
+and per active connection, and tokens delivered per server CPU-second when the provider outpaces
+the client. Results (:mod:`transport.report`): JSON, a Markdown table, PNG plots.
+
+Extending it (cancel latency, slow-consumer isolation, resume gap): add a phase function to
+:data:`transport.loadgen.PHASES`, its spec to :meth:`transport.harness.Profile.phases`, and its
+numbers to :func:`transport.report.row`.
+"""

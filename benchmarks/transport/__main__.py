@@ -1,0 +1,109 @@
+"""``python -m transport`` (with benchmarks/ on the path), or ``tokenwire bench``: run the
+transport benchmark and write its results folder. ``--help`` lists the options."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import shlex
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.markdown import Markdown
+
+from transport.harness import BENCHMARKS_DIR, PROFILES, SERVERS, run
+from transport.report import row
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="tokenwire bench",
+        description="SSE vs WebSocket vs the common baselines: latency, CPU per token, "
+        "concurrency, memory, throughput. Writes results.json, results.md and PNG plots.",
+    )
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="default")
+    parser.add_argument(
+        "--quick", action="store_const", const="quick", dest="profile",
+        help="the quick profile (under 2 minutes on 2 cores)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--out", type=Path, default=None,
+        help="results folder (default: benchmarks/results/<profile>-<UTC time>)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--servers", default=None,
+        help=f"comma-separated subset of: {', '.join(s.name for s in SERVERS)}",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tokenwire-env", action="append", default=[], metavar="KEY=VALUE",
+        help="a TOKENWIRE_* setting for the tokenwire server (repeatable), "
+        "e.g. TOKENWIRE_OVERFLOW=coalesce",
+    )  # fmt: skip
+    parser.add_argument(
+        "--py-spy", action="store_true",
+        help="profile each server with py-spy during the latency window "
+        "(writes profiles/<server>.txt and .md; needs pip install py-spy)",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    names = {s.name for s in SERVERS}
+    if args.servers is not None:
+        args.servers = [name.strip() for name in args.servers.split(",") if name.strip()]
+        unknown = sorted(set(args.servers) - names)
+        if unknown or not args.servers:
+            parser.error(f"--servers: unknown {unknown}; choose from {sorted(names)}")
+    env = {}
+    for item in args.tokenwire_env:
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("TOKENWIRE_"):
+            parser.error(f"--tokenwire-env wants TOKENWIRE_NAME=VALUE, got {item!r}")
+        env[key] = value
+    args.tokenwire_env = env
+    return args
+
+
+def missing_packages() -> list[str]:
+    """The bench extra's packages that cannot be imported."""
+    missing = []
+    for module, package in (("sse_starlette", "sse-starlette"), ("psutil", "psutil"),
+                            ("matplotlib", "matplotlib"), ("uvloop", "uvloop"),
+                            ("httptools", "httptools")):  # fmt: skip
+        if importlib.util.find_spec(module) is None:
+            missing.append(package)
+    return missing
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if missing := missing_packages():
+        print(
+            f"tokenwire bench needs {', '.join(missing)}: pip install -e '.[bench]'",
+            file=sys.stderr,
+        )
+        return 2
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = args.out or BENCHMARKS_DIR / "results" / f"{args.profile}-{stamp}"
+    console = Console()
+    command = shlex.join(["tokenwire", "bench", *argv])
+    results = run(
+        args.profile, out, args.servers, args.tokenwire_env, console, command, args.py_spy
+    )
+    console.print(Markdown((out / "results.md").read_text()))
+    for name, server in results["servers"].items():
+        r = row(name, server)
+        server_cpu, client_cpu = r["server_cpu_us_per_token"], r["client_cpu_us_per_token"]
+        if server_cpu and client_cpu:
+            verdict = "ok" if client_cpu < server_cpu else "CLIENT IS THE BOTTLENECK"
+            console.print(
+                f"{name}: client {client_cpu:.1f} µs/token vs server {server_cpu:.1f} µs/token "
+                f"(client/server {client_cpu / server_cpu:.2f}, client busy "
+                f"{100 * (r['client_busy'] or 0):.0f} %): {verdict}"
+            )
+    console.print(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

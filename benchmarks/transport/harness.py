@@ -1,0 +1,438 @@
+"""The orchestrator: for each server under test, start it, run the load generator, stop it.
+
+Every server runs alone in its own ``python -m uvicorn`` process (same flags for all, see
+:data:`UVICORN_FLAGS`) on a free loopback port; the load generator (:mod:`transport.loadgen`)
+runs in another process and reads the server's CPU time and RSS by its pid. Each phase gets a
+fresh server process, so that nothing one phase left behind (streams a server still works on
+after its clients left, memory it did not return) is charged to the next. Servers run one
+after another, never two at once; results go to ``<out>/results.json``, ``results.md`` and PNG
+plots (:mod:`transport.report`), server and load generator logs to ``<out>/logs/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+BENCHMARKS_DIR = Path(__file__).resolve().parent.parent
+
+SCHEMA = "tokenwire.bench.transport/1"
+
+
+@dataclass(frozen=True)
+class ServerUnderTest:
+    """``name`` (the row of the table), the uvicorn app factory, and what it is."""
+
+    name: str
+    factory: str
+    description: str
+
+
+SERVERS = [
+    ServerUnderTest(
+        "tokenwire-sse", "transport.servers:tokenwire_app", "tokenwire, POST /v1/streams (SSE)"
+    ),
+    ServerUnderTest(
+        "tokenwire-ws", "transport.servers:tokenwire_app", "tokenwire, WebSocket /v1/ws"
+    ),
+    ServerUnderTest(
+        "baseline-streaming",
+        "transport.servers:baseline_streaming",
+        "(a) Starlette StreamingResponse, `data: {token}` per token",
+    ),
+    ServerUnderTest(
+        "baseline-sse-starlette",
+        "transport.servers:baseline_sse_starlette",
+        "(b) sse-starlette EventSourceResponse",
+    ),
+    ServerUnderTest(
+        "baseline-websocket",
+        "transport.servers:baseline_websocket",
+        "(c) Starlette WebSocket, one send_text per token",
+    ),
+]
+
+UVICORN_FLAGS = [
+    "--loop", "uvloop",
+    "--http", "httptools",
+    "--ws", "auto",  # what `tokenwire serve` uses: websockets (sans-I/O) when installed
+    "--ws-per-message-deflate", "false",
+    "--no-access-log",
+    "--log-level", "warning",
+    "--backlog", "8192",
+    "--timeout-graceful-shutdown", "1",
+]  # fmt: skip
+
+# tokenwire's settings for the benchmark; everything else is its default. Its protective limits
+# (live streams and WebSockets per process and per key) are lifted: the baselines have none,
+# and the ramp must find where latency, not a limit, stops a server.
+TOKENWIRE_ENV = {
+    "TOKENWIRE_PROVIDER": "scripted",
+    "TOKENWIRE_LOG_LEVEL": "warning",
+    "TOKENWIRE_AUTH": "off",
+    "TOKENWIRE_MAX_TOKENS_LIMIT": "100000000",
+    "TOKENWIRE_MAX_STREAMS": "1000000",
+    "TOKENWIRE_MAX_STREAMS_PER_KEY": "1000000",
+    "TOKENWIRE_MAX_WS_CONNECTIONS": "1000000",
+    "TOKENWIRE_MAX_WS_CONNECTIONS_PER_KEY": "1000000",
+    "TOKENWIRE_WS_MESSAGES_PER_MINUTE": "1000000",
+}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How much load, for how long. Durations in seconds, rate in tokens/s per stream."""
+
+    rate: float = 20.0
+    memory_connections: int = 1000
+    memory_steps: int = 4
+    memory_rate: float = 2.0
+    latency_streams: int = 1000
+    latency_window: float = 10.0
+    ramp: list[int] = field(default_factory=lambda: [250, 500, 1000, 1500, 2000, 3000, 4000, 5000])
+    ramp_window: float = 5.0
+    stop_p99_ms: float = 50.0
+    spread: float = 2.0
+    settle: float = 1.0
+    outpace_streams: int = 50
+    outpace_window: float = 5.0
+    outpace_read_every: float = 0.01
+    quiesce_within: float = 5.0  # after each phase, wait at most this long for an idle server
+
+    def phases(self) -> list[dict[str, Any]]:
+        """The load generator's phase specs (see :mod:`transport.loadgen`)."""
+        return [
+            {
+                "name": "memory",
+                "connections": self.memory_connections,
+                "steps": self.memory_steps,
+                "rate": self.memory_rate,
+                "settle": self.settle,
+            },
+            {
+                "name": "latency",
+                "streams": [self.latency_streams],
+                "window": self.latency_window,
+                "settle": self.settle,
+                "spread": self.spread,
+            },
+            {
+                "name": "ramp",
+                "streams": self.ramp,
+                "window": self.ramp_window,
+                "settle": self.settle,
+                "spread": self.spread,
+                "stop_p99_ms": self.stop_p99_ms,
+            },
+            {
+                "name": "outpace",
+                "streams": self.outpace_streams,
+                "tokens": 100_000_000,
+                "window": self.outpace_window,
+                "settle": self.settle,
+                "read_every": self.outpace_read_every,
+            },
+        ]
+
+    def progress_steps(self) -> int:
+        return 2 * self.memory_steps + 1 + len(self.ramp) + 1
+
+
+PROFILES = {
+    "default": Profile(),
+    "quick": Profile(
+        memory_connections=200,
+        memory_steps=2,
+        latency_streams=200,
+        latency_window=1.5,
+        ramp=[500, 1000],
+        ramp_window=1.0,
+        spread=0.5,
+        settle=0.5,
+        outpace_streams=20,
+        outpace_window=1.0,
+        quiesce_within=1.0,
+    ),
+    # The smallest run through the same code: for the harness's own test.
+    "smoke": Profile(
+        memory_connections=20,
+        memory_steps=1,
+        latency_streams=20,
+        latency_window=1.0,
+        ramp=[10, 30],
+        ramp_window=0.5,
+        spread=0.2,
+        settle=0.2,
+        outpace_streams=4,
+        outpace_window=0.5,
+        quiesce_within=0.5,
+    ),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def child_env(extra: dict[str, str]) -> dict[str, str]:
+    """This environment, with benchmarks/ importable (``transport``, ``measure``)."""
+    path = os.pathsep.join(p for p in (str(BENCHMARKS_DIR), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
+@contextlib.contextmanager
+def running_server(
+    server: ServerUnderTest, log_dir: Path, tokenwire_env: dict[str, str]
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """Start ``server`` under uvicorn on a free port and wait for ``GET /healthz``; stop it
+    (SIGINT, then SIGKILL after 5 s) on exit. Raises RuntimeError if it does not start."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for _attempt in range(3):
+        port = free_port()
+        command = [sys.executable, "-m", "uvicorn", "--factory", server.factory]
+        command += ["--host", "127.0.0.1", "--port", str(port), *UVICORN_FLAGS]
+        env = child_env({**TOKENWIRE_ENV, **tokenwire_env})
+        log = (log_dir / f"{server.name}.log").open("ab")
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            if _wait_healthy(process, port):
+                break
+        except BaseException:
+            _stop(process)
+            raise
+        finally:
+            log.close()
+        _stop(process)
+    else:
+        raise RuntimeError(f"{server.name} did not start; see {log_dir / server.name}.log")
+    try:
+        yield process, port
+    finally:
+        _stop(process)
+
+
+def _wait_healthy(process: subprocess.Popen[bytes], port: int, timeout: float = 60) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def run_loadgen(
+    job: dict[str, Any], on_progress: Any, log_dir: Path, on_window: Any = None
+) -> dict[str, Any]:
+    """Run :mod:`transport.loadgen` with ``job``; call ``on_progress(message)`` per progress
+    line and ``on_window(message)`` when a measurement window opens; return the result
+    message. Raises RuntimeError if it fails."""
+    stderr = (log_dir / f"loadgen-{job['server']}.log").open("wb")
+    with (
+        stderr,
+        subprocess.Popen(
+            [sys.executable, "-m", "transport.loadgen"],
+            env=child_env({}),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        ) as process,
+    ):
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.write(json.dumps(job))
+        process.stdin.close()
+        result = None
+        for line in process.stdout:
+            message = json.loads(line)
+            if message["type"] == "progress":
+                on_progress(message)
+            elif message["type"] == "window" and on_window is not None:
+                on_window(message)
+            elif message["type"] == "result":
+                result = message
+    if process.returncode != 0 or result is None:
+        raise RuntimeError(
+            f"load generator failed for {job['server']} (exit {process.returncode}); "
+            f"see {stderr.name}"
+        )
+    return result
+
+
+class PySpy:
+    """Samples one server with py-spy (``py-spy record --nonblocking``, 100 Hz) while the
+    latency phase's window is open; writes ``<path>.txt`` (collapsed stacks) and
+    ``<path>.md`` (the hot spots, :func:`transport.report.hot_spots`). py-spy must be on PATH
+    or next to this Python (``pip install py-spy``)."""
+
+    def __init__(self, pid: int, path: Path) -> None:
+        self.pid = pid
+        self.path = path
+        self.process: subprocess.Popen[bytes] | None = None
+        found = shutil.which("py-spy") or shutil.which(
+            "py-spy", path=str(Path(sys.executable).parent)
+        )
+        if found is None:
+            raise RuntimeError("--py-spy needs py-spy: pip install py-spy")
+        self.executable = found
+
+    def on_window(self, message: dict[str, Any]) -> None:
+        if message["phase"] != "latency" or self.process is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        command = [self.executable, "record", "--pid", str(self.pid), "--nonblocking"]
+        command += ["--duration", str(max(1, int(message["seconds"]))), "--format", "raw"]
+        command += ["--output", str(self.path.with_suffix(".txt"))]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def finish(self) -> None:
+        from transport.report import hot_spots
+
+        if self.process is None:
+            return
+        _, stderr = self.process.communicate(timeout=120)
+        raw = self.path.with_suffix(".txt")
+        if self.process.returncode != 0 or not raw.exists():
+            raise RuntimeError(f"py-spy failed: {stderr.decode(errors='replace')[-500:]}")
+        self.path.with_suffix(".md").write_text(hot_spots(raw, self.path.name))
+
+
+def machine() -> dict[str, Any]:
+    """Where the numbers came from."""
+    model = platform.processor()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    versions = {}
+    for package in ("tokenwire", "starlette", "uvicorn", "uvloop", "httptools", "websockets",
+                    "sse-starlette"):  # fmt: skip
+        with contextlib.suppress(Exception):
+            from importlib.metadata import version
+
+            versions[package] = version(package)
+    return {
+        "cpu": model,
+        "cpus": os.cpu_count(),
+        "load_average": list(os.getloadavg()),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+    }
+
+
+def run(
+    profile_name: str,
+    out: Path,
+    servers: list[str] | None = None,
+    tokenwire_env: dict[str, str] | None = None,
+    console: Console | None = None,
+    command: str = "",
+    py_spy: bool = False,
+) -> dict[str, Any]:
+    """Run the benchmark; write results.json, results.md and the plots into ``out``; return
+    the results. With ``py_spy``, also profile each server during the latency phase's window
+    (see :class:`PySpy`). Raises RuntimeError when a server or the load generator fails."""
+    from transport import report
+
+    console = console or Console()
+    profile = PROFILES[profile_name]
+    chosen = [s for s in SERVERS if servers is None or s.name in servers]
+    out.mkdir(parents=True, exist_ok=True)
+    log_dir = out / "logs"
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by the servers
+    results: dict[str, Any] = {
+        "schema": SCHEMA,
+        "profile": profile_name,
+        "settings": asdict(profile),
+        "command": command,
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "servers": {},
+    }
+    began = time.monotonic()
+    columns = [
+        TextColumn("[bold]{task.fields[server]:<24}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+    ]
+    with Progress(*columns, console=console, transient=False) as progress:
+        tasks = {
+            s.name: progress.add_task("waiting", total=profile.progress_steps(), server=s.name)
+            for s in chosen
+        }
+        for server in chosen:
+            task = tasks[server.name]
+            progress.update(task, description="starting")
+
+            def on_progress(message: dict[str, Any], task: Any = task) -> None:
+                progress.update(task, advance=1, description=message.get("detail", ""))
+
+            began_server = time.monotonic()
+            phases: dict[str, Any] = {}
+            startup: dict[str, float] = {}
+            for spec in profile.phases():
+                began_phase = time.monotonic()
+                with running_server(server, log_dir, tokenwire_env or {}) as (process, port):
+                    startup[spec["name"]] = time.monotonic() - began_phase
+                    job = {
+                        "server": server.name,
+                        "port": port,
+                        "server_pid": process.pid,
+                        "rate": profile.rate,
+                        "quiesce_within": profile.quiesce_within,
+                        "phases": [spec],
+                    }
+                    spy = PySpy(process.pid, out / "profiles" / server.name) if py_spy else None
+                    result = run_loadgen(job, on_progress, log_dir, spy.on_window if spy else None)
+                    if spy is not None:
+                        spy.finish()
+                phases.update(result["phases"])
+            results["servers"][server.name] = {
+                "description": server.description,
+                "phases": phases,
+                "startup_s": startup,
+                "elapsed_s": time.monotonic() - began_server,
+            }
+            progress.update(task, completed=profile.progress_steps(), description="done")
+    results["duration_s"] = time.monotonic() - began
+    report.write(results, out)
+    return results

@@ -1,0 +1,730 @@
+"""The load generator: many concurrent streams against one server, in a process of its own.
+
+Run as ``python -m transport.loadgen``: it reads one JSON job from stdin (which server, its
+port and pid, the phases to run, see :func:`main`), writes progress lines
+``{"type": "progress", ...}`` to stdout while it runs, ``{"type": "window", "phase", "seconds"}``
+when a measurement window opens, and one ``{"type": "result", ...}`` line at the end.
+
+Why raw sockets: the client must cost less per token than the server, or the table would
+measure the client. Every stream is an :class:`asyncio.Protocol` on uvloop; HTTP responses
+(status line, headers, chunked transfer coding) are parsed by httptools, the C parser uvicorn
+itself uses; SSE events are split with ``bytes.split``; WebSocket frames (RFC 6455, section 5.2)
+are read by a few lines below that handle only what a server sends (unmasked, unfragmented text
+frames, ping, close). httpx and the websockets library would each cost more per event than a
+lean server does (pure-Python h11 and a generator-based frame parser). The harness prints
+the client's CPU per token next to the server's, and flags a window in which the client was
+busy more than 90 % of the time or its event loop lagged.
+
+Timestamps: ``time.monotonic()`` once per ``data_received`` call, shared by every token parsed
+from that chunk. Latency of token ``i`` = that time - :meth:`transport.source.Schedule.due`.
+
+Phases (each a function ``phase_<name>(gen, spec) -> dict``; add one to :data:`PHASES` to
+extend the benchmark, e.g. cancel latency or resume gap):
+
+- ``memory``: warm-up, then the server's RSS as idle connections and then active streams are
+  added in steps;
+- ``load``: stepped concurrency at a fixed token rate (one step = the latency measurement; many
+  steps with ``stop_p99_ms`` = the ramp), added TTFT and inter-token latency, CPU per token;
+- ``outpace``: streams whose tokens are all due at once, read by a client that reads each
+  socket at most once per ``read_every`` seconds: tokens delivered per server CPU-second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import math
+import os
+import resource
+import socket
+import sys
+import time
+from array import array
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httptools
+import psutil
+import uvloop
+
+from tokenwire.providers.scripted import scripted_text
+from transport.source import Schedule, request_fields
+
+# The client side of each server under test: protocol, path, SSE event separator, flavour.
+CLIENTS: dict[str, dict[str, Any]] = {
+    "tokenwire-sse": {"protocol": "sse", "path": "/v1/streams", "sep": b"\n\n", "json": True},
+    "tokenwire-ws": {"protocol": "ws", "path": "/v1/ws", "json": True},
+    "baseline-streaming": {"protocol": "sse", "path": "/stream", "sep": b"\n\n", "json": False},
+    "baseline-sse-starlette": {
+        "protocol": "sse",
+        "path": "/sse",
+        "sep": b"\r\n\r\n",
+        "json": False,
+    },
+    "baseline-websocket": {"protocol": "ws", "path": "/ws", "json": False},
+}
+
+IDLE_TTFT = 3600.0  # seconds: an "idle" SSE stream waits this long for its first token
+VERIFY_EVERY = 50  # keep and check the full text of every 50th stream
+_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455, section 1.3
+
+
+class Recorder:
+    """What the streams of the current step deliver. Latencies in seconds."""
+
+    def __init__(self, latency: bool = True) -> None:
+        self.latency = latency
+        self.ttft = array("d")
+        self.itl = array("d")
+        self.w0 = math.inf  # the measurement window [w0, w1), time.monotonic()
+        self.w1 = math.inf
+        self.delivered = 0  # tokens that arrived inside the window
+
+    def open_window(self, seconds: float) -> None:
+        self.itl = array("d")
+        self.delivered = 0
+        self.w0 = time.monotonic()
+        self.w1 = self.w0 + seconds
+
+
+class Stream(asyncio.Protocol):
+    """One connection carrying (at most) one stream; ``mode`` is idle, active or outpace."""
+
+    def __init__(self, gen: Generator, index: int, mode: str, schedule_of: Callable[[], Schedule]):
+        self.gen = gen
+        self.index = index
+        self.mode = mode
+        self.schedule_of = schedule_of
+        self.schedule: Schedule | None = None
+        self.transport: asyncio.Transport | None = None
+        self.established = False  # response headers (SSE) or the stream's first token (active)
+        self.ended = False
+        self.failed: str | None = None
+        self.received = 0
+        self.text: list[str] | None = [] if index % VERIFY_EVERY == 0 else None
+        self.buffer = b""
+        self.read_every = gen.read_every if mode == "outpace" else 0.0
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.gen.open_streams.add(self)
+        self.send_request()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.gen.open_streams.discard(self)
+        if not self.ended and self.failed is None and not self.gen.closing:
+            self.fail(f"connection lost: {exc or 'closed by the server'}")
+
+    def fail(self, reason: str) -> None:
+        if self.failed is None:
+            self.failed = reason
+            self.gen.failures.append(reason)
+            self.gen.changed.set()
+        self.close()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def end(self) -> None:
+        self.ended = True
+        self.verify()
+        self.close()
+
+    def verify(self) -> None:
+        """Compare the kept text with the scripted text of as many tokens (once)."""
+        if self.text is not None and self.received:
+            self.gen.verified += 1
+            if "".join(self.text) != scripted_text(self.received):
+                self.gen.mismatches += 1
+            self.text = None
+
+    def new_schedule(self) -> Schedule:
+        self.schedule = self.schedule_of()
+        return self.schedule
+
+    def data_received(self, data: bytes) -> None:
+        now = time.monotonic()
+        try:
+            self.parse(data, now)
+        except Exception as exc:  # a protocol error ends this stream, not the run
+            self.fail(f"{type(exc).__name__}: {exc}")
+        if self.read_every and self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+            self.gen.loop.call_later(self.read_every, self._resume)
+
+    def _resume(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    # -- tokens ---------------------------------------------------------------------------
+
+    def deliver(self, now: float, count: int, text: str | None) -> None:
+        """``count`` tokens (``text``, kept for every VERIFY_EVERY-th stream) parsed at ``now``."""
+        first = self.received
+        self.received = first + count
+        if not self.established:
+            self.established = True
+            self.gen.mark_established()
+        if self.text is not None and text is not None:
+            self.text.append(text)
+        recorder = self.gen.recorder
+        in_window = recorder.w0 <= now < recorder.w1
+        if in_window:
+            recorder.delivered += count
+        schedule = self.schedule
+        if recorder.latency and schedule is not None:
+            start = schedule.t0 + schedule.ttft
+            interval = schedule.interval
+            for index in range(first, first + count):
+                if index == 0:
+                    recorder.ttft.append(now - start)
+                elif in_window:
+                    recorder.itl.append(now - start - index * interval)
+
+    def count_of(self, delta: str) -> int:
+        """Tokens in a text delta: one per leading space, plus the first token (no space)."""
+        return delta.count(" ") + (1 if self.received == 0 else 0)
+
+    # -- protocol-specific ----------------------------------------------------------------
+
+    def send_request(self) -> None:
+        raise NotImplementedError
+
+    def parse(self, data: bytes, now: float) -> None:
+        raise NotImplementedError
+
+
+class SSEStream(Stream):
+    """``POST <path>`` with the schedule; the response is an SSE stream (any framing flavour)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.parser = httptools.HttpResponseParser(self)
+        self.sep: bytes = self.gen.client["sep"]
+        self.tokenwire: bool = self.gen.client["json"]
+        self.now = 0.0
+
+    def send_request(self) -> None:
+        if self.mode == "idle":
+            schedule = Schedule(time.monotonic(), tokens=1, ttft=IDLE_TTFT, interval=0)
+            self.schedule = schedule
+        else:
+            schedule = self.new_schedule()
+        body = json.dumps(request_fields(schedule), separators=(",", ":")).encode()
+        assert self.transport is not None
+        self.transport.write(self.gen.request_head % len(body) + body)
+
+    def parse(self, data: bytes, now: float) -> None:
+        self.now = now
+        self.parser.feed_data(data)
+
+    # httptools callbacks
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status != 200:
+            self.fail(f"HTTP {status}")
+        elif self.mode == "idle":
+            self.established = True
+            self.gen.mark_established()
+
+    def on_body(self, body: bytes) -> None:
+        events = (self.buffer + body if self.buffer else body).split(self.sep)
+        self.buffer = events.pop()
+        if self.tokenwire:
+            for event in events:
+                if b"event: text.delta" in event:
+                    delta = json.loads(event[event.index(b"data: ") + 6 :])["delta"]
+                    self.deliver(self.now, self.count_of(delta), delta)
+                elif b"event: stream.end" in event:
+                    self.end()
+                elif b"event: error" in event:
+                    self.fail(event.decode(errors="replace"))
+        else:
+            for event in events:
+                if event.startswith(b"data:"):
+                    self.deliver(self.now, 1, event[6:].decode() if self.text is not None else None)
+
+    def on_message_complete(self) -> None:
+        if not self.tokenwire:
+            self.end()
+
+
+class WSStream(Stream):
+    """WebSocket ``GET <path>``; ``generate`` with the schedule once the upgrade is done."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.key = base64.b64encode(os.urandom(16))
+        self.upgraded = False
+        self.tokenwire: bool = self.gen.client["json"]
+
+    def send_request(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.gen.request_head % self.key)
+
+    def generate(self) -> None:
+        fields = request_fields(self.new_schedule())
+        message = {"type": "generate", "request_id": str(self.index), **fields}
+        assert self.transport is not None
+        self.transport.write(ws_frame(0x1, json.dumps(message, separators=(",", ":")).encode()))
+
+    def parse(self, data: bytes, now: float) -> None:
+        buffer = self.buffer + data if self.buffer else data
+        if not self.upgraded:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                self.buffer = buffer
+                return
+            self.handshake(buffer[: end + 4])
+            buffer = buffer[end + 4 :]
+        position, size = 0, len(buffer)
+        while size - position >= 2:
+            first, second = buffer[position], buffer[position + 1]
+            length, header = second & 0x7F, 2
+            if length == 126:
+                if size - position < 4:
+                    break
+                length, header = int.from_bytes(buffer[position + 2 : position + 4]), 4
+            elif length == 127:
+                if size - position < 10:
+                    break
+                length, header = int.from_bytes(buffer[position + 2 : position + 10]), 10
+            end = position + header + length
+            if end > size:
+                break
+            if second & 0x80 or not first & 0x80:
+                raise ValueError("masked or fragmented frame from the server")
+            self.frame(first & 0x0F, buffer[position + header : end], now)
+            position = end
+        self.buffer = buffer[position:]
+
+    def handshake(self, head: bytes) -> None:
+        accept = base64.b64encode(hashlib.sha1(self.key + _WS_GUID).digest())
+        if not head.startswith(b"HTTP/1.1 101") or accept not in head:
+            raise ValueError(f"upgrade refused: {head.splitlines()[0]!r}")
+        self.upgraded = True
+        if self.mode == "idle":
+            self.established = True
+            self.gen.mark_established()
+        else:
+            self.generate()
+
+    def frame(self, opcode: int, payload: bytes, now: float) -> None:
+        if opcode == 0x1:
+            if self.tokenwire:
+                event = json.loads(payload)
+                kind = event.get("type")
+                if kind == "text.delta":
+                    delta = event["delta"]
+                    self.deliver(now, self.count_of(delta), delta)
+                elif kind == "stream.end":
+                    self.end()
+                elif kind == "error":
+                    self.fail(f"error event: {payload[:200]!r}")
+            else:
+                self.deliver(now, 1, payload.decode() if self.text is not None else None)
+        elif opcode == 0x8:  # close: a baseline's end of stream, or the server going away
+            code = int.from_bytes(payload[:2]) if len(payload) >= 2 else 1005
+            if code == 1000 and not self.tokenwire:
+                self.end()
+            else:
+                self.fail(f"closed by the server with code {code}")
+        elif opcode == 0x9 and self.transport is not None:  # ping -> pong
+            self.transport.write(ws_frame(0xA, payload))
+
+
+def ws_frame(opcode: int, payload: bytes) -> bytes:
+    """One final, masked client frame (RFC 6455, section 5.2 and 5.3)."""
+    size = len(payload)
+    if size < 126:
+        head = bytes([0x80 | opcode, 0x80 | size])
+    elif size < 1 << 16:
+        head = bytes([0x80 | opcode, 0x80 | 126]) + size.to_bytes(2)
+    else:
+        head = bytes([0x80 | opcode, 0x80 | 127]) + size.to_bytes(8)
+    mask = os.urandom(4)
+    key = int.from_bytes((mask * (size // 4 + 1))[:size])
+    return head + mask + (int.from_bytes(payload) ^ key).to_bytes(size)
+
+
+class Generator:
+    """Opens, counts and closes the streams of one job; reads the server's CPU and RSS."""
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        self.job = job
+        self.name: str = job["server"]
+        self.client = CLIENTS[self.name]
+        self.port: int = job["port"]
+        self.rate: float = job["rate"]
+        self.read_every: float = job.get("read_every", 0.01)
+        self.server = psutil.Process(job["server_pid"])
+        self.loop = asyncio.get_running_loop()
+        self.stream_class = SSEStream if self.client["protocol"] == "sse" else WSStream
+        host = f"127.0.0.1:{self.port}"
+        if self.client["protocol"] == "sse":
+            self.request_head = (
+                f"POST {self.client['path']} HTTP/1.1\r\nHost: {host}\r\n"
+                "Content-Type: application/json\r\nAccept: text/event-stream\r\n"
+                "Content-Length: %d\r\n\r\n"
+            ).encode()
+        else:
+            self.request_head = (
+                f"GET {self.client['path']} HTTP/1.1\r\nHost: {host}\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        self.recorder = Recorder()
+        self.streams: list[Stream] = []
+        self.open_streams: set[Stream] = set()
+        self.failures: list[str] = []
+        self.established = 0
+        self.verified = 0
+        self.mismatches = 0
+        self.closing = False
+        self.lag = array("d")
+        self.changed = asyncio.Event()
+        self.quiesce_s: list[float] = []  # seconds each close_all waited for a quiet server
+        self.quiesce_within: float = job.get("quiesce_within", 20.0)
+        self.warnings: list[str] = []
+        self.phase = ""
+
+    # -- streams --------------------------------------------------------------------------
+
+    async def open(self, count: int, mode: str, spread: float, schedule_of: Any = None) -> None:
+        """Open ``count`` streams spaced evenly over ``spread`` seconds; returns when every
+        connection attempt has finished (not when the streams are established)."""
+
+        async def one(index: int) -> None:
+            stream = self.stream_class(self, index, mode, schedule_of)
+            self.streams.append(stream)
+            try:
+                await self.loop.create_connection(lambda: stream, "127.0.0.1", self.port)
+            except OSError as exc:
+                stream.fail(f"connect: {exc}")
+
+        attempts = []
+        base = len(self.streams)
+        start = time.monotonic()
+        for number in range(count):
+            delay = start + spread * number / count - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            attempts.append(asyncio.ensure_future(one(base + number)))
+        await asyncio.gather(*attempts)
+
+    def mark_established(self) -> None:
+        self.established += 1
+        self.changed.set()
+
+    async def wait_established(self, target: int, within: float) -> None:
+        """Until ``target`` streams are established or failed, or ``within`` seconds."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                while self.established + len(self.failures) < target:
+                    self.changed.clear()
+                    await self.changed.wait()
+
+    async def close_all(self, settle: float) -> None:
+        """Abort every open stream, wait ``settle / 2`` seconds, then until the server is
+        quiet again (see :meth:`quiesce`)."""
+        self.closing = True
+        for stream in list(self.open_streams):
+            stream.verify()
+            stream.close()
+        began = time.monotonic()
+        await asyncio.sleep(settle / 2)
+        await self.quiesce()
+        self.quiesce_s.append(time.monotonic() - began)
+        self.closing = False
+        self.streams.clear()
+        self.established = 0
+
+    async def quiesce(self, busy: float = 0.05) -> None:
+        """Until the server used less than ``busy`` of a CPU over 0.2 s twice in a row (at most
+        ``quiesce_within`` seconds; then a warning). A server that fell behind its schedule
+        keeps working for a while after its clients left (overdue tokens, disconnects noticed
+        late); the next phase must not pay for that."""
+        within = self.quiesce_within
+        period, quiet, deadline = 0.2, 0, time.monotonic() + within
+        before = self.server_cpu()
+        while quiet < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(period)
+            now = self.server_cpu()
+            quiet = quiet + 1 if now - before < busy * period else 0
+            before = now
+        if quiet < 2:
+            self.warnings.append(f"server still busy {within:g} s after its clients left")
+
+    def active_schedule(self, seconds: float, rate: float | None = None) -> Callable[[], Schedule]:
+        """Schedules of streams that last ``seconds`` at ``rate`` tokens/s (default: the job's)."""
+        rate = rate or self.rate
+        tokens = max(1, math.ceil(seconds * rate))
+        return lambda: Schedule(time.monotonic(), tokens=tokens, ttft=0.0, interval=1 / rate)
+
+    # -- measurements ---------------------------------------------------------------------
+
+    def server_cpu(self) -> float:
+        times = self.server.cpu_times()
+        return float(times.user + times.system)
+
+    async def server_rss(self) -> int:
+        samples = []
+        for _ in range(3):
+            samples.append(self.server.memory_info().rss)
+            await asyncio.sleep(0.05)
+        return sorted(samples)[1]
+
+    async def ticker(self) -> None:
+        """Record how late this event loop wakes up (client-side lag) inside the window."""
+        period = 0.01
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(period)
+            after = time.monotonic()
+            if self.recorder.w0 <= after < self.recorder.w1:
+                self.lag.append(after - before - period)
+
+    async def measure(self, seconds: float) -> dict[str, Any]:
+        """Open the window for ``seconds`` and return CPU, counts and client lag within it."""
+        self.lag = array("d")
+        cpu0, own0 = self.server_cpu(), time.process_time()
+        emit({"type": "window", "server": self.name, "phase": self.phase, "seconds": seconds})
+        self.recorder.open_window(seconds)
+        await asyncio.sleep(seconds)
+        cpu1, own1 = self.server_cpu(), time.process_time()
+        delivered = self.recorder.delivered
+        self.recorder.w0 = self.recorder.w1 = math.inf
+        server_cpu, client_cpu = cpu1 - cpu0, own1 - own0
+        return {
+            "window_s": seconds,
+            "tokens": delivered,
+            "tokens_per_s": delivered / seconds,
+            "server_cpu_s": server_cpu,
+            "client_cpu_s": client_cpu,
+            "server_cpu_us_per_token": 1e6 * server_cpu / delivered if delivered else None,
+            "client_cpu_us_per_token": 1e6 * client_cpu / delivered if delivered else None,
+            "server_busy": server_cpu / seconds,
+            "client_busy": client_cpu / seconds,
+            "client_lag_p99_ms": 1e3 * quantiles(self.lag, [0.99])[0] if self.lag else None,
+        }
+
+    def progress(self, **fields: Any) -> None:
+        emit({"type": "progress", "server": self.name, **fields})
+
+
+# -- phases ---------------------------------------------------------------------------------
+
+
+async def phase_memory(gen: Generator, spec: dict[str, Any]) -> dict[str, Any]:
+    """Server RSS with 0..``connections`` idle connections, then as many active streams on
+    top, in ``steps`` steps. Idle: a WebSocket after the upgrade with no stream; an SSE stream
+    whose first token is due in an hour. Active: a stream delivering ``rate`` tokens/s (low, so
+    that no server falls behind and holds a backlog). Bytes per connection = least-squares
+    slope."""
+    connections, steps, settle = spec["connections"], spec["steps"], spec["settle"]
+    gen.recorder = Recorder(latency=False)
+    warm = lambda: Schedule(time.monotonic(), tokens=5, ttft=0.0, interval=0.0)  # noqa: E731
+    await gen.open(spec.get("warmup", 20), "active", 0.2, warm)
+    await asyncio.sleep(settle)
+    await gen.close_all(0.2)
+    base = await gen.server_rss()
+    points: dict[str, list[list[int]]] = {"idle": [[0, base]], "active": []}
+    per_step = [connections * (k + 1) // steps - connections * k // steps for k in range(steps)]
+    active_seconds = 2 * steps * (settle + 1) + 30
+    for mode in ("idle", "active"):
+        if mode == "active":
+            points["active"].append([0, points["idle"][-1][1]])
+        opened = 0
+        for count in per_step:
+            target = gen.established + count
+            schedule_of = gen.active_schedule(active_seconds, spec["rate"])
+            await gen.open(count, mode, 0.25, schedule_of)
+            await gen.wait_established(target, 30)
+            opened += count
+            await asyncio.sleep(settle)
+            points[mode].append([opened, await gen.server_rss()])
+            gen.progress(phase="memory", detail=f"{opened} {mode}")
+    await gen.close_all(settle)
+    return {
+        "points": points,
+        "idle_bytes_per_connection": slope(points["idle"]),
+        "active_bytes_per_connection": slope(points["active"]),
+        "base_rss_bytes": base,
+    }
+
+
+async def phase_load(gen: Generator, spec: dict[str, Any]) -> dict[str, Any]:
+    """Steps of ``streams`` concurrent streams at ``rate`` tokens/s each: top up (new streams
+    spread over ``spread`` s), wait ``settle`` s, measure ``window`` s. With ``stop_p99_ms``,
+    stop after the first step whose added inter-token p99 exceeds it (or that lost streams)."""
+    steps: list[int] = spec["streams"]
+    window, settle, spread = spec["window"], spec["settle"], spec["spread"]
+    stop = spec.get("stop_p99_ms")
+    lifetime = len(steps) * (spread + settle + window + 2) + 10
+    results, sustained = [], 0
+    all_ttft, all_itl = array("d"), array("d")
+    for number, target in enumerate(steps, 1):
+        gen.recorder = Recorder()
+        failures = len(gen.failures)
+        missing = target - len(gen.open_streams)
+        await gen.open(max(missing, 0), "active", spread, gen.active_schedule(lifetime))
+        await asyncio.sleep(settle)
+        step = await gen.measure(window)
+        recorder = gen.recorder
+        step.update(
+            streams=target,
+            open_streams=len(gen.open_streams),
+            failed_streams=len(gen.failures) - failures,
+            ttft_ms=summary(recorder.ttft),
+            itl_ms=summary(recorder.itl),
+        )
+        all_ttft.extend(recorder.ttft)
+        all_itl.extend(recorder.itl)
+        results.append(step)
+        p99 = step["itl_ms"]["p99"]
+        ok = step["failed_streams"] == 0 and p99 is not None and (stop is None or p99 < stop)
+        if ok:
+            sustained = target
+        gen.progress(
+            phase=spec["name"], detail=f"step {number}/{len(steps)}: {target} streams, p99 {p99}"
+        )
+        if stop is not None and not ok:
+            break
+    await gen.close_all(settle)
+    return {
+        "steps": results,
+        "max_streams": sustained,
+        "ttft_ms": summary(all_ttft),
+        "itl_ms": summary(all_itl),
+        "cdf": {"ttft_ms": cdf(all_ttft), "itl_ms": cdf(all_itl)},
+    }
+
+
+async def phase_outpace(gen: Generator, spec: dict[str, Any]) -> dict[str, Any]:
+    """``streams`` streams whose ``tokens`` tokens are all due at once; each socket is read at
+    most once per ``read_every`` s, so the provider outpaces the client. Measured: tokens
+    delivered per second and per server CPU-second in a ``window`` s window."""
+    gen.recorder = Recorder(latency=False)
+    gen.read_every = spec["read_every"]
+    tokens = spec["tokens"]
+    burst = lambda: Schedule(time.monotonic(), tokens=tokens, ttft=0.0, interval=0.0)  # noqa: E731
+    await gen.open(spec["streams"], "outpace", 0.1, burst)
+    await asyncio.sleep(spec["settle"])
+    result = await gen.measure(spec["window"])
+    result["tokens_per_server_cpu_s"] = (
+        result["tokens"] / result["server_cpu_s"] if result["server_cpu_s"] else None
+    )
+    await gen.close_all(spec["settle"])
+    gen.progress(phase="outpace", detail=f"{result['tokens_per_s']:.0f} tokens/s")
+    return result
+
+
+PHASES: dict[str, Callable[[Generator, dict[str, Any]], Awaitable[dict[str, Any]]]] = {
+    "memory": phase_memory,
+    "latency": phase_load,
+    "ramp": phase_load,
+    "outpace": phase_outpace,
+}
+
+
+# -- statistics -----------------------------------------------------------------------------
+
+
+def quantiles(values: array[float], qs: list[float]) -> list[float]:
+    import numpy
+
+    return [float(v) for v in numpy.quantile(numpy.frombuffer(values, dtype="d"), qs)]
+
+
+def summary(values: array[float]) -> dict[str, float | int | None]:
+    """Count and p50/p99/p99.9/max in milliseconds (None without samples)."""
+    if not values:
+        return {"count": 0, "p50": None, "p99": None, "p999": None, "max": None}
+    p50, p99, p999, top = quantiles(values, [0.5, 0.99, 0.999, 1.0])
+    return {
+        "count": len(values),
+        "p50": 1e3 * p50,
+        "p99": 1e3 * p99,
+        "p999": 1e3 * p999,
+        "max": 1e3 * top,
+    }
+
+
+def cdf(values: array[float], points: int = 200) -> list[list[float]]:
+    """``[latency_ms, fraction]`` pairs for plotting: evenly spaced quantiles, plus the tail."""
+    if not values:
+        return []
+    qs = sorted({*(i / points for i in range(points + 1)), 0.995, 0.999, 0.9995, 0.9999})
+    return [[1e3 * v, q] for v, q in zip(quantiles(values, qs), qs, strict=True)]
+
+
+def slope(points: list[list[int]]) -> float | None:
+    """Least-squares slope of ``[x, y]`` points (None for fewer than two distinct x)."""
+    xs = [p[0] for p in points]
+    if len(set(xs)) < 2:
+        return None
+    mean_x = sum(xs) / len(xs)
+    mean_y = sum(p[1] for p in points) / len(points)
+    num = sum((x - mean_x) * (y - mean_y) for x, y in points)
+    den = sum((x - mean_x) ** 2 for x in xs)
+    return num / den
+
+
+# -- entry point ----------------------------------------------------------------------------
+
+
+def emit(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+async def run(job: dict[str, Any]) -> dict[str, Any]:
+    gen = Generator(job)
+    ticker = asyncio.ensure_future(gen.ticker())
+    results: dict[str, Any] = {}
+    try:
+        for spec in job["phases"]:
+            gen.failures = []
+            gen.verified = gen.mismatches = 0
+            gen.quiesce_s = []
+            gen.warnings = []
+            gen.phase = spec["name"]
+            began = time.monotonic()
+            result = await PHASES[spec["name"]](gen, spec)
+            result.update(
+                elapsed_s=time.monotonic() - began,
+                failures=len(gen.failures),
+                failure_examples=sorted(set(gen.failures))[:5],
+                verified_streams=gen.verified,
+                text_mismatches=gen.mismatches,
+                quiesce_s=gen.quiesce_s,
+                warnings=gen.warnings,
+            )
+            results[spec["name"]] = result
+    finally:
+        ticker.cancel()
+    return results
+
+
+def main() -> None:
+    """Read the job (JSON on stdin): ``server`` (a key of :data:`CLIENTS`), ``port``,
+    ``server_pid``, ``rate`` (tokens/s of active streams), ``phases`` (a list of
+    ``{"name": <a key of PHASES>, ...}`` specs, see each phase). Writes JSON lines to stdout."""
+    job = json.load(sys.stdin)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    results = uvloop.run(run(job))
+    emit({"type": "result", "server": job["server"], "phases": results})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""The five servers under test: tokenwire (serving both transports) and three baselines.
+
+Each is an app factory for ``uvicorn --factory``; the harness runs every server in its own
+uvicorn process with the same flags (uvloop, httptools, the ``websockets`` WebSocket
+implementation without permessage-deflate, no access log). All stream from
+:func:`transport.source.scheduled_tokens` with the schedule the client sent.
+
+The baselines are written the way most projects stream tokens today, with nothing tuned:
+
+- ``baseline_streaming``: Starlette ``StreamingResponse`` over an async generator that yields
+  ``data: {token}\\n\\n`` per token (``POST /stream``);
+- ``baseline_sse_starlette``: sse-starlette's ``EventSourceResponse`` over a generator of
+  ``{"data": token}`` dicts (``POST /sse``; its defaults: ``\\r\\n`` line ends, a ping comment
+  every 15 s, a disconnect listener);
+- ``baseline_websocket``: a plain Starlette WebSocket endpoint that reads one JSON message and
+  calls ``send_text(token)`` once per token, then closes 1000 (``/ws``).
+
+tokenwire itself runs its real app (:func:`tokenwire.app.create_app`, settings from the
+``TOKENWIRE_*`` environment) with :class:`ScheduledScriptedProvider`, the scripted provider on
+the absolute schedule of :mod:`transport.source`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from sse_starlette.sse import EventSourceResponse
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from tokenwire.app import create_app
+from tokenwire.errors import ProviderError
+from tokenwire.logs import configure_logging
+from tokenwire.protocol.events import FinishReason, Usage
+from tokenwire.protocol.requests import GenerateParams
+from tokenwire.providers.base import Delta, Finish, Prompt, ProviderEvent
+from tokenwire.providers.scripted import ScriptedProvider
+from tokenwire.settings import Settings
+from transport.source import Schedule, scheduled_tokens
+
+# -- tokenwire ------------------------------------------------------------------------------
+
+
+class ScheduledScriptedProvider(ScriptedProvider):
+    """The scripted provider's tokens on the request's :class:`Schedule` (absolute deadlines).
+
+    The schedule is the content of the last message (see :mod:`transport.source`); at most
+    ``max_tokens`` tokens. A message that is not a schedule fails the stream with a
+    non-retryable :class:`ProviderError`.
+    """
+
+    def stream(self, params: GenerateParams, model: str) -> AsyncIterator[ProviderEvent]:
+        return self._scheduled(params)
+
+    async def _scheduled(self, params: GenerateParams) -> AsyncIterator[ProviderEvent]:
+        try:
+            schedule = Schedule.from_json(params.messages[-1].content)
+        except ValueError as exc:
+            raise ProviderError(str(exc), retryable=False) from exc
+        if params.max_tokens is not None and params.max_tokens < schedule.tokens:
+            schedule = Schedule(schedule.t0, params.max_tokens, schedule.ttft, schedule.interval)
+        yield Prompt(1)
+        produced = 0
+        async for text in scheduled_tokens(schedule):
+            produced += 1
+            yield Delta(text)
+        yield Finish(FinishReason.STOP, Usage.of(1, produced))
+
+
+def tokenwire_app() -> Starlette:
+    """tokenwire's app, settings from ``TOKENWIRE_*``, on :class:`ScheduledScriptedProvider`."""
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings, provider=ScheduledScriptedProvider.from_settings(settings))
+
+
+# -- baselines ------------------------------------------------------------------------------
+
+
+async def _healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def _schedule_of(request: Request) -> Schedule | Response:
+    try:
+        return Schedule.from_request(await request.json())
+    except ValueError as exc:
+        return JSONResponse({"error": {"code": "invalid_request", "message": str(exc)}}, 400)
+
+
+async def _streaming(request: Request) -> Response:
+    schedule = await _schedule_of(request)
+    if isinstance(schedule, Response):
+        return schedule
+
+    async def body() -> AsyncIterator[str]:
+        async for token in scheduled_tokens(schedule):
+            yield f"data: {token}\n\n"
+
+    return StreamingResponse(body(), media_type="text/event-stream")
+
+
+async def _sse_starlette(request: Request) -> Response:
+    schedule = await _schedule_of(request)
+    if isinstance(schedule, Response):
+        return schedule
+
+    async def events() -> AsyncIterator[dict[str, str]]:
+        async for token in scheduled_tokens(schedule):
+            yield {"data": token}
+
+    return EventSourceResponse(events())
+
+
+async def _websocket(websocket: WebSocket) -> None:
+    await websocket.accept()
+    try:
+        schedule = Schedule.from_request(await websocket.receive_json())
+        async for token in scheduled_tokens(schedule):
+            await websocket.send_text(token)
+        await websocket.close()
+    except ValueError:
+        await websocket.close(code=1008)
+    except WebSocketDisconnect:
+        pass
+
+
+def baseline_streaming() -> Starlette:
+    """Baseline (a): ``POST /stream`` -> ``StreamingResponse`` of ``data: {token}\\n\\n``."""
+    return Starlette(routes=[Route("/stream", _streaming, methods=["POST"]), _health_route()])
+
+
+def baseline_sse_starlette() -> Starlette:
+    """Baseline (b): ``POST /sse`` -> sse-starlette ``EventSourceResponse``."""
+    return Starlette(routes=[Route("/sse", _sse_starlette, methods=["POST"]), _health_route()])
+
+
+def baseline_websocket() -> Starlette:
+    """Baseline (c): WebSocket ``/ws``: one JSON request, then one ``send_text`` per token."""
+    return Starlette(routes=[WebSocketRoute("/ws", _websocket), _health_route()])
+
+
+def _health_route() -> Route:
+    return Route("/healthz", _healthz, methods=["GET"])
