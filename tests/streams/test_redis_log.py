@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.conftest import RedisServer, ServerProcess, scripted_app, serve, wait_for
-from tests.streams.test_resume import detached, resume
+from tests.streams.test_resume import detached, forced_disconnects, resume
 from tests.streams.test_semantics import Peer, text_of
 from tokenwire.app import create_app
 from tokenwire.providers.scripted import Script, ScriptedProvider, scripted_text
@@ -23,37 +23,11 @@ from tokenwire.streams.log import StreamLogUnavailable
 async def test_random_forced_disconnects_resumed_on_either_server(transport, redis_server):
     """200 forced disconnects; every resume goes to a server picked at random (A runs the
     generations): the text is exactly the provider's, no seq twice."""
-    tokens = 300
-    script = Script(tokens=tokens, interval=0.001)
+    script = Script(tokens=300, interval=0.001)
     app_a, _ = scripted_app(script, stream_log=redis_server.url, on_disconnect="detach")
     app_b, _ = scripted_app(script, stream_log=redis_server.url)
-    rng = random.Random(7)
-    drops = 0
     with serve(app_a) as a, serve(app_b) as b:
-        while drops < 200:
-            peer = await Peer.open(transport, a)
-            start = await peer.event()
-            assert start is not None
-            stream_id, last_seq, text, ended = start["stream_id"], start["seq"], [], False
-            while not ended:
-                for _ in range(rng.randint(1, 12)):
-                    event = await peer.event()
-                    assert event is not None, "the connection closed before stream.end"
-                    if event["type"] == "stream.resumed":
-                        continue
-                    assert event["seq"] > last_seq
-                    last_seq = event["seq"]
-                    text.extend([event["delta"]] if event["type"] == "text.delta" else [])
-                    if event["type"] == "stream.end":
-                        assert event["finish_reason"] == "stop", event
-                        ended = True
-                        break
-                await peer.vanish()
-                if not ended:
-                    drops += 1
-                    server = rng.choice([a, b])
-                    peer = await resume(transport, server, stream_id, last_seq)
-            assert "".join(text) == scripted_text(tokens)
+        await forced_disconnects(transport, a, [a, b], drops=200, tokens=300, rng=random.Random(7))
 
 
 async def test_start_on_a_resume_on_b_cancel_through_b(transport, redis_server):

@@ -53,41 +53,55 @@ async def detached(server: UvicornThread, **body: Any) -> dict[str, Any]:
 # -- forced disconnects ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("tokens", [300])
-async def test_random_forced_disconnects_lose_and_duplicate_nothing(transport, tokens):
+async def forced_disconnects(
+    transport: str,
+    start_on: UvicornThread,
+    resume_on: list[UvicornThread],
+    *,
+    drops: int,
+    tokens: int,
+    rng: random.Random,
+) -> None:
+    """Start streams on ``start_on`` and cut each connection after a random number (1..12) of
+    events, resuming after the last seq seen on a server picked from ``resume_on``, until
+    ``drops`` connections were cut. Each stream's text must be exactly the provider's, with no
+    seq twice."""
+    dropped = 0
+    while dropped < drops:
+        peer = await Peer.open(transport, start_on)
+        start = await peer.event()
+        assert start is not None and start["type"] == "stream.start"
+        stream_id, last_seq, text, ended = start["stream_id"], start["seq"], [], False
+        while not ended:
+            for _ in range(rng.randint(1, 12)):
+                event = await peer.event()
+                assert event is not None, "the connection closed before stream.end"
+                if event["type"] == "stream.resumed":
+                    assert event["after_seq"] == last_seq
+                    continue
+                assert event["seq"] > last_seq, f"seq {event['seq']} again after {last_seq}"
+                last_seq = event["seq"]
+                if event["type"] == "text.delta":
+                    text.append(event["delta"])
+                if event["type"] == "stream.end":
+                    assert event["finish_reason"] == "stop", event
+                    ended = True
+                    break
+            await peer.vanish()
+            if not ended:
+                dropped += 1
+                peer = await resume(transport, rng.choice(resume_on), stream_id, last_seq)
+        assert "".join(text) == scripted_text(tokens)
+
+
+async def test_random_forced_disconnects_lose_and_duplicate_nothing(transport):
     """200 forced disconnects at random cursors, each followed by a resume after the last seq
     seen: every stream's text is exactly the provider's, and no seq arrives twice."""
-    app, _ = scripted_app(
-        Script(tokens=tokens, interval=0.001), on_disconnect="detach", detach_grace=30
-    )
-    rng = random.Random(4)
-    drops = 0
+    app, _ = scripted_app(Script(tokens=300, interval=0.001), on_disconnect="detach")
     with serve(app) as server:
-        while drops < 200:
-            peer = await Peer.open(transport, server)
-            start = await peer.event()
-            assert start is not None and start["type"] == "stream.start"
-            stream_id, last_seq, text, ended = start["stream_id"], start["seq"], [], False
-            while not ended:
-                for _ in range(rng.randint(1, 12)):
-                    event = await peer.event()
-                    assert event is not None, "the connection closed before stream.end"
-                    if event["type"] == "stream.resumed":
-                        assert event["after_seq"] == last_seq
-                        continue
-                    assert event["seq"] > last_seq, f"seq {event['seq']} again after {last_seq}"
-                    last_seq = event["seq"]
-                    if event["type"] == "text.delta":
-                        text.append(event["delta"])
-                    if event["type"] == "stream.end":
-                        assert event["finish_reason"] == "stop"
-                        ended = True
-                        break
-                await peer.vanish()
-                if not ended:
-                    drops += 1
-                    peer = await resume(transport, server, stream_id, last_seq)
-            assert "".join(text) == scripted_text(tokens)
+        await forced_disconnects(
+            transport, server, [server], drops=200, tokens=300, rng=random.Random(4)
+        )
         await wait_for(lambda: len(app.state.tokenwire.registry) == 0, within=20)
 
 
