@@ -203,8 +203,10 @@ class ServerProcess:
     """``tokenwire serve`` in a process of its own on a free loopback port, configured by
     ``TOKENWIRE_*`` variables; its log goes to a file that the test can read."""
 
-    def __init__(self, tmp_path: Any, name: str, **settings: Any) -> None:
-        self.port = free_port()
+    def __init__(
+        self, tmp_path: Any, name: str, *, port: int | None = None, **settings: Any
+    ) -> None:
+        self.port = port or free_port()  # a fixed port: a restart behind the same address
         self.log_path = tmp_path / f"{name}.log"
         self.env = {**os.environ, **{f"TOKENWIRE_{k.upper()}": str(v) for k, v in settings.items()}}
         self.env.update(TOKENWIRE_PORT=str(self.port), TOKENWIRE_HOST="127.0.0.1")

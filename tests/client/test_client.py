@@ -286,18 +286,16 @@ async def test_a_restart_behind_the_same_address_is_invisible_with_a_shared_log(
     port = free_port()
 
     def process(name: str) -> ServerProcess:
-        server = ServerProcess(
+        return ServerProcess(
             tmp_path,
             name,
+            port=port,
             provider="scripted",
             stream_log=redis_server.url,
             scripted_tokens=300,
             scripted_interval=0.01,
             reconnect_delay=0.05,
         )
-        server.port = port
-        server.env["TOKENWIRE_PORT"] = str(port)
-        return server
 
     old, new = process("old").start(), process("new")
     patient = Reconnect(attempts=60, initial=0.05, maximum=0.5, jitter=0.05)

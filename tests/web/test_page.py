@@ -210,18 +210,16 @@ async def test_the_page_rides_out_a_server_restart(browser, transport, redis_ser
     port = free_port()
 
     def process(name: str) -> ServerProcess:
-        server = ServerProcess(
+        return ServerProcess(
             tmp_path,
             name,
+            port=port,
             provider="scripted",
             stream_log=redis_server.url,
             scripted_tokens=250,
             scripted_interval=0.01,
             reconnect_delay=0.1,
         )
-        server.port = port
-        server.env["TOKENWIRE_PORT"] = str(port)
-        return server
 
     old, new = process("old").start(), process("new")
     try:
