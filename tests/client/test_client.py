@@ -192,7 +192,7 @@ async def test_forced_drops_mid_stream_lose_and_duplicate_nothing(transport):
     assert stream.retry_after == (0.02 if transport == "sse" else None)
 
 
-# more than the socket buffers and the client's read-ahead hold
+# more than the socket buffers and the client's read-ahead hold, with one token per frame
 OVERFLOW = {"sse": 60_000, "websocket": 100_000}
 
 
@@ -202,7 +202,7 @@ async def test_an_evicted_slow_consumer_resumes_without_a_gap(transport):
         Script(tokens=many),
         max_tokens_limit=many,
         overflow="disconnect",
-        queue_maxsize=8,
+        queue_maxsize=1,  # no batches, so no merged deltas: every token costs a whole frame
         slow_consumer_timeout=0.2,
         stream_log_max_events=2 * many,
         stream_log_max_bytes=200 * many,

@@ -506,11 +506,12 @@ async def test_end_to_end_streams_llama_cpp_text(upstream, upstream_usage, trans
     start, *middle, end = events
     assert isinstance(start, StreamStart) and start.model == MODEL
     assert all(isinstance(e, TextDelta) for e in middle), events
-    assert len(middle) >= 10
+    assert end.seq - start.seq - 1 >= 10  # deltas published (a burst may arrive merged)
     text = "".join(e.delta for e in middle)
     assert sum(c.isalpha() for c in text) >= 20, text
     assert isinstance(end, StreamEnd) and end.finish_reason in FINISHED
-    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    seqs = [e.seq for e in events]
+    assert seqs[0] == 1 and seqs == sorted(set(seqs))
     assert end.usage is not None
     if upstream_usage is None:  # counted from the deltas; the prompt is unknown
         assert end.usage == Usage.of(0, len(middle))

@@ -47,7 +47,8 @@ async def test_start_on_a_resume_on_b_cancel_through_b(transport, redis_server):
     assert response.status_code == 202
     assert response.json() == {"stream_id": stream_id, "status": "cancelling"}
     events = first + rest
-    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    seqs = [e["seq"] for e in events]
+    assert seqs[0] == 1 and seqs == sorted(set(seqs))  # only grows (merged deltas skip seqs)
     assert events[-1]["finish_reason"] == "cancelled"
     produced = provider_a.records[0].produced
     assert text_of(events) == scripted_text(produced)
@@ -144,7 +145,8 @@ async def test_processes_start_on_a_resume_on_b_cancel_through_b(transport, proc
         rest = await peer.rest()
     assert response.json() == {"stream_id": stream_id, "status": "cancelling"}
     events = first + rest
-    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    seqs = [e["seq"] for e in events]
+    assert seqs[0] == 1 and seqs == sorted(set(seqs))  # only grows (merged deltas skip seqs)
     assert events[-1]["finish_reason"] == "cancelled"
     assert len(events) < 1000  # stopped long before max_tokens (4,096 tokens at 5 ms)
     completion = events[-1]["usage"]["completion_tokens"]

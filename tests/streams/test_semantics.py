@@ -266,8 +266,10 @@ async def test_many_connect_disconnect_cycles_leak_nothing(transport):
 # -- backpressure --------------------------------------------------------------------------------
 
 # More tokens than a loopback connection buffers for a reader that stopped reading (measured:
-# ~32k SSE frames, ~46k WebSocket frames).
+# ~32k SSE frames, ~46k WebSocket frames), when each token is a frame of its own: the tests below
+# use a queue of one event, so that no batch merges deltas into fewer, larger frames.
 OVERFLOW = {"sse": 60_000, "websocket": 100_000}
+ONE = 1  # queue_maxsize
 
 
 async def live_subscription(app: Any) -> Any:
@@ -279,14 +281,14 @@ async def live_subscription(app: Any) -> Any:
 
 async def test_block_makes_the_provider_wait_for_a_stalled_reader(transport):
     MANY = OVERFLOW[transport]
-    app, provider = scripted_app(Script(tokens=MANY), queue_maxsize=8, max_tokens_limit=MANY)
+    app, provider = scripted_app(Script(tokens=MANY), queue_maxsize=ONE, max_tokens_limit=MANY)
     with serve(app) as server:
         async with await Peer.open(transport, server, max_tokens=MANY) as peer:
             subscription = await live_subscription(app)
             await wait_for(lambda: provider.records)
             stalled_at = await settled(lambda: provider.records[0].produced)
             assert stalled_at < MANY  # the provider waits for the reader
-            assert subscription.depth == 8  # memory bounded by the queue
+            assert subscription.depth == ONE  # memory bounded by the queue
             events = await peer.rest()
     assert text_of(events) == scripted_text(MANY)  # nothing lost once the reader resumes
     assert events[-1]["finish_reason"] == "length"
@@ -295,13 +297,13 @@ async def test_block_makes_the_provider_wait_for_a_stalled_reader(transport):
 async def test_coalesce_keeps_the_provider_going_and_loses_nothing(transport):
     MANY = OVERFLOW[transport]
     app, provider = scripted_app(
-        Script(tokens=MANY), queue_maxsize=8, overflow="coalesce", max_tokens_limit=MANY
+        Script(tokens=MANY), queue_maxsize=ONE, overflow="coalesce", max_tokens_limit=MANY
     )
     with serve(app) as server:
         async with await Peer.open(transport, server, max_tokens=MANY) as peer:
             subscription = await live_subscription(app)
             await wait_for(lambda: provider.records and provider.records[0].completed, within=60)
-            assert subscription.queue.qsize() <= 8  # bounded, while the provider ran to its end
+            assert subscription.depth <= ONE + 1  # (+ the pending delta) while the provider ran
             assert subscription.coalesced > 0
             events = await peer.rest()
     deltas = [e for e in events if e["type"] == "text.delta"]
@@ -316,7 +318,7 @@ async def test_disconnect_policy_evicts_a_stalled_reader(transport):
     MANY = OVERFLOW[transport]
     app, provider = scripted_app(
         Script(tokens=MANY),
-        queue_maxsize=8,
+        queue_maxsize=ONE,
         overflow="disconnect",
         slow_consumer_timeout=0.3,
         max_tokens_limit=MANY,
@@ -345,7 +347,7 @@ async def test_disconnect_policy_evicts_a_stalled_reader(transport):
 async def test_send_timeout_drops_a_reader_that_never_reads(transport):
     MANY = OVERFLOW[transport]
     app, provider = scripted_app(
-        Script(tokens=MANY), queue_maxsize=8, send_timeout=0.3, max_tokens_limit=MANY
+        Script(tokens=MANY), queue_maxsize=ONE, send_timeout=0.3, max_tokens_limit=MANY
     )
     with serve(app) as server:
         peer = await Peer.open(transport, server, max_tokens=MANY)

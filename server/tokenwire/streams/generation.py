@@ -267,7 +267,8 @@ class Generation:
 
     async def _publish(self, event: Event) -> None:
         self.log.append(self.stream_id, event)  # first: see attach()
-        for subscription in list(self.subscriptions):
+        waiting = [sub for sub in self.subscriptions if not sub.offer(event)]
+        for subscription in waiting:  # only when a queue is full: the overflow policy applies
             await subscription.put(event)
 
     def _next_seq(self) -> int:

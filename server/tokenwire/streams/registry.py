@@ -74,6 +74,41 @@ class Attachment:
             on_detach()
 
 
+class DrainSignal:
+    """Set once, when the server starts to shut down. A connection registers a callback with
+    :meth:`watch` rather than parking a task on an ``asyncio.Event``: a task per connection
+    costs memory for as long as the connection lives."""
+
+    def __init__(self) -> None:
+        self._set = False
+        self._watchers: set[Callable[[], None]] = set()
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        """Call every watcher once (in no particular order). Idempotent."""
+        if self._set:
+            return
+        self._set = True
+        watchers, self._watchers = self._watchers, set()
+        for callback in watchers:
+            callback()
+
+    def watch(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` when the drain begins (soon, if it has begun). Returns the function
+        that unregisters it; call that when the connection ends."""
+        if self._set:
+            asyncio.get_running_loop().call_soon(callback)
+            return _nothing
+        self._watchers.add(callback)
+        return lambda: self._watchers.discard(callback)
+
+
+def _nothing() -> None:
+    pass
+
+
 class StreamRegistry:
     """Creates, finds, resumes, cancels and drains generations, with the limits and policies of
     ``settings``. A generation leaves the registry as soon as its ``stream.end`` is published;
@@ -86,7 +121,7 @@ class StreamRegistry:
         self.settings = settings or Settings()
         self.log = log or MemoryStreamLog.from_settings(self.settings)
         self.log.on_control(self._on_control)
-        self.draining = asyncio.Event()  # set when the server starts to shut down
+        self.draining = DrainSignal()  # set when the server starts to shut down
         self._live: dict[str, Generation] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 

@@ -1,9 +1,10 @@
-"""Subscription: one consumer's bounded view of a stream, an ``asyncio.Queue(maxsize)``.
+"""Subscription: one consumer's bounded view of a stream, a queue of at most ``maxsize`` events.
 
-The producer (a :class:`~tokenwire.streams.generation.Generation`) calls :meth:`put`; the
-transport calls :meth:`get_batch`, which waits for at least one event and then takes whatever
-else is queued, so that a transport can write a burst in one go. When the queue is full,
-the overflow policy decides:
+One producer (a :class:`~tokenwire.streams.generation.Generation`, or the task that feeds a
+resumed consumer from the stream log) calls :meth:`offer` and, when that returns ``False``,
+awaits :meth:`put`; one consumer (a transport's delivery loop) calls :meth:`get_batch`, which
+waits for at least one event and then takes everything queued, so that a burst goes out in
+one write. When the queue is full, the overflow policy decides:
 
 - ``block``: :meth:`put` waits until the consumer makes room (and so the provider waits);
 - ``coalesce``: text deltas that do not fit merge into one pending delta (lossless; its seq is
@@ -16,23 +17,40 @@ the overflow policy decides:
 Memory held for a consumer that never reads is bounded by ``maxsize`` events plus, under
 ``coalesce``, one pending delta (whose text grows with what the provider produces, bounded by
 the stream's max_tokens).
+
+Why not ``asyncio.Queue``: with exactly one producer and one consumer, a deque and one waiter
+future per side do the same job, and a token's hand-off (an append and, if the consumer sleeps,
+one ``set_result``) is the hottest line of the server. Closing wakes a blocked producer, which
+then drops its event: nobody will read it.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 from tokenwire.protocol.events import Event, StreamEnd, TextDelta
 from tokenwire.settings import OverflowPolicy
 
-_NUDGE: Any = object()
-"""Queued by :meth:`Subscription.nudge` to wake the consumer; never delivered."""
-
 
 class Subscription:
     """A bounded, policy-governed queue of events between one stream and one consumer."""
+
+    __slots__ = (
+        "stream_id",
+        "maxsize",
+        "overflow",
+        "evict_after",
+        "closed",
+        "evicted",
+        "coalesced",
+        "_events",
+        "_pending",
+        "_getter",
+        "_putter",
+        "_on_evicted",
+    )
 
     def __init__(
         self,
@@ -46,84 +64,95 @@ class Subscription:
         if maxsize < 1:
             raise ValueError(f"maxsize must be >= 1, got {maxsize}")
         self.stream_id = stream_id
+        self.maxsize = maxsize
         self.overflow = overflow
         self.evict_after = evict_after
-        self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize)
         self.closed = False
         self.evicted = False
         self.coalesced = 0  # deltas merged into another (for metrics)
+        self._events: deque[Event] = deque()
         self._pending: TextDelta | None = None  # coalesce: the merged overflow delta
-        self._room = asyncio.Event()  # set whenever the consumer takes something
+        self._getter: asyncio.Future[None] | None = None  # the consumer waits for events
+        self._putter: asyncio.Future[None] | None = None  # the producer waits for room
         self._on_evicted = on_evicted
-        self._nudged = False  # a _NUDGE marker is queued
 
     @property
     def depth(self) -> int:
         """Events waiting for the consumer (including a pending coalesced delta)."""
-        return self.queue.qsize() + (self._pending is not None)
+        return len(self._events) + (self._pending is not None)
+
+    def offer(self, event: Event) -> bool:
+        """Queue ``event`` if that needs no wait; ``False`` means: await :meth:`put` instead.
+
+        After the subscription was closed or evicted the event is dropped (``True``)."""
+        if self.closed or self.evicted:
+            return True
+        if self._pending is not None or len(self._events) >= self.maxsize:
+            return False
+        self._events.append(event)
+        getter = self._getter
+        if getter is not None and not getter.done():
+            getter.set_result(None)
+        return True
 
     async def put(self, event: Event) -> None:
         """Hand ``event`` to the consumer under the overflow policy.
 
-        Returns at once after the subscription was closed or evicted (the event is dropped:
-        nobody will read it). Cancelling a waiting ``put`` is safe: the event was not queued.
+        Returns at once after the subscription was closed or evicted, and when it is closed
+        while waiting (the event is dropped: nobody will read it). Cancelling a waiting ``put``
+        is safe: the event was not queued.
         """
-        if self.closed or self.evicted:
+        if self.offer(event):
             return
-        if self._pending is None and not self.queue.full():  # the common case: no await
-            self.queue.put_nowait(event)
+        if self.overflow is OverflowPolicy.COALESCE and isinstance(event, TextDelta):
+            self._coalesce(event)
             return
-        if self.overflow is OverflowPolicy.COALESCE:
-            await self._put_coalescing(event)
-        elif self.overflow is OverflowPolicy.DISCONNECT:
-            await self._put_or_evict(event)
-        else:
-            await self.queue.put(event)
-
-    async def _put_coalescing(self, event: Event) -> None:
-        if isinstance(event, TextDelta) and (self._pending is not None or self.queue.full()):
-            if self._pending is None:
-                self._pending = event
-            else:
-                self._pending = TextDelta(
-                    stream_id=event.stream_id,
-                    seq=event.seq,
-                    delta=self._pending.delta + event.delta,
-                )
-                self.coalesced += 1
-            return
-        while self._pending is not None:  # keep order: the pending delta goes first
-            if self.closed:
+        if self.overflow is OverflowPolicy.DISCONNECT:
+            try:
+                async with asyncio.timeout(self.evict_after):
+                    await self._wait_for_room()
+            except TimeoutError:
+                self._evict()
                 return
+        else:
             await self._wait_for_room()
-            self._flush_pending()
-        await self.queue.put(event)
+        self.offer(event)
 
-    def _flush_pending(self) -> None:
-        if self._pending is not None and not self.queue.full():
-            self.queue.put_nowait(self._pending)
-            self._pending = None
+    def _coalesce(self, event: TextDelta) -> None:
+        if self._pending is None:
+            self._pending = event
+            return
+        self._pending = TextDelta(
+            stream_id=event.stream_id, seq=event.seq, delta=self._pending.delta + event.delta
+        )
+        self.coalesced += 1
 
     async def _wait_for_room(self) -> None:
-        self._room.clear()
-        await self._room.wait()
+        """Wait until the queue has room and no pending delta (or the subscription closed)."""
+        while not (self.closed or self.evicted):
+            if self._pending is None and len(self._events) < self.maxsize:
+                return
+            self._putter = asyncio.get_running_loop().create_future()
+            try:
+                await self._putter
+            finally:
+                self._putter = None
 
-    async def _put_or_evict(self, event: Event) -> None:
-        try:
-            self.queue.put_nowait(event)  # the common case costs no timer
-            return
-        except asyncio.QueueFull:
-            pass
-        try:
-            async with asyncio.timeout(self.evict_after):
-                await self.queue.put(event)
-        except TimeoutError:
-            self.evicted = True
-            if self._on_evicted is not None:  # at once, not when the blocked writer wakes
-                self._on_evicted(self)
+    def _evict(self) -> None:
+        self.evicted = True
+        if self._on_evicted is not None:  # at once, not when the blocked writer wakes
+            self._on_evicted(self)
+
+    def _room_made(self) -> None:
+        if self._pending is not None and len(self._events) < self.maxsize:
+            self._events.append(self._pending)  # the merged delta keeps its place in order
+            self._pending = None
+        putter = self._putter
+        if putter is not None and not putter.done():
+            putter.set_result(None)
 
     async def get_batch(self) -> list[Event]:
-        """Wait for at least one event, then take every event already queued.
+        """Wait for at least one event, then take every event queued.
 
         Returns ``[]`` after :meth:`nudge` (nothing to send: a heartbeat is due) and, at once,
         after eviction (the queue only fills while the consumer is not waiting here, so no
@@ -132,32 +161,37 @@ class Subscription:
         """
         if self.evicted:
             return []
-        queue = self.queue
-        if queue.empty():
-            self._flush_pending()
-        batch = [queue.get_nowait() if not queue.empty() else await queue.get()]
-        while not queue.empty():
-            batch.append(queue.get_nowait())
-        self._flush_pending()
-        self._room.set()
-        if self._nudged:
-            self._nudged = False
-            batch = [event for event in batch if event is not _NUDGE]
+        events = self._events
+        if not events:
+            self._room_made()  # a pending delta may wait for the room there is now
+            if not events:
+                self._getter = asyncio.get_running_loop().create_future()
+                try:
+                    await self._getter
+                finally:
+                    self._getter = None
+                if not events:  # nudged, or evicted
+                    return []
+        batch = list(events)
+        events.clear()
+        self._room_made()
         return batch
 
     def nudge(self) -> None:
         """Wake a consumer waiting in :meth:`get_batch` with nothing to deliver (it returns
         ``[]``): how a delivery loop learns that a heartbeat is due without a timer per wait."""
-        if self.queue.empty():
-            self._nudged = True
-            self.queue.put_nowait(_NUDGE)
+        getter = self._getter
+        if getter is not None and not getter.done():
+            getter.set_result(None)
 
     def close(self) -> None:
-        """Stop accepting events (the consumer is gone). Idempotent."""
+        """Stop accepting events (the consumer is gone); a blocked producer returns. Idempotent."""
         self.closed = True
-        self._room.set()
+        putter = self._putter
+        if putter is not None and not putter.done():
+            putter.set_result(None)
 
 
 def ends_stream(batch: list[Event]) -> bool:
-    """Whether ``batch`` holds the stream's final event."""
-    return any(isinstance(event, StreamEnd) for event in batch)
+    """Whether ``batch`` holds the stream's final event (always its last)."""
+    return isinstance(batch[-1], StreamEnd) if batch else False

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable
 from enum import StrEnum
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from tokenwire.errors import ErrorCode
 from tokenwire.metrics import delivery_observer
-from tokenwire.protocol.events import ErrorEvent, Event, FinishReason, StreamEnd, Usage
+from tokenwire.protocol.events import ErrorEvent, Event, FinishReason, StreamEnd, TextDelta, Usage
 from tokenwire.streams.registry import Attachment
-from tokenwire.streams.subscription import Subscription, ends_stream
+from tokenwire.streams.subscription import ends_stream
 
 
 class Transport(ABC):
@@ -51,73 +50,7 @@ class Delivery(StrEnum):
 
     ENDED = "ended"  # stream.end was written
     EVICTED = "evicted"  # the consumer was too slow (overflow=disconnect); it was told so
-
-
-class _Watchdog:
-    """The timers of one delivery loop in one timer: the send timeout and the heartbeat.
-
-    A timer per wait and per write (``asyncio.timeout``) costs more than writing a token; this
-    one ticks every half of the shorter interval and only looks at two timestamps, so a write
-    costs one clock read. A write that is still pending ``send_timeout`` seconds after it began
-    is abandoned at the next tick (so after ``send_timeout`` to 1.5 x ``send_timeout``
-    seconds): the delivery task is cancelled and :meth:`write` raises :class:`SendTimeout`. A
-    loop idle for ``heartbeat_interval`` seconds is nudged (its subscription's ``get_batch``
-    returns ``[]``) at the next tick, so heartbeats come every 1 to 1.5 intervals.
-    """
-
-    def __init__(
-        self,
-        subscription: Subscription | None,
-        heartbeat_interval: float | None,
-        send_timeout: float | None,
-    ) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.task = asyncio.current_task()
-        self.subscription = subscription
-        self.heartbeat_interval = heartbeat_interval if subscription is not None else None
-        self.send_timeout = send_timeout
-        self.last_write = self.loop.time()  # when the last write began
-        self.writing = False
-        self.fired = False
-        intervals = [t for t in (self.heartbeat_interval, send_timeout) if t is not None]
-        self.tick = min(intervals) / 2 if intervals else None
-        self._handle: asyncio.TimerHandle | None = None
-        if self.tick is not None:
-            self._handle = self.loop.call_later(self.tick, self._check)
-
-    def _check(self) -> None:
-        now = self.loop.time()
-        if self.writing:
-            if self.send_timeout is not None and now - self.last_write >= self.send_timeout:
-                self.fired = True
-                self._handle = None
-                if self.task is not None:
-                    self.task.cancel()
-                return
-        elif self.heartbeat_interval is not None and self.subscription is not None:
-            if now - self.last_write >= self.heartbeat_interval:
-                self.subscription.nudge()
-        assert self.tick is not None
-        self._handle = self.loop.call_later(self.tick, self._check)
-
-    async def write(self, write: Awaitable[None]) -> None:
-        """Await ``write`` under the send timeout. Raises :class:`SendTimeout`."""
-        self.last_write = self.loop.time()
-        self.writing = True
-        try:
-            await write
-        except asyncio.CancelledError:
-            if self.fired and self.task is not None:
-                self.task.uncancel()
-                raise SendTimeout(f"a write took longer than {self.send_timeout} s") from None
-            raise
-        finally:
-            self.writing = False
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+    STOPPED = "stopped"  # Pump.stop() was called (the client left, or the server drains)
 
 
 def eviction_events(stream_id: str, cursor: int, usage: Usage | None) -> list[Event]:
@@ -142,6 +75,161 @@ CATCH_UP_BATCH = 256
 timeout."""
 
 
+class Pump:
+    """The delivery loop of one attachment through one transport (see the module docstring).
+
+    Create it in the task that will :meth:`run` it. Its timers (the send timeout and the
+    heartbeat) are one timer that ticks every half of the shorter interval and only looks at
+    two timestamps, so that a write costs one clock read rather than a timer of its own. A
+    write still pending ``send_timeout`` seconds after it began is abandoned at the next tick
+    (so after 1 to 1.5 x ``send_timeout`` seconds); a loop idle for ``heartbeat_interval``
+    seconds is nudged (its subscription's ``get_batch`` returns ``[]``) at the next tick, so
+    heartbeats come every 1 to 1.5 intervals.
+
+    Whatever is queued when the loop wakes goes out in one write, and consecutive text deltas
+    in it as one ``text.delta`` (their texts joined, the last one's seq): a consumer that falls
+    behind catches up in a few large frames instead of many small ones. The first event of a
+    burst is never held back to wait for more.
+
+    The pump's task is cancelled by nobody but the pump itself (a write that timed out, or
+    :meth:`stop`) and whoever owns the task, so the two kinds of cancellation never mix.
+    """
+
+    __slots__ = (
+        "attachment",
+        "transport",
+        "heartbeat_interval",
+        "send_timeout",
+        "task",
+        "loop",
+        "last_write",
+        "writing",
+        "running",
+        "_cancel_reason",
+        "_tick",
+        "_timer",
+    )
+
+    def __init__(
+        self,
+        attachment: Attachment,
+        transport: Transport,
+        *,
+        heartbeat_interval: float | None = None,
+        send_timeout: float | None = None,
+    ) -> None:
+        self.attachment = attachment
+        self.transport = transport
+        self.heartbeat_interval = heartbeat_interval
+        self.send_timeout = send_timeout
+        self.task = asyncio.current_task()
+        self.loop = asyncio.get_running_loop()
+        self.last_write = self.loop.time()  # when the last write began
+        self.writing = False
+        self.running = False
+        self._cancel_reason: Literal["timeout", "stop"] | None = None
+        intervals = [t for t in (heartbeat_interval, send_timeout) if t is not None]
+        self._tick = min(intervals) / 2 if intervals else None
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def run(self) -> Delivery:
+        """Deliver until ``stream.end`` is written (:attr:`Delivery.ENDED`), the consumer is
+        evicted (:attr:`Delivery.EVICTED`) or :meth:`stop` is called (:attr:`Delivery.STOPPED`).
+
+        Raises :class:`SendTimeout` (an ``OSError``) when a write takes longer than
+        ``send_timeout`` seconds, and the transport's ``OSError`` when the client is gone.
+        Cancelling it is safe: no queued event is lost from the subscription (the caller
+        decides what a cancel means for the generation).
+        """
+        if self._tick is not None:
+            self._timer = self.loop.call_later(self._tick, self._check)
+        self.running = True
+        try:
+            return await self._deliver()
+        except asyncio.CancelledError:
+            reason = self._cancel_reason
+            if reason is None or self.task is None:
+                raise
+            self.task.uncancel()
+            if reason == "stop":
+                return Delivery.STOPPED
+            raise SendTimeout(f"a write took longer than {self.send_timeout} s") from None
+        finally:
+            self.running = False
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+    def stop(self) -> None:
+        """End :meth:`run` as soon as possible, with :attr:`Delivery.STOPPED` (a pending
+        write is abandoned). Safe to call from any callback, any number of times."""
+        self._cancel("stop")
+
+    def _cancel(self, reason: Literal["timeout", "stop"]) -> None:
+        if self.running and self._cancel_reason is None and self.task is not None:
+            self._cancel_reason = reason
+            self.task.cancel()
+
+    def _check(self) -> None:
+        self._timer = None
+        if not self.running or self._cancel_reason is not None:
+            return
+        now = self.loop.time()
+        if self.writing:
+            if self.send_timeout is not None and now - self.last_write >= self.send_timeout:
+                self._cancel("timeout")
+                return
+        elif self.heartbeat_interval is not None and self.attachment.subscription is not None:
+            if now - self.last_write >= self.heartbeat_interval:
+                self.attachment.subscription.nudge()
+        assert self._tick is not None
+        self._timer = self.loop.call_later(self._tick, self._check)
+
+    async def _write(self, events: list[Event] | None) -> None:
+        """Send ``events`` (``None``: a heartbeat) under the send timeout."""
+        self.last_write = self.loop.time()
+        self.writing = True
+        try:
+            if events is None:
+                await self.transport.send_heartbeat()
+            else:
+                await self.transport.send_events(events)
+        finally:
+            self.writing = False
+
+    async def _deliver(self) -> Delivery:
+        attachment = self.attachment
+        cursor = 0
+        catch_up = attachment.catch_up
+        for start in range(0, len(catch_up), CATCH_UP_BATCH):
+            batch = catch_up[start : start + CATCH_UP_BATCH]
+            await self._write(batch)
+            cursor = _last_seq(batch, cursor)
+            if ends_stream(batch):
+                return Delivery.ENDED
+        subscription = attachment.subscription
+        if subscription is None:
+            return Delivery.ENDED
+        observer = delivery_observer(attachment)  # metrics hook
+        while True:
+            batch = await subscription.get_batch()
+            if not batch:
+                if not subscription.evicted:  # nudged: idle for a heartbeat interval
+                    await self._write(None)
+                    continue
+                ending = eviction_events(attachment.stream_id, cursor, attachment.usage_so_far())
+                await self._write(ending)
+                observer.evicted()  # metrics hook
+                return Delivery.EVICTED
+            if len(batch) > 1:
+                batch = merge_deltas(batch)
+            await self._write(batch)
+            observer.sent(batch)  # metrics hook
+            cursor = _last_seq(batch, cursor)
+            if ends_stream(batch):
+                return Delivery.ENDED
+
+
 async def pump(
     attachment: Attachment,
     transport: Transport,
@@ -149,50 +237,38 @@ async def pump(
     heartbeat_interval: float | None = None,
     send_timeout: float | None = None,
 ) -> Delivery:
-    """Deliver ``attachment``'s events through ``transport`` until ``stream.end`` is written:
-    its catch-up first (at most :data:`CATCH_UP_BATCH` events per write), then its subscription.
-
-    Raises :class:`SendTimeout` (an ``OSError``) when a write takes longer than
-    ``send_timeout`` seconds, and the transport's ``OSError`` when the client is gone.
-    Cancelling it is safe: no queued event is lost from the subscription (the caller decides
-    what a cancel means for the generation). A heartbeat goes out after each
-    ``heartbeat_interval`` seconds (``None``: never) without an event.
-    """
-    watchdog = _Watchdog(attachment.subscription, heartbeat_interval, send_timeout)
-    try:
-        return await _deliver(attachment, transport, watchdog)
-    finally:
-        watchdog.close()
+    """Run a :class:`Pump` of ``attachment`` through ``transport`` in the current task."""
+    delivery = Pump(
+        attachment, transport, heartbeat_interval=heartbeat_interval, send_timeout=send_timeout
+    )
+    return await delivery.run()
 
 
-async def _deliver(attachment: Attachment, transport: Transport, watchdog: _Watchdog) -> Delivery:
-    cursor = 0
-    catch_up = attachment.catch_up
-    for start in range(0, len(catch_up), CATCH_UP_BATCH):
-        batch = catch_up[start : start + CATCH_UP_BATCH]
-        await watchdog.write(transport.send_events(batch))
-        cursor = _last_seq(batch, cursor)
-        if ends_stream(batch):
-            return Delivery.ENDED
-    subscription = attachment.subscription
-    if subscription is None:
-        return Delivery.ENDED
-    observer = delivery_observer(attachment)  # metrics hook
-    while True:
-        batch = await subscription.get_batch()
-        if not batch:
-            if not subscription.evicted:  # nudged: idle for a heartbeat interval
-                await watchdog.write(transport.send_heartbeat())
-                continue
-            ending = eviction_events(attachment.stream_id, cursor, attachment.usage_so_far())
-            await watchdog.write(transport.send_events(ending))
-            observer.evicted()  # metrics hook
-            return Delivery.EVICTED
-        await watchdog.write(transport.send_events(batch))
-        observer.sent(batch)  # metrics hook
-        cursor = _last_seq(batch, cursor)
-        if ends_stream(batch):
-            return Delivery.ENDED
+def merge_deltas(batch: list[Event]) -> list[Event]:
+    """``batch`` with each run of consecutive text deltas merged into one: the texts joined,
+    the last seq (seqs may skip, wire protocol v1; a resume after it loses nothing)."""
+    merged: list[Event] = []
+    run: list[TextDelta] = []
+    for event in batch:
+        if isinstance(event, TextDelta):
+            run.append(event)
+            continue
+        if run:
+            merged.append(_joined(run))
+            run = []
+        merged.append(event)
+    if run:
+        merged.append(_joined(run))
+    return merged
+
+
+def _joined(run: list[TextDelta]) -> TextDelta:
+    if len(run) == 1:
+        return run[0]
+    last = run[-1]
+    return TextDelta(
+        stream_id=last.stream_id, seq=last.seq, delta="".join(event.delta for event in run)
+    )
 
 
 def _last_seq(batch: list[Event], cursor: int) -> int:

@@ -1,13 +1,13 @@
 """The SSE transport: one stream per HTTP response, framed per the WHATWG SSE rules.
 
-:class:`SSETransport` writes frames; :class:`EventStreamResponse` is the ASGI response that runs,
-in one task group, the :func:`pump`, a listener for ``http.disconnect`` and a watch on the
-server's drain. Whichever finishes
-first cancels the other. A disconnect before ``stream.end`` (or a write that exceeds the send
-timeout) detaches the subscription as ``disconnected``, so the generation follows its disconnect
-policy at once, also while the provider is still waiting for its first token. An evicted slow
-consumer is sent ``error`` (slow_consumer) and ``stream.end`` once its pending write completes,
-and the response ends.
+:class:`SSETransport` writes frames; :class:`EventStreamResponse` is the ASGI response that runs
+the :class:`~tokenwire.transports.base.Pump` in its own task, with one more task that listens
+for ``http.disconnect`` and a callback on the server's drain; either stops the pump. A
+disconnect before ``stream.end`` (or a write that exceeds the send timeout) detaches the
+subscription as ``disconnected``, so the generation follows its disconnect policy at once, also
+while the provider is still waiting for its first token. An evicted slow consumer is sent
+``error`` (slow_consumer) and ``stream.end`` once its pending write completes, and the
+response ends.
 
 The same response carries OpenAI ``chat.completion.chunk`` frames when given that codec.
 """
@@ -23,8 +23,8 @@ from starlette.types import Receive, Scope, Send
 from tokenwire.protocol import sse
 from tokenwire.protocol.events import Event
 from tokenwire.streams.generation import Detach, Generation, GenerationState
-from tokenwire.streams.registry import Attachment
-from tokenwire.transports.base import Delivery, Transport, pump
+from tokenwire.streams.registry import Attachment, DrainSignal
+from tokenwire.transports.base import Delivery, Pump, Transport
 
 Encoder = Callable[[Event], bytes]
 
@@ -53,9 +53,13 @@ class EventStreamResponse:
     ``start``, if given, is a new generation that the response starts once the consumer is
     attached, so that no event is missed. ``retry`` (milliseconds) is sent first as the
     client's reconnection delay (WHATWG SSE ``retry:`` field). ``heartbeat_interval`` is in
-    seconds (``None``: no heartbeats). When ``draining`` is set (the server shuts down), the
+    seconds (``None``: no heartbeats). When ``draining`` fires (the server shuts down), the
     response ends at once without ``stream.end``: the client reconnects after ``retry`` with
     its Last-Event-ID and resumes, on another worker.
+
+    The response's own task runs the :func:`pump`; one more task waits for ``http.disconnect``
+    and, when it comes first, stops the pump. That is two tasks per open stream (besides the
+    generation), the fewest that ASGI allows: only ``receive()`` reports a disconnect.
     """
 
     def __init__(
@@ -67,7 +71,7 @@ class EventStreamResponse:
         retry: int | None = None,
         heartbeat_interval: float | None = 15.0,
         send_timeout: float | None = 30.0,
-        draining: asyncio.Event | None = None,
+        draining: DrainSignal | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
         self.attachment = attachment
@@ -86,47 +90,42 @@ class EventStreamResponse:
         if self.retry is not None:
             body = sse.encode_retry(self.retry)
             await send({"type": "http.response.body", "body": body, "more_body": True})
-        transport = SSETransport(send, self.encode)
+        delivery = Pump(
+            self.attachment,
+            SSETransport(send, self.encode),
+            heartbeat_interval=self.heartbeat_interval,
+            send_timeout=self.send_timeout,
+        )
+        listener = asyncio.create_task(_stop_on_disconnect(receive, delivery))
+        draining = self.draining is not None and self.draining.is_set()
+        unwatch = self.draining.watch(delivery.stop) if self.draining is not None else None
+        if self.start is not None and self.start.state is GenerationState.CREATED:
+            self.start.start()
         outcome: Detach = "disconnected"
         finish_response = False
-
-        async with anyio.create_task_group() as group:
-
-            async def deliver() -> None:
-                nonlocal outcome, finish_response
-                try:
-                    delivery = await pump(
-                        self.attachment,
-                        transport,
-                        heartbeat_interval=self.heartbeat_interval,
-                        send_timeout=self.send_timeout,
-                    )
-                    outcome = "evicted" if delivery is Delivery.EVICTED else "ended"
-                    finish_response = True
-                except OSError:  # the client went away, or stopped reading (send timeout)
-                    pass
-                group.cancel_scope.cancel()
-
-            async def listen_for_disconnect() -> None:
-                while (await receive())["type"] != "http.disconnect":
-                    pass
-                group.cancel_scope.cancel()
-
-            async def drain() -> None:
-                nonlocal finish_response
-                assert self.draining is not None
-                await self.draining.wait()
+        try:
+            if draining:
+                delivery.stop()
+            ended = await delivery.run()
+            if ended is Delivery.STOPPED:  # the client left, or the server drains
+                finish_response = self.draining is not None and self.draining.is_set()
+            else:
+                outcome = "evicted" if ended is Delivery.EVICTED else "ended"
                 finish_response = True
-                group.cancel_scope.cancel()
-
-            group.start_soon(deliver)
-            group.start_soon(listen_for_disconnect)
-            if self.draining is not None:
-                group.start_soon(drain)
-            if self.start is not None and self.start.state is GenerationState.CREATED:
-                self.start.start()
-        self.attachment.detach(outcome)
+        except OSError:  # the client went away, or stopped reading (send timeout)
+            pass
+        finally:
+            listener.cancel()
+            if unwatch is not None:
+                unwatch()
+            self.attachment.detach(outcome)
         if finish_response:
             with anyio.move_on_after(self.send_timeout):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         # else: the response stays incomplete and uvicorn closes the connection
+
+
+async def _stop_on_disconnect(receive: Receive, delivery: Pump) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    delivery.stop()

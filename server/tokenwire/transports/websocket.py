@@ -42,25 +42,28 @@ log = logging.getLogger("tokenwire.websocket")
 
 
 class WebSocketTransport(Transport):
-    """Writes JSON text frames to a Starlette WebSocket; safe to share between stream tasks."""
+    """Writes JSON text frames to a Starlette WebSocket; safe to share between stream tasks.
+
+    No lock: every send writes one whole frame (RFC 6455 section 5.4 forbids interleaving
+    only the fragments of a message, and no message is fragmented here), so the frames of
+    different streams may interleave, while each stream's own frames keep their order because
+    one task writes them in turn.
+    """
 
     name = "websocket"
 
     def __init__(self, websocket: WebSocket) -> None:
         self._websocket = websocket
-        self._lock = asyncio.Lock()
 
     async def send_events(self, events: list[Event]) -> None:
-        async with self._lock:
-            for event in events:
-                await self._websocket.send_text(codec.encode_event(event))
+        for event in events:
+            await self._websocket.send_text(codec.encode_event(event))
 
     async def send_heartbeat(self) -> None:
         """Nothing to send: liveness is the server's protocol-level ping/pong (RFC 6455 5.5.2)."""
 
     async def send_text(self, text: str) -> None:
-        async with self._lock:
-            await self._websocket.send_text(text)
+        await self._websocket.send_text(text)
 
 
 class WebSocketSession:
@@ -87,24 +90,28 @@ class WebSocketSession:
         self._limit_params = limit_params
         self._streams: dict[str, asyncio.Task[None]] = {}
         self._close_code: int | None = None
-        self._closing = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None  # the one that runs run()
+        self._reading = False
+        self._cut = False  # _cut_off() cancelled the read
         self._budget = MessageBudget(settings.ws_messages_per_minute)  # tokenwire.limits
 
     async def run(self) -> None:
         """Accept, serve messages until the client disconnects or is cut off, then detach
-        every stream (each follows its disconnect policy)."""
+        every stream (each follows its disconnect policy). Reading happens in the calling
+        task; a cut-off (slow consumer, drain) cancels that read."""
         await self.websocket.accept()
-        reader = asyncio.create_task(self._read())
-        closing = asyncio.create_task(self._closing.wait())
-        draining = asyncio.create_task(self.registry.draining.wait())
+        self._task = asyncio.current_task()
+        unwatch = self.registry.draining.watch(self._drain)
+        self._reading = True
         try:
-            await asyncio.wait({reader, closing, draining}, return_when=asyncio.FIRST_COMPLETED)
-            if draining.done():
-                self._cut_off(codec.CloseCode.SERVICE_RESTART)
+            await self._read()
+        except asyncio.CancelledError:
+            if not self._cut or self._task is None:
+                raise  # not ours: the server cancels the connection
+            self._task.uncancel()
         finally:
-            reader.cancel()
-            closing.cancel()
-            draining.cancel()
+            self._reading = False
+            unwatch()
             await self._detach_all()
             await self._close()
 
@@ -186,10 +193,16 @@ class WebSocketSession:
         if outcome == "evicted":
             self._cut_off(codec.CloseCode.SLOW_CONSUMER)
 
+    def _drain(self) -> None:
+        self._cut_off(codec.CloseCode.SERVICE_RESTART)
+
     def _cut_off(self, code: int) -> None:
+        """Close the socket with ``code`` (the first code asked for wins): stop reading."""
         if self._close_code is None:
             self._close_code = code
-        self._closing.set()
+        if self._reading and not self._cut and self._task is not None:
+            self._cut = True
+            self._task.cancel()
 
     async def _send_error(self, code: ErrorCode, message: str, retryable: bool) -> None:
         event = ErrorEvent(code=code, message=message, retryable=retryable)
