@@ -152,6 +152,7 @@ class TokenwireApp:
             start=start,
             heartbeat_interval=self.settings.heartbeat_interval,
             send_timeout=self.settings.send_timeout,
+            write_delay=self.settings.write_delay,
             draining=self.registry.draining,
             **options,
         )

@@ -78,6 +78,7 @@ class Settings(BaseSettings):
     # liveness
     heartbeat_interval: Annotated[float | None, Field(gt=0)] = 15.0  # SSE `: ping` when idle
     send_timeout: Annotated[float | None, Field(gt=0)] = 30.0  # bound on every write
+    write_delay: Annotated[float, Field(ge=0, le=1)] = 0.005  # seconds between writes of text
     ws_ping_interval: Annotated[float | None, Field(gt=0)] = 20.0  # RFC 6455 ping frames
     ws_ping_timeout: Annotated[float | None, Field(gt=0)] = 20.0  # no pong: close 1011
     ws_max_message_size: Annotated[int, Field(ge=1024)] = 65536  # bytes; larger: close 1009

@@ -11,11 +11,13 @@ An ``error`` that answers a bad WebSocket client message belongs to no stream: i
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_serializer
 from pydantic.functional_serializers import SerializerFunctionWrapHandler
+from pydantic_core import to_json
 
 from tokenwire.errors import ErrorCode
 
@@ -63,13 +65,31 @@ class StreamStart(_Event):
     request_id: str | None = None
 
 
-class TextDelta(_Event):
-    """A piece of generated text (one or more tokens; several when coalesced)."""
+@dataclass(slots=True, kw_only=True)
+class TextDelta:
+    """A piece of generated text (one or more tokens; several when coalesced).
+
+    The one event made per token, so not a pydantic model: building it costs an attribute
+    store per field, not a validation (the server makes it from values it produced itself).
+    Parsing one from JSON (:func:`parse_event`) still validates every field and refuses
+    unknown ones. Treat it as immutable: the same object is shared by every consumer and
+    the stream log.
+    """
+
+    __pydantic_config__: ClassVar[ConfigDict] = ConfigDict(extra="forbid")
 
     type: Literal["text.delta"] = "text.delta"
     stream_id: str
     seq: int
     delta: str
+
+    def json_bytes(self) -> bytes:
+        """Compact JSON (UTF-8), as :func:`event_json` gives it, without a serializer."""
+        return b'{"type":"text.delta","stream_id":%b,"seq":%d,"delta":%b}' % (
+            to_json(self.stream_id),
+            self.seq,
+            to_json(self.delta),
+        )
 
 
 class ErrorEvent(_Event):
@@ -136,4 +156,13 @@ def parse_event(data: str | bytes) -> Event:
 
 def event_json(event: Event) -> str:
     """Compact JSON of an event: keys in field order, no spaces, UTF-8 text unescaped."""
-    return event.model_dump_json()
+    if event.__class__ is TextDelta:
+        return event.json_bytes().decode()  # type: ignore[union-attr]
+    return event.model_dump_json()  # type: ignore[union-attr]
+
+
+def event_json_bytes(event: Event) -> bytes:
+    """:func:`event_json`, UTF-8 encoded."""
+    if event.__class__ is TextDelta:
+        return event.json_bytes()  # type: ignore[union-attr]
+    return event.model_dump_json().encode()  # type: ignore[union-attr]

@@ -13,7 +13,7 @@ has no seq and therefore no ``id:`` line: a browser keeps its last event id acro
 
 from __future__ import annotations
 
-from tokenwire.protocol.events import Event, event_json
+from tokenwire.protocol.events import Event, TextDelta, event_json
 
 MEDIA_TYPE = "text/event-stream"
 
@@ -28,6 +28,8 @@ PING = b": ping\n\n"
 
 def encode_event(event: Event) -> bytes:
     """Frame one event: ``id:`` (numbered events only), ``event:``, ``data:``, blank line."""
+    if event.__class__ is TextDelta:  # the frame of nearly every event: no model, one format
+        return b"id: %d\nevent: text.delta\ndata: %b\n\n" % (event.seq, event.json_bytes())  # type: ignore[union-attr]
     seq = getattr(event, "seq", None)
     head = f"id: {seq}\nevent: {event.type}\n" if seq is not None else f"event: {event.type}\n"
     return f"{head}data: {event_json(event)}\n\n".encode()

@@ -266,10 +266,20 @@ class Generation:
     # -- the run ------------------------------------------------------------------------------
 
     async def _publish(self, event: Event) -> None:
+        waiting = self._offer(event)
+        if waiting:
+            await _put(waiting, event)
+
+    def _offer(self, event: Event) -> list[Subscription] | None:
+        """Log ``event``, then queue it for every subscription with room. Returns those whose
+        queue is full (``None`` if none is): the caller awaits their ``put``, where the
+        overflow policy applies."""
         self.log.append(self.stream_id, event)  # first: see attach()
-        waiting = [sub for sub in self.subscriptions if not sub.offer(event)]
-        for subscription in waiting:  # only when a queue is full: the overflow policy applies
-            await subscription.put(event)
+        waiting = None
+        for subscription in self.subscriptions:
+            if not subscription.offer(event):
+                waiting = [*(waiting or ()), subscription]
+        return waiting
 
     def _next_seq(self) -> int:
         self.seq += 1
@@ -310,11 +320,11 @@ class Generation:
                             self.first_token_at = time.monotonic()
                             deadline.reschedule(end_by)
                         self.completion_tokens += item.tokens
-                        await self._publish(
-                            TextDelta(
-                                stream_id=self.stream_id, seq=self._next_seq(), delta=item.text
-                            )
-                        )
+                        self.seq += 1
+                        delta = TextDelta(stream_id=self.stream_id, seq=self.seq, delta=item.text)
+                        waiting = self._offer(delta)
+                        if waiting:
+                            await _put(waiting, delta)
                     elif isinstance(item, Prompt):
                         self.prompt_tokens = item.tokens
                     elif isinstance(item, Finish):
@@ -402,6 +412,11 @@ class Generation:
         )
         if self._on_ended is not None:
             self._on_ended(self)
+
+
+async def _put(subscriptions: list[Subscription], event: Event) -> None:
+    for subscription in subscriptions:
+        await subscription.put(event)
 
 
 def _earliest(*times: float | None) -> float | None:

@@ -27,12 +27,11 @@ Errors raised to callers: :class:`UnknownStream`, :class:`CursorExpired` (both a
 
 from __future__ import annotations
 
-import bisect
+import itertools
 import time
 from abc import ABC, abstractmethod
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from typing import ClassVar
 
 from tokenwire.errors import ErrorCode, InvalidRequest, NotFound, TokenwireError
@@ -68,39 +67,45 @@ class StreamLogUnavailable(TokenwireError):
 def event_size(event: Event) -> int:
     """Bytes an event counts for in ``max_bytes``: its text (UTF-8 upper bound) plus
     :data:`EVENT_OVERHEAD`."""
-    return (len(event.delta) * 4 if isinstance(event, TextDelta) else 0) + EVENT_OVERHEAD
+    if event.__class__ is TextDelta:
+        return len(event.delta) * 4 + EVENT_OVERHEAD  # type: ignore[union-attr]
+    return EVENT_OVERHEAD
 
 
-@dataclass
 class StreamRecord:
-    """The kept events of one stream, oldest first, and their bounds' bookkeeping."""
+    """The kept events of one stream, oldest first, and their bounds' bookkeeping.
 
-    events: list[Event] = field(default_factory=list)
-    seqs: list[int] = field(default_factory=list)  # seqs of ``events``, for bisect
-    size: int = 0  # bytes, as counted by event_size
-    last_seq: int = 0  # the seq of the newest event ever appended
-    ended_at: float | None = None  # time.monotonic() of stream.end
+    Events come in with consecutive seqs (a generation numbers every event it logs), so the
+    kept ones are a window ``[first_seq, last_seq]`` in a deque: appending and dropping the
+    oldest cost O(1), and a snapshot is a slice found by arithmetic.
+    """
+
+    __slots__ = ("events", "size", "last_seq", "ended_at")
+
+    def __init__(self) -> None:
+        self.events: deque[Event] = deque()
+        self.size = 0  # bytes, as counted by event_size
+        self.last_seq = 0  # the seq of the newest event ever appended
+        self.ended_at: float | None = None  # time.monotonic() of stream.end
 
     @property
     def ended(self) -> bool:
         return self.ended_at is not None
 
     def add(self, event: Event, max_events: int, max_bytes: int) -> None:
+        """Keep ``event`` and drop the oldest events beyond the bounds.
+
+        Raises ``ValueError`` if its seq does not follow the last one's."""
         seq = event.seq  # type: ignore[union-attr]  # log events are numbered
-        self.events.append(event)
-        self.seqs.append(seq)
-        self.size += event_size(event)
+        if seq != self.last_seq + 1:
+            raise ValueError(f"seq {seq} does not follow {self.last_seq}")
+        events = self.events
+        events.append(event)
         self.last_seq = seq
-        drop = 0
-        while len(self.events) - drop > max_events or (
-            self.size > max_bytes and len(self.events) - drop > 1
-        ):
-            self.size -= event_size(self.events[drop])
-            drop += 1
-        if drop:
-            del self.events[:drop]
-            del self.seqs[:drop]
-        if isinstance(event, StreamEnd):
+        self.size += event_size(event)
+        while len(events) > max_events or (self.size > max_bytes and len(events) > 1):
+            self.size -= event_size(events.popleft())
+        if event.__class__ is StreamEnd:
             self.ended_at = time.monotonic()
 
     def after(self, stream_id: str, after_seq: int) -> list[Event]:
@@ -114,12 +119,12 @@ class StreamRecord:
             raise CursorAhead(
                 f"cursor {after_seq} is ahead of stream {stream_id} (last seq {self.last_seq})"
             )
-        first_kept = self.seqs[0] if self.seqs else self.last_seq + 1
+        first_kept = self.last_seq - len(self.events) + 1
         if after_seq < first_kept - 1:
             raise CursorExpired(
                 f"events after seq {after_seq} of stream {stream_id} are no longer kept"
             )
-        return self.events[bisect.bisect_right(self.seqs, after_seq) :]
+        return list(itertools.islice(self.events, after_seq - first_kept + 1, None))
 
 
 class LogReader(ABC):

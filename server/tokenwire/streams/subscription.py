@@ -49,6 +49,7 @@ class Subscription:
         "_pending",
         "_getter",
         "_putter",
+        "_filled",
         "_on_evicted",
     )
 
@@ -74,6 +75,7 @@ class Subscription:
         self._pending: TextDelta | None = None  # coalesce: the merged overflow delta
         self._getter: asyncio.Future[None] | None = None  # the consumer waits for events
         self._putter: asyncio.Future[None] | None = None  # the producer waits for room
+        self._filled: asyncio.Future[None] | None = None  # the consumer waits for a full queue
         self._on_evicted = on_evicted
 
     @property
@@ -93,6 +95,9 @@ class Subscription:
         getter = self._getter
         if getter is not None and not getter.done():
             getter.set_result(None)
+        filled = self._filled
+        if filled is not None and len(self._events) >= self.maxsize and not filled.done():
+            filled.set_result(None)
         return True
 
     async def put(self, event: Event) -> None:
@@ -177,6 +182,30 @@ class Subscription:
         self._room_made()
         return batch
 
+    async def wait_full(self, within: float) -> None:
+        """Wait up to ``within`` seconds, or less if the queue fills up (or the subscription is
+        closed): how a consumer gathers a burst into one write without stalling its producer.
+        Cancelling it is safe."""
+        if self.closed or self.evicted or len(self._events) >= self.maxsize:
+            return
+        loop = asyncio.get_running_loop()
+        self._filled = filled = loop.create_future()
+        timer = loop.call_later(within, _resolve, filled)
+        try:
+            await filled
+        finally:
+            timer.cancel()
+            self._filled = None
+
+    def take(self) -> list[Event]:
+        """Take every event queued now, without waiting (``[]`` if none, or if evicted)."""
+        if self.evicted or not self._events:
+            return []
+        batch = list(self._events)
+        self._events.clear()
+        self._room_made()
+        return batch
+
     def nudge(self) -> None:
         """Wake a consumer waiting in :meth:`get_batch` with nothing to deliver (it returns
         ``[]``): how a delivery loop learns that a heartbeat is due without a timer per wait."""
@@ -187,9 +216,14 @@ class Subscription:
     def close(self) -> None:
         """Stop accepting events (the consumer is gone); a blocked producer returns. Idempotent."""
         self.closed = True
-        putter = self._putter
-        if putter is not None and not putter.done():
-            putter.set_result(None)
+        for waiter in (self._putter, self._filled):
+            if waiter is not None:
+                _resolve(waiter)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def ends_stream(batch: list[Event]) -> bool:

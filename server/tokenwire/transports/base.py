@@ -11,6 +11,7 @@ goes out in one write), sends a heartbeat whenever the stream has been idle for
 from __future__ import annotations
 
 import asyncio
+import math
 from abc import ABC, abstractmethod
 from enum import StrEnum
 from typing import ClassVar, Literal
@@ -88,8 +89,14 @@ class Pump:
 
     Whatever is queued when the loop wakes goes out in one write, and consecutive text deltas
     in it as one ``text.delta`` (their texts joined, the last one's seq): a consumer that falls
-    behind catches up in a few large frames instead of many small ones. The first event of a
-    burst is never held back to wait for more.
+    behind catches up in a few large frames instead of many small ones. ``write_delay``
+    (seconds) spaces the writes of text: a delta that comes less than ``write_delay`` after
+    the previous write of text waits until that much time has passed (or the subscription's
+    queue is full), and goes out with whatever came meanwhile (the role of vLLM's
+    ``--stream-interval`` and Centrifugo's ``write_delay``). A text delta after a pause (the
+    first one of a stream, or any after a gap longer than ``write_delay``) goes out at once;
+    so do all other events. A full queue ends the wait, so the window never slows a stream
+    whose provider runs ahead: it only makes its writes fewer and larger.
 
     The pump's task is cancelled by nobody but the pump itself (a write that timed out, or
     :meth:`stop`) and whoever owns the task, so the two kinds of cancellation never mix.
@@ -100,6 +107,8 @@ class Pump:
         "transport",
         "heartbeat_interval",
         "send_timeout",
+        "write_delay",
+        "last_delta_write",
         "task",
         "loop",
         "last_write",
@@ -117,11 +126,14 @@ class Pump:
         *,
         heartbeat_interval: float | None = None,
         send_timeout: float | None = None,
+        write_delay: float = 0.0,
     ) -> None:
         self.attachment = attachment
         self.transport = transport
         self.heartbeat_interval = heartbeat_interval
         self.send_timeout = send_timeout
+        self.write_delay = write_delay
+        self.last_delta_write = -math.inf  # loop time of the last write that carried text
         self.task = asyncio.current_task()
         self.loop = asyncio.get_running_loop()
         self.last_write = self.loop.time()  # when the last write began
@@ -221,6 +233,12 @@ class Pump:
                 await self._write(ending)
                 observer.evicted()  # metrics hook
                 return Delivery.EVICTED
+            if self.write_delay and isinstance(batch[-1], TextDelta):
+                hold = self.last_delta_write + self.write_delay - self.loop.time()
+                if hold > 0:  # mid-burst: gather what comes until the window closes
+                    await subscription.wait_full(hold)
+                    batch += subscription.take()
+                self.last_delta_write = self.loop.time()
             if len(batch) > 1:
                 batch = merge_deltas(batch)
             await self._write(batch)
@@ -236,10 +254,15 @@ async def pump(
     *,
     heartbeat_interval: float | None = None,
     send_timeout: float | None = None,
+    write_delay: float = 0.0,
 ) -> Delivery:
     """Run a :class:`Pump` of ``attachment`` through ``transport`` in the current task."""
     delivery = Pump(
-        attachment, transport, heartbeat_interval=heartbeat_interval, send_timeout=send_timeout
+        attachment,
+        transport,
+        heartbeat_interval=heartbeat_interval,
+        send_timeout=send_timeout,
+        write_delay=write_delay,
     )
     return await delivery.run()
 

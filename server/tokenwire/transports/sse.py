@@ -53,7 +53,8 @@ class EventStreamResponse:
     ``start``, if given, is a new generation that the response starts once the consumer is
     attached, so that no event is missed. ``retry`` (milliseconds) is sent first as the
     client's reconnection delay (WHATWG SSE ``retry:`` field). ``heartbeat_interval`` is in
-    seconds (``None``: no heartbeats). When ``draining`` fires (the server shuts down), the
+    seconds (``None``: no heartbeats); ``send_timeout`` and ``write_delay`` (seconds) are the
+    :class:`~tokenwire.transports.base.Pump`'s. When ``draining`` fires (the server shuts down), the
     response ends at once without ``stream.end``: the client reconnects after ``retry`` with
     its Last-Event-ID and resumes, on another worker.
 
@@ -71,6 +72,7 @@ class EventStreamResponse:
         retry: int | None = None,
         heartbeat_interval: float | None = 15.0,
         send_timeout: float | None = 30.0,
+        write_delay: float = 0.0,
         draining: DrainSignal | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
@@ -80,6 +82,7 @@ class EventStreamResponse:
         self.retry = retry
         self.heartbeat_interval = heartbeat_interval
         self.send_timeout = send_timeout
+        self.write_delay = write_delay
         self.draining = draining
         self.headers = {**sse.HEADERS, **(headers or {})}
 
@@ -95,6 +98,7 @@ class EventStreamResponse:
             SSETransport(send, self.encode),
             heartbeat_interval=self.heartbeat_interval,
             send_timeout=self.send_timeout,
+            write_delay=self.write_delay,
         )
         listener = asyncio.create_task(_stop_on_disconnect(receive, delivery))
         draining = self.draining is not None and self.draining.is_set()

@@ -180,7 +180,10 @@ class WebSocketSession:
         outcome: Detach = "disconnected"
         try:
             delivery = await pump(
-                attachment, self.transport, send_timeout=self.settings.send_timeout
+                attachment,
+                self.transport,
+                send_timeout=self.settings.send_timeout,
+                write_delay=self.settings.write_delay,
             )
             outcome = "evicted" if delivery is Delivery.EVICTED else "ended"
         except SendTimeout:
