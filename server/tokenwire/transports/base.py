@@ -14,7 +14,7 @@ import asyncio
 import math
 from abc import ABC, abstractmethod
 from enum import StrEnum
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from tokenwire.errors import ErrorCode
 from tokenwire.metrics import delivery_observer
@@ -79,7 +79,7 @@ timeout."""
 class Pump:
     """The delivery loop of one attachment through one transport (see the module docstring).
 
-    Create it in the task that will :meth:`run` it. Its timers (the send timeout and the
+    Its timers (the send timeout and the
     heartbeat) are one timer that ticks every half of the shorter interval and only looks at
     two timestamps, so that a write costs one clock read rather than a timer of its own. A
     write still pending ``send_timeout`` seconds after it began is abandoned at the next tick
@@ -134,7 +134,7 @@ class Pump:
         self.send_timeout = send_timeout
         self.write_delay = write_delay
         self.last_delta_write = -math.inf  # loop time of the last write that carried text
-        self.task = asyncio.current_task()
+        self.task: asyncio.Task[Any] | None = None  # the one in run()
         self.loop = asyncio.get_running_loop()
         self.last_write = self.loop.time()  # when the last write began
         self.writing = False
@@ -153,6 +153,7 @@ class Pump:
         Cancelling it is safe: no queued event is lost from the subscription (the caller
         decides what a cancel means for the generation).
         """
+        self.task = asyncio.current_task()
         if self._tick is not None:
             self._timer = self.loop.call_later(self._tick, self._check)
         self.running = True
@@ -235,7 +236,7 @@ class Pump:
                 return Delivery.EVICTED
             if self.write_delay and isinstance(batch[-1], TextDelta):
                 hold = self.last_delta_write + self.write_delay - self.loop.time()
-                if hold > 0:  # mid-burst: gather what comes until the window closes
+                if hold > 0 and len(batch) < subscription.maxsize:  # mid-burst: gather more
                     await subscription.wait_full(hold)
                     batch += subscription.take()
                 self.last_delta_write = self.loop.time()
