@@ -208,12 +208,15 @@ def control_table(results: dict[str, Any], rows: list[dict[str, Any]]) -> list[s
     for r in rows:
         lost, duplicated = r["resume_lost_tokens"], r["resume_duplicated_tokens"]
         p99s = (r[f"isolation_{k}_itl_ms"].get("p99") for k in ("alone", "fill", "stalled"))
+        fill = _num(r["isolation_fill_s"], 2)
+        if r["isolation_fill_s"] is None and r["isolation_fill_itl_ms"]:  # not calm in time
+            fill = f"> {settings['isolation_fill_within']:g}"
         lines.append(
             f"| {r['server']} | {_ms(r['disconnect_stop_ms'], 'p50', 'p99')} "
             f"| {_ms(r['cancel_end_ms'], 'p50', 'p99')} | {_ms(r['cancel_stop_ms'], 'p50', 'p99')} "
             f"| {' / '.join(_num(p99, 2) for p99 in p99s)} "
             f"| {_num(r['isolation_fill_p99_ratio'], 2)} / {_num(r['isolation_p99_ratio'], 2)} "
-            f"| {_num(r['isolation_fill_s'], 2)} | {_num(r['isolation_kib_per_stalled'])} "
+            f"| {fill} | {_num(r['isolation_kib_per_stalled'])} "
             f"| {_ms(r['resume_gap_ms'], 'p50', 'p99')} "
             f"| {_ms(r['resume_added_gap_ms'], 'p50', 'p99')} "
             f"| {'n/a' if lost is None else f'{lost} / {duplicated}'} |"
@@ -329,10 +332,9 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
         (0.27, "isolation_stalled_itl_ms", "stalled consumers, steady"),
     )
     for offset, key, label in bars:
-        axes[1].bar(
-            [x + offset for x in xs], [r[key].get("p99") or 0 for r in rows], 0.27, label=label
-        )
-    axes[1].set_yscale("symlog", linthresh=1.0)
+        p99s = [max(r[key].get("p99") or 0, 1e-2) for r in rows]  # log scale: floor 0.01 ms
+        axes[1].bar([x + offset for x in xs], p99s, 0.27, label=label)
+    axes[1].set_yscale("log")
     axes[1].set_xticks(list(xs), [r["server"] for r in rows], rotation=20, fontsize=8)
     axes[1].set_ylabel("healthy streams' added inter-token p99 (ms)")
     axes[1].set_title("slow-consumer isolation")

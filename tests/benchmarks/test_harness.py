@@ -21,7 +21,7 @@ SERVERS = [
     "baseline-sse-starlette",
     "baseline-websocket",
 ]
-TOKENWIRE = {"tokenwire-sse", "tokenwire-ws"}  # servers with an explicit cancel and resume
+TOKENWIRE_SERVERS = {"tokenwire-sse", "tokenwire-ws"}  # servers with an explicit cancel and resume
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 STATS = {"count", "p50", "p99", "p999", "max"}
 PLOTS = ("latency_cdf.png", "cpu_per_token.png", "memory.png", "ramp.png", "control.png")
@@ -53,7 +53,7 @@ def test_smoke_profile_writes_results_for_every_server(tmp_path: Path) -> None:
     for name, server in results["servers"].items():
         phases = server["phases"]
         expected = {"memory", "latency", "ramp", "outpace", "cancel", "isolation"}
-        assert set(phases) == expected | ({"resume"} if name in TOKENWIRE else set()), name
+        assert set(phases) == expected | ({"resume"} if name in TOKENWIRE_SERVERS else set()), name
         for phase in phases.values():
             assert phase["failures"] == 0, (name, phase["failure_examples"])
             assert phase["text_mismatches"] == 0, name
@@ -73,24 +73,25 @@ def test_smoke_profile_writes_results_for_every_server(tmp_path: Path) -> None:
         assert phases["outpace"]["tokens"] > 0, name
         check_cancel(name, phases["cancel"], settings)
         check_isolation(name, phases["isolation"], settings)
-        if name in TOKENWIRE:
+        if name in TOKENWIRE_SERVERS:
             check_resume(name, phases["resume"], settings)
         row = results["summary"]["rows"][name]
         assert {"server_cpu_us_per_token", "max_streams", "idle_kib_per_connection"} <= set(row)
         assert {"disconnect_stop_ms", "isolation_p99_ratio", "resume_gap_ms"} <= set(row)
-        assert (row["resume_lost_tokens"] is None) == (name not in TOKENWIRE), name
+        assert (row["resume_lost_tokens"] is None) == (name not in TOKENWIRE_SERVERS), name
     assert len(results["summary"]["ratios"]) == 3
 
     table = (out / "results.md").read_text()
+    main, control_table = table.split("| server | disconnect -> stopped", 1)
     for name in SERVERS:
-        assert sum(line.startswith(f"| {name} |") for line in table.splitlines()) == 1, name
+        assert sum(line.startswith(f"| {name} |") for line in main.splitlines()) == 1, name
     assert "| ratio (same run) | target | measured |" in table
-    control = table.split("| server | disconnect -> stopped", 1)[1].splitlines()
+    control = control_table.split("| ratio (same run)", 1)[0].splitlines()
     for name in SERVERS:  # one row each in the cancel / slow-consumer / resume table
         (line,) = [line for line in control if line.startswith(f"| {name} |")]
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         assert len(cells) == 11, line
-        assert (cells[-1] == "n/a") == (name not in TOKENWIRE), line  # lost / duplicated
+        assert (cells[-1] == "n/a") == (name not in TOKENWIRE_SERVERS), line  # lost / duplicated
 
     for plot in PLOTS:
         data = (out / plot).read_bytes()
@@ -103,7 +104,7 @@ def test_smoke_profile_writes_results_for_every_server(tmp_path: Path) -> None:
 def check_cancel(name: str, cancel: dict[str, Any], settings: dict[str, Any]) -> None:
     """Every server: client disconnect -> generator stopped, each sample timed; tokenwire:
     also its explicit cancel, each ending in stream.end (finish_reason cancelled)."""
-    kinds = ["disconnect", "cancel"] if name in TOKENWIRE else ["disconnect"]
+    kinds = ["disconnect", "cancel"] if name in TOKENWIRE_SERVERS else ["disconnect"]
     for kind in kinds:
         result = cancel[kind]
         assert result["samples"] == settings["cancels"], (name, kind)
@@ -111,7 +112,7 @@ def check_cancel(name: str, cancel: dict[str, Any], settings: dict[str, Any]) ->
         assert result["stop_ms"]["count"] + result["not_stopped"] == settings["cancels"]
         assert result["stop_ms"]["count"] > 0, (name, kind)
         assert result["stop_ms"]["p50"] >= 0, (name, kind)  # the stop follows the cancel
-    if name in TOKENWIRE:
+    if name in TOKENWIRE_SERVERS:
         assert cancel["cancel"]["end_ms"]["count"] == settings["cancels"], name
         assert cancel["cancel"]["not_cancelled"] == 0, name
     else:
