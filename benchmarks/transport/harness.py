@@ -133,13 +133,12 @@ class Profile:
     cancel_after_tokens: int = 2
     cancel_within: float = 5.0  # a stream not stopped by then counts as not stopped
     isolation_healthy: int = 200
-    isolation_stalled: int = 2
+    isolation_stalled: int = 5
     isolation_spread: float = 1.0
     isolation_window: float = 1.0
-    # At most this long for the stalled consumers' fill (then a warning): on Linux the kernel's
-    # send buffer of each grows to a few MB (net.ipv4.tcp_wmem), written at full speed first.
-    isolation_fill_within: float = 8.0
+    isolation_fill_within: float = 5.0  # the stalled consumers' fill, at most (then a warning)
     isolation_rcvbuf: int = 4096  # bytes: SO_RCVBUF of a stalled consumer's socket
+    isolation_mss: int = 1448  # bytes: its TCP_MAXSEG, an Ethernet path's (not loopback's 64 KiB)
     isolation_stalled_tokens: int = 100_000_000
     resume_streams: int = 40
     resume_tokens: int = 80
@@ -196,6 +195,7 @@ class Profile:
                 "settle": self.settle,
                 "spread": self.isolation_spread,
                 "rcvbuf": self.isolation_rcvbuf,
+                "mss": self.isolation_mss,
                 "stalled_tokens": self.isolation_stalled_tokens,
             },
             {
@@ -240,10 +240,10 @@ PROFILES = {
         cancel_concurrency=4,
         cancel_after_tokens=1,
         isolation_healthy=50,
-        isolation_stalled=1,
+        isolation_stalled=2,
         isolation_spread=0.3,
         isolation_window=0.4,
-        isolation_fill_within=4.0,
+        isolation_fill_within=2.0,
         resume_streams=8,
         resume_tokens=30,
         resume_disconnects=2,
@@ -268,7 +268,7 @@ PROFILES = {
         isolation_stalled=1,
         isolation_spread=0.2,
         isolation_window=0.3,
-        isolation_fill_within=4.0,
+        isolation_fill_within=2.0,
         resume_streams=2,
         resume_tokens=16,
         resume_disconnects=2,

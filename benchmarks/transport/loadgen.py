@@ -493,7 +493,7 @@ class Generator:
         self.rate: float = job["rate"]
         self.features: set[str] = set(job.get("features", ()))  # of tokenwire: cancel, resume
         self.read_every: float = job.get("read_every", 0.01)
-        self.stalled_rcvbuf: int | None = None  # bytes: SO_RCVBUF of stalled streams' sockets
+        self.stalled_socket: tuple[int, int] | None = None  # stalled streams' (rcvbuf, mss)
         self.server = psutil.Process(job["server_pid"])
         self.loop = asyncio.get_running_loop()
         self.stream_class = SSEStream if self.client["protocol"] == "sse" else WSStream
@@ -533,7 +533,8 @@ class Generator:
 
         async def one(index: int) -> None:
             stream = self.stream_class(self, index, mode, schedule_of)
-            await self.connect(stream, self.stalled_rcvbuf if mode == "stalled" else None)
+            options = self.stalled_socket if mode == "stalled" else None
+            await self.connect(stream, *(options or ()))
 
         attempts = []
         base = len(self.streams)
@@ -545,19 +546,27 @@ class Generator:
             attempts.append(asyncio.ensure_future(one(base + number)))
         await asyncio.gather(*attempts)
 
-    async def connect(self, stream: Stream, rcvbuf: int | None = None) -> None:
-        """Connect ``stream`` to the server; ``rcvbuf``: its socket's SO_RCVBUF (bytes), set
-        before connecting so that the TCP window is small from the start. A failed connect
-        fails the stream."""
+    async def connect(
+        self, stream: Stream, rcvbuf: int | None = None, mss: int | None = None
+    ) -> None:
+        """Connect ``stream`` to the server. ``rcvbuf``: its socket's SO_RCVBUF and ``mss``:
+        its TCP_MAXSEG (bytes), both set before connecting so that they hold from the start
+        (the server's side then sees that segment size: Linux sizes a send buffer by
+        congestion window x segment size, so loopback's 64 KiB segments would give a stalled
+        socket megabytes of kernel buffer, an Ethernet path's ~1,448 bytes a few dozen KiB).
+        A failed connect fails the stream."""
         self.streams.append(stream)
         address = ("127.0.0.1", self.port)
         try:
-            if rcvbuf is None:
+            if rcvbuf is None and mss is None:
                 await self.loop.create_connection(lambda: stream, *address)
                 return
             sock = socket.socket()
             try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+                if rcvbuf is not None:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+                if mss is not None:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, mss)
                 sock.setblocking(False)
                 await self.loop.sock_connect(sock, address)
             except BaseException:
@@ -890,7 +899,8 @@ async def phase_isolation(gen: Generator, spec: dict[str, Any]) -> dict[str, Any
     """Slow-consumer isolation. ``healthy`` streams at the job's rate (opened over ``spread``
     s); after ``settle`` s, a ``window``-second measurement of their added inter-token latency
     (``alone``). Then ``stalled`` consumers join: streams whose ``stalled_tokens`` tokens are
-    all due at once, on sockets with a ``rcvbuf``-byte receive buffer that the client never
+    all due at once, on sockets with a ``rcvbuf``-byte receive buffer and an ``mss``-byte
+    segment size (an Ethernet path's, see :meth:`Generator.connect`) that the client never
     reads. The server writes to each what its buffers take (a bounded queue, uvicorn's write
     buffer, the kernel's send buffer) at full speed: ``fill`` is that time, until the server's
     CPU falls back to within 0.1 CPU of the ``alone`` level (at most ``fill_within`` s, else
@@ -919,7 +929,7 @@ async def phase_isolation(gen: Generator, spec: dict[str, Any]) -> dict[str, Any
     burst = lambda: Schedule(time.monotonic(), spec["stalled_tokens"], 0.0, 0.0)  # noqa: E731
     gen.recorder = Recorder()
     gen.recorder.open_window(spec["fill_within"] + 1)
-    gen.stalled_rcvbuf = spec["rcvbuf"]
+    gen.stalled_socket = (spec["rcvbuf"], spec["mss"])
     began = time.monotonic()
     await gen.open(stalled, "stalled", 0.0, burst)
     fill_s = await gen.calm(alone["server_busy"] + 0.1, spec["fill_within"])
