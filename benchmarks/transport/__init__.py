@@ -23,9 +23,14 @@ cheaper per token than any server (printed for every run). Metrics per server: a
 inter-token latency (p50, p99, p99.9), server and client CPU microseconds per delivered token,
 the largest stepped-ramp concurrency whose added inter-token p99 stays under 50 ms, RSS per idle
 and per active connection, and tokens delivered per server CPU-second when the provider outpaces
-the client. Results (:mod:`transport.report`): JSON, a Markdown table, PNG plots.
+the client. Then the stream semantics: cancel latency (client cancel -> the server's token
+generator stopped; every server reports its stops on ``GET /active``, and tokenwire's explicit
+cancel is also timed to ``stream.end``), slow-consumer isolation (healthy streams' inter-token
+p99 with and without stalled consumers, RSS per stalled consumer) and, for tokenwire, the resume
+gap with lost and duplicated tokens. Results (:mod:`transport.report`): JSON, two Markdown
+tables, PNG plots.
 
-Extending it (cancel latency, slow-consumer isolation, resume gap): add a phase function to
-:data:`transport.loadgen.PHASES`, its spec to :meth:`transport.harness.Profile.phases`, and its
-numbers to :func:`transport.report.row`.
+Extending it: add a phase function to :data:`transport.loadgen.PHASES`, its spec to
+:meth:`transport.harness.Profile.phases` (with ``needs`` if only servers with that feature
+have it), and its numbers to :func:`transport.report.row`.
 """

@@ -39,19 +39,32 @@ SCHEMA = "tokenwire.bench.transport/1"
 
 @dataclass(frozen=True)
 class ServerUnderTest:
-    """``name`` (the row of the table), the uvicorn app factory, and what it is."""
+    """``name`` (the row of the table), the uvicorn app factory, and what it is; ``features``:
+    what it offers beyond a stream per connection (``cancel``: an explicit cancel;
+    ``resume``: resume after the last seq seen), which phases that need it (a spec's
+    ``needs``) run on it."""
 
     name: str
     factory: str
     description: str
+    features: frozenset[str] = frozenset()
+
+
+TOKENWIRE_FEATURES = frozenset({"cancel", "resume"})
 
 
 SERVERS = [
     ServerUnderTest(
-        "tokenwire-sse", "transport.servers:tokenwire_app", "tokenwire, POST /v1/streams (SSE)"
+        "tokenwire-sse",
+        "transport.servers:tokenwire_app",
+        "tokenwire, POST /v1/streams (SSE)",
+        TOKENWIRE_FEATURES,
     ),
     ServerUnderTest(
-        "tokenwire-ws", "transport.servers:tokenwire_app", "tokenwire, WebSocket /v1/ws"
+        "tokenwire-ws",
+        "transport.servers:tokenwire_app",
+        "tokenwire, WebSocket /v1/ws",
+        TOKENWIRE_FEATURES,
     ),
     ServerUnderTest(
         "baseline-streaming",
@@ -115,6 +128,21 @@ class Profile:
     outpace_streams: int = 50
     outpace_window: float = 5.0
     outpace_read_every: float = 0.01
+    cancels: int = 100  # per kind of cancel
+    cancel_concurrency: int = 10
+    cancel_after_tokens: int = 2
+    cancel_within: float = 5.0  # a stream not stopped by then counts as not stopped
+    isolation_healthy: int = 200
+    isolation_stalled: int = 5
+    isolation_spread: float = 1.0
+    isolation_window: float = 1.0
+    isolation_fill_within: float = 5.0  # the stalled consumers' fill, at most (then a warning)
+    isolation_rcvbuf: int = 4096  # bytes: SO_RCVBUF of a stalled consumer's socket
+    isolation_mss: int = 1448  # bytes: its TCP_MAXSEG, an Ethernet path's (not loopback's 64 KiB)
+    isolation_stalled_tokens: int = 100_000_000
+    resume_streams: int = 40
+    resume_tokens: int = 80
+    resume_disconnects: int = 4  # per stream
     quiesce_within: float = 5.0  # after each phase, wait at most this long for an idle server
 
     def phases(self) -> list[dict[str, Any]]:
@@ -150,10 +178,49 @@ class Profile:
                 "settle": self.settle,
                 "read_every": self.outpace_read_every,
             },
+            {
+                "name": "cancel",
+                "cancels": self.cancels,
+                "concurrency": self.cancel_concurrency,
+                "after_tokens": self.cancel_after_tokens,
+                "within": self.cancel_within,
+                "settle": self.settle,
+            },
+            {
+                "name": "isolation",
+                "healthy": self.isolation_healthy,
+                "stalled": self.isolation_stalled,
+                "window": self.isolation_window,
+                "fill_within": self.isolation_fill_within,
+                "settle": self.settle,
+                "spread": self.isolation_spread,
+                "rcvbuf": self.isolation_rcvbuf,
+                "mss": self.isolation_mss,
+                "stalled_tokens": self.isolation_stalled_tokens,
+            },
+            {
+                "name": "resume",
+                "needs": "resume",
+                "streams": self.resume_streams,
+                "tokens": self.resume_tokens,
+                "disconnects": self.resume_disconnects,
+                "spread": self.spread,
+                "within": self.cancel_within,
+                "settle": self.settle,
+            },
         ]
 
-    def progress_steps(self) -> int:
-        return 2 * self.memory_steps + 1 + len(self.ramp) + 1
+    def phases_for(self, server: ServerUnderTest) -> list[dict[str, Any]]:
+        """The phases that apply to ``server`` (a spec's ``needs`` is one of its features)."""
+        return [s for s in self.phases() if s.get("needs", "") in {"", *server.features}]
+
+    def progress_steps(self, server: ServerUnderTest | None = None) -> int:
+        """Progress lines the load generator writes for ``server`` (None: a baseline)."""
+        features = server.features if server is not None else frozenset()
+        steps = 2 * self.memory_steps + 1 + len(self.ramp) + 1
+        steps += 1 + ("cancel" in features)  # cancel: one line per kind
+        steps += 2  # isolation: alone, with stalled consumers (steady)
+        return steps + ("resume" in features)
 
 
 PROFILES = {
@@ -169,6 +236,17 @@ PROFILES = {
         settle=0.5,
         outpace_streams=20,
         outpace_window=1.0,
+        cancels=12,
+        cancel_concurrency=4,
+        cancel_after_tokens=1,
+        isolation_healthy=50,
+        isolation_stalled=2,
+        isolation_spread=0.3,
+        isolation_window=0.4,
+        isolation_fill_within=2.0,
+        resume_streams=8,
+        resume_tokens=30,
+        resume_disconnects=2,
         quiesce_within=1.0,
     ),
     # The smallest run through the same code: for the harness's own test.
@@ -183,6 +261,17 @@ PROFILES = {
         settle=0.2,
         outpace_streams=4,
         outpace_window=0.5,
+        cancels=4,
+        cancel_concurrency=2,
+        cancel_after_tokens=1,
+        isolation_healthy=10,
+        isolation_stalled=1,
+        isolation_spread=0.2,
+        isolation_window=0.3,
+        isolation_fill_within=2.0,
+        resume_streams=2,
+        resume_tokens=16,
+        resume_disconnects=2,
         quiesce_within=0.5,
     ),
 }
@@ -396,7 +485,7 @@ def run(
     ]
     with Progress(*columns, console=console, transient=False) as progress:
         tasks = {
-            s.name: progress.add_task("waiting", total=profile.progress_steps(), server=s.name)
+            s.name: progress.add_task("waiting", total=profile.progress_steps(s), server=s.name)
             for s in chosen
         }
         for server in chosen:
@@ -409,7 +498,7 @@ def run(
             began_server = time.monotonic()
             phases: dict[str, Any] = {}
             startup: dict[str, float] = {}
-            for spec in profile.phases():
+            for spec in profile.phases_for(server):
                 began_phase = time.monotonic()
                 with running_server(server, log_dir, tokenwire_env or {}) as (process, port):
                     startup[spec["name"]] = time.monotonic() - began_phase
@@ -418,6 +507,7 @@ def run(
                         "port": port,
                         "server_pid": process.pid,
                         "rate": profile.rate,
+                        "features": sorted(server.features),
                         "quiesce_within": profile.quiesce_within,
                         "phases": [spec],
                     }
@@ -432,7 +522,7 @@ def run(
                 "startup_s": startup,
                 "elapsed_s": time.monotonic() - began_server,
             }
-            progress.update(task, completed=profile.progress_steps(), description="done")
+            progress.update(task, completed=profile.progress_steps(server), description="done")
     results["duration_s"] = time.monotonic() - began
     report.write(results, out)
     return results

@@ -26,7 +26,17 @@ extend the benchmark, e.g. cancel latency or resume gap):
 - ``load``: stepped concurrency at a fixed token rate (one step = the latency measurement; many
   steps with ``stop_p99_ms`` = the ramp), added TTFT and inter-token latency, CPU per token;
 - ``outpace``: streams whose tokens are all due at once, read by a client that reads each
-  socket at most once per ``read_every`` seconds: tokens delivered per server CPU-second.
+  socket at most once per ``read_every`` seconds: tokens delivered per server CPU-second;
+- ``cancel``: client cancel -> the server's token generator stopped (every server: a
+  disconnect; tokenwire also its explicit cancel, timed to ``stream.end`` as well);
+- ``isolation``: healthy streams' inter-token latency with and without stalled consumers on the
+  same server, and the server's RSS per stalled consumer;
+- ``resume`` (tokenwire): forced disconnects mid-stream, then a resume after the last seq seen:
+  the gap, and tokens lost or duplicated.
+
+The cancel and resume phases steer streams from outside (:mod:`transport.control`: plain HTTP
+requests, ``GET /active``) and follow one stream across its connections
+(:class:`~transport.control.Follow`, :class:`FollowedSSE`, :class:`FollowedWS`).
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import resource
 import socket
 import sys
@@ -51,6 +62,7 @@ import psutil
 import uvloop
 
 from tokenwire.providers.scripted import scripted_text
+from transport.control import Follow, StopWatch, http_request
 from transport.source import Schedule, request_fields
 
 # The client side of each server under test: protocol, path, SSE event separator, flavour.
@@ -91,7 +103,8 @@ class Recorder:
 
 
 class Stream(asyncio.Protocol):
-    """One connection carrying (at most) one stream; ``mode`` is idle, active or outpace."""
+    """One connection carrying (at most) one stream; ``mode`` is idle, active, outpace or
+    stalled (sends its request, then never reads: see :func:`phase_isolation`)."""
 
     def __init__(self, gen: Generator, index: int, mode: str, schedule_of: Callable[[], Schedule]):
         self.gen = gen
@@ -107,6 +120,9 @@ class Stream(asyncio.Protocol):
         self.text: list[str] | None = [] if index % VERIFY_EVERY == 0 else None
         self.buffer = b""
         self.read_every = gen.read_every if mode == "outpace" else 0.0
+        self.follow: Follow | None = None  # told of every token and of the end
+        self.stalled = False  # a stalled stream once its request is out: reads nothing more
+        self.abandoned = False  # closed by the client on purpose: its loss is no failure
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -120,7 +136,7 @@ class Stream(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gen.open_streams.discard(self)
-        if not self.ended and self.failed is None and not self.gen.closing:
+        if not self.abandoned and not self.ended and self.failed is None and not self.gen.closing:
             self.fail(f"connection lost: {exc or 'closed by the server'}")
 
     def fail(self, reason: str) -> None:
@@ -128,6 +144,13 @@ class Stream(asyncio.Protocol):
             self.failed = reason
             self.gen.failures.append(reason)
             self.gen.changed.set()
+            if self.follow is not None:
+                self.follow.broke(reason)
+        self.close()
+
+    def abandon(self) -> None:
+        """Drop the connection (no close handshake) as a client that goes away does."""
+        self.abandoned = True
         self.close()
 
     def close(self) -> None:
@@ -152,6 +175,9 @@ class Stream(asyncio.Protocol):
         return self.schedule
 
     def data_received(self, data: bytes) -> None:
+        if self.stalled:  # a chunk read before the pause took hold: dropped, unparsed
+            self.stall()
+            return
         now = time.monotonic()
         try:
             self.parse(data, now)
@@ -160,6 +186,18 @@ class Stream(asyncio.Protocol):
         if self.read_every and self.transport is not None and not self.transport.is_closing():
             self.transport.pause_reading()
             self.gen.loop.call_later(self.read_every, self._resume)
+
+    def stall(self) -> None:
+        """Stop reading this socket for good (also from ``connection_made``, where uvloop
+        would start reading after the call: the pause is repeated on the next loop turn)."""
+        self.stalled = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+            self.gen.loop.call_soon(self._pause)
+
+    def _pause(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
 
     def _resume(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -189,6 +227,8 @@ class Stream(asyncio.Protocol):
                     recorder.ttft.append(now - start)
                 elif in_window:
                     recorder.itl.append(now - start - index * interval)
+        if self.follow is not None:
+            self.follow.delivered(self.received, now)
 
     def count_of(self, delta: str) -> int:
         """Tokens in a text delta: one per leading space, plus the first token (no space)."""
@@ -222,6 +262,8 @@ class SSEStream(Stream):
         body = json.dumps(request_fields(schedule), separators=(",", ":")).encode()
         assert self.transport is not None
         self.transport.write(self.gen.request_head % len(body) + body)
+        if self.mode == "stalled":
+            self.stall()
 
     def parse(self, data: bytes, now: float) -> None:
         self.now = now
@@ -317,6 +359,8 @@ class WSStream(Stream):
             self.gen.mark_established()
         else:
             self.generate()
+            if self.mode == "stalled":
+                self.stall()
 
     def frame(self, opcode: int, payload: bytes, now: float) -> None:
         if opcode == 0x1:
@@ -356,6 +400,88 @@ def ws_frame(opcode: int, payload: bytes) -> bytes:
     return head + mask + (int.from_bytes(payload) ^ key).to_bytes(size)
 
 
+def followed_event(stream: Stream, event: dict[str, Any], now: float) -> None:
+    """One tokenwire event (protocol v1) on a followed connection: a replayed event whose seq
+    the client had already seen counts as duplicated and is not delivered again."""
+    follow = stream.follow
+    assert follow is not None
+    kind = event.get("type")
+    if kind == "text.delta":
+        delta = event["delta"]
+        count = stream.count_of(delta)
+        if follow.seen(event.get("seq"), count):
+            stream.deliver(now, count, delta)
+    elif kind == "stream.start":
+        follow.seen(event.get("seq"), 0)
+        follow.start(event["stream_id"])
+    elif kind == "stream.end":
+        follow.seen(event.get("seq"), 0)
+        follow.finished(now, event.get("finish_reason"))
+        stream.end()
+    elif kind in ("error", "stream.reset"):
+        stream.fail(f"{kind}: {json.dumps(event)[:200]}")
+
+
+class FollowedSSE(SSEStream):
+    """tokenwire over SSE, each event parsed (id, type, seq), for a :class:`Follow`. Sends
+    ``request`` (bytes: e.g. ``GET /v1/streams/{id}/events`` with ``Last-Event-ID``), or, if
+    None, the usual ``POST /v1/streams``."""
+
+    def __init__(self, gen: Generator, index: int, follow: Follow, request: bytes | None = None):
+        super().__init__(gen, index, "active", lambda: follow.schedule)
+        self.follow = follow
+        self.received = follow.received
+        self.text = follow.text
+        self.request = request
+
+    def send_request(self) -> None:
+        if self.request is None:
+            super().send_request()
+        else:
+            assert self.transport is not None
+            self.schedule = self.schedule_of()
+            self.transport.write(self.request)
+
+    def on_body(self, body: bytes) -> None:
+        events = (self.buffer + body if self.buffer else body).split(self.sep)
+        self.buffer = events.pop()
+        for event in events:
+            start = event.find(b"data: ")
+            if start >= 0:  # not a comment (ping) or retry
+                followed_event(self, json.loads(event[start + 6 :]), self.now)
+
+
+class FollowedWS(WSStream):
+    """tokenwire over WebSocket, for a :class:`Follow`: after the upgrade it sends ``message``
+    (e.g. ``resume``), or, if None, the usual ``generate``."""
+
+    def __init__(
+        self, gen: Generator, index: int, follow: Follow, message: dict[str, Any] | None = None
+    ):
+        super().__init__(gen, index, "active", lambda: follow.schedule)
+        self.follow = follow
+        self.received = follow.received
+        self.text = follow.text
+        self.message = message
+
+    def generate(self) -> None:
+        if self.message is None:
+            super().generate()
+        else:
+            self.schedule = self.schedule_of()
+            self.send(self.message)
+
+    def send(self, message: dict[str, Any]) -> None:
+        assert self.transport is not None
+        self.transport.write(ws_frame(0x1, json.dumps(message, separators=(",", ":")).encode()))
+
+    def frame(self, opcode: int, payload: bytes, now: float) -> None:
+        if opcode == 0x1:
+            followed_event(self, json.loads(payload), now)
+        else:
+            super().frame(opcode, payload, now)
+
+
 class Generator:
     """Opens, counts and closes the streams of one job; reads the server's CPU and RSS."""
 
@@ -365,7 +491,9 @@ class Generator:
         self.client = CLIENTS[self.name]
         self.port: int = job["port"]
         self.rate: float = job["rate"]
+        self.features: set[str] = set(job.get("features", ()))  # of tokenwire: cancel, resume
         self.read_every: float = job.get("read_every", 0.01)
+        self.stalled_socket: tuple[int, int] | None = None  # stalled streams' (rcvbuf, mss)
         self.server = psutil.Process(job["server_pid"])
         self.loop = asyncio.get_running_loop()
         self.stream_class = SSEStream if self.client["protocol"] == "sse" else WSStream
@@ -405,11 +533,8 @@ class Generator:
 
         async def one(index: int) -> None:
             stream = self.stream_class(self, index, mode, schedule_of)
-            self.streams.append(stream)
-            try:
-                await self.loop.create_connection(lambda: stream, "127.0.0.1", self.port)
-            except OSError as exc:
-                stream.fail(f"connect: {exc}")
+            options = self.stalled_socket if mode == "stalled" else None
+            await self.connect(stream, *(options or ()))
 
         attempts = []
         base = len(self.streams)
@@ -420,6 +545,51 @@ class Generator:
                 await asyncio.sleep(delay)
             attempts.append(asyncio.ensure_future(one(base + number)))
         await asyncio.gather(*attempts)
+
+    async def connect(
+        self, stream: Stream, rcvbuf: int | None = None, mss: int | None = None
+    ) -> None:
+        """Connect ``stream`` to the server. ``rcvbuf``: its socket's SO_RCVBUF and ``mss``:
+        its TCP_MAXSEG (bytes), both set before connecting so that they hold from the start
+        (the server's side then sees that segment size: Linux sizes a send buffer by
+        congestion window x segment size, so loopback's 64 KiB segments would give a stalled
+        socket megabytes of kernel buffer, an Ethernet path's ~1,448 bytes a few dozen KiB).
+        A failed connect fails the stream."""
+        self.streams.append(stream)
+        address = ("127.0.0.1", self.port)
+        try:
+            if rcvbuf is None and mss is None:
+                await self.loop.create_connection(lambda: stream, *address)
+                return
+            sock = socket.socket()
+            try:
+                if rcvbuf is not None:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+                if mss is not None:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, mss)
+                sock.setblocking(False)
+                await self.loop.sock_connect(sock, address)
+            except BaseException:
+                sock.close()
+                raise
+            await self.loop.create_connection(lambda: stream, sock=sock)
+        except OSError as exc:
+            stream.fail(f"connect: {exc}")
+
+    def followed(self, index: int, follow: Follow, request: Any = None) -> Stream:
+        """A connection of this server's kind for ``follow`` (tokenwire only): ``request`` is a
+        WebSocket message (dict) or an SSE request (bytes); None starts the stream as usual."""
+        if self.client["protocol"] == "ws":
+            return FollowedWS(self, index, follow, request)
+        return FollowedSSE(self, index, follow, request)
+
+    def events_request(self, stream_id: str, after_seq: int | None) -> bytes:
+        """tokenwire's SSE attach (``after_seq`` None) or resume request for ``stream_id``."""
+        head = f"GET /v1/streams/{stream_id}/events HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
+        head += "Accept: text/event-stream\r\n"
+        if after_seq is not None:
+            head += f"Last-Event-ID: {after_seq}\r\n"
+        return (head + "\r\n").encode()
 
     def mark_established(self) -> None:
         self.established += 1
@@ -454,15 +624,26 @@ class Generator:
         keeps working for a while after its clients left (overdue tokens, disconnects noticed
         late); the next phase must not pay for that."""
         within = self.quiesce_within
-        period, quiet, deadline = 0.2, 0, time.monotonic() + within
+        if await self.calm(busy, within) is None:
+            self.warnings.append(f"server still busy {within:g} s after its clients left")
+
+    async def calm(self, busy: float, within: float, period: float = 0.2) -> float | None:
+        """Seconds from now until the server began to use less than ``busy`` of a CPU over
+        ``period`` s, twice in a row (returns once it has); None if not within ``within`` s."""
+        began = time.monotonic()
+        quiet, since, deadline = 0, began, began + within
         before = self.server_cpu()
         while quiet < 2 and time.monotonic() < deadline:
+            start = time.monotonic()
             await asyncio.sleep(period)
             now = self.server_cpu()
-            quiet = quiet + 1 if now - before < busy * period else 0
+            if now - before < busy * period:
+                since = start if quiet == 0 else since
+                quiet += 1
+            else:
+                quiet = 0
             before = now
-        if quiet < 2:
-            self.warnings.append(f"server still busy {within:g} s after its clients left")
+        return since - began if quiet >= 2 else None
 
     def active_schedule(self, seconds: float, rate: float | None = None) -> Callable[[], Schedule]:
         """Schedules of streams that last ``seconds`` at ``rate`` tokens/s (default: the job's)."""
@@ -628,11 +809,249 @@ async def phase_outpace(gen: Generator, spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+async def phase_cancel(gen: Generator, spec: dict[str, Any]) -> dict[str, Any]:
+    """``cancels`` cancels, ``concurrency`` at a time, of each kind the server has:
+    ``disconnect`` (every server: the client drops the connection) and ``cancel`` (tokenwire:
+    WebSocket ``{"type": "cancel"}``, SSE ``POST /v1/streams/{id}/cancel``). Each stream runs
+    at the job's rate; the client cancels at a random moment between two tokens once
+    ``after_tokens`` tokens have arrived. Measured from just before the cancel (milliseconds):
+    ``stop_ms``, until the server's token generator stopped (the server's own clock, see
+    :class:`transport.control.StopWatch`); for ``cancel`` also ``end_ms``, until ``stream.end``
+    arrived, whose finish_reason must be cancelled. A stop not seen within ``within`` seconds
+    counts in ``not_stopped``."""
+    gen.recorder = Recorder(latency=False)
+    rng = random.Random(spec.get("seed", 6))
+    interval, within = 1 / gen.rate, spec["within"]
+    tokens = spec["after_tokens"] + math.ceil(gen.rate * (within + 5))  # outlive the cancel
+    watch = StopWatch(gen.port)
+    kinds = ["disconnect", *(["cancel"] if "cancel" in gen.features else [])]
+    results: dict[str, Any] = {"cancel": None}
+
+    async def one(kind: str, number: int, stats: dict[str, Any]) -> None:
+        schedule = Schedule(time.monotonic(), tokens=tokens, ttft=0.0, interval=interval)
+        follow = Follow(schedule)
+        if kind == "cancel":
+            stream = gen.followed(number, follow)
+        else:
+            stream = gen.stream_class(gen, number, "active", lambda: schedule)
+            stream.follow = follow
+        await gen.connect(stream)
+        try:
+            await follow.tokens(spec["after_tokens"], within)
+            await asyncio.sleep(rng.uniform(0, interval))
+            began = time.monotonic()
+            if kind == "disconnect":
+                stream.abandon()
+            elif isinstance(stream, FollowedWS):
+                stream.send({"type": "cancel", "stream_id": follow.stream_id})
+            else:
+                status, _, body = await http_request(
+                    gen.port, "POST", f"/v1/streams/{follow.stream_id}/cancel"
+                )
+                if status != 202:
+                    stream.fail(f"cancel: HTTP {status} {body[:200]!r}")
+            if kind == "cancel":
+                async with asyncio.timeout(within):
+                    ended = await follow.ended
+                stats["end"].append(ended - began)
+                stats["not_cancelled"] += follow.finish_reason != "cancelled"
+        except (TimeoutError, RuntimeError) as exc:
+            stream.fail(f"{kind} {number}: {type(exc).__name__}: {exc}")
+            return
+        stopped = await watch.stopped(schedule.t0, began, within)
+        if stopped is None:
+            stats["not_stopped"] += 1
+        else:
+            stats["stop"].append(stopped - began)
+
+    try:
+        for kind in kinds:
+            stats: dict[str, Any] = {
+                "stop": array("d"), "end": array("d"), "not_stopped": 0, "not_cancelled": 0
+            }  # fmt: skip
+            numbers = iter(range(spec["cancels"]))
+
+            async def worker(
+                kind: str = kind, stats: dict[str, Any] = stats, numbers: Any = numbers
+            ) -> None:
+                for number in numbers:
+                    await one(kind, number, stats)
+
+            await asyncio.gather(*(worker() for _ in range(spec["concurrency"])))
+            result = {
+                "samples": spec["cancels"],
+                "stop_ms": summary(stats["stop"]),
+                "not_stopped": stats["not_stopped"],
+            }
+            if kind == "cancel":
+                result.update(end_ms=summary(stats["end"]), not_cancelled=stats["not_cancelled"])
+            results[kind] = result
+            gen.progress(phase="cancel", detail=f"{kind}: stop p50 {result['stop_ms']['p50']} ms")
+    finally:
+        polls = watch.polls
+        await watch.close()
+    await gen.close_all(spec["settle"])
+    results.update(concurrency=spec["concurrency"], active_polls=polls)
+    return results
+
+
+async def phase_isolation(gen: Generator, spec: dict[str, Any]) -> dict[str, Any]:
+    """Slow-consumer isolation. ``healthy`` streams at the job's rate (opened over ``spread``
+    s); after ``settle`` s, a ``window``-second measurement of their added inter-token latency
+    (``alone``). Then ``stalled`` consumers join: streams whose ``stalled_tokens`` tokens are
+    all due at once, on sockets with a ``rcvbuf``-byte receive buffer and an ``mss``-byte
+    segment size (an Ethernet path's, see :meth:`Generator.connect`) that the client never
+    reads. The server writes to each what its buffers take (a bounded queue, uvicorn's write
+    buffer, the kernel's send buffer) at full speed: ``fill`` is that time, until the server's
+    CPU falls back to within 0.1 CPU of the ``alone`` level (at most ``fill_within`` s, else
+    ``fill_s`` is None and a warning), with the healthy streams' latency over it. Then the same
+    measurement as alone, steady (``stalled``). ``p99_ratio`` = added inter-token p99 steady
+    with / alone, ``fill_p99_ratio`` the same over the fill; ``rss_bytes_per_stalled`` = RSS
+    growth (alone -> steady) / ``stalled``. Times in seconds, latencies in milliseconds."""
+    healthy, stalled = spec["healthy"], spec["stalled"]
+    window, settle, spread = spec["window"], spec["settle"], spec["spread"]
+    lifetime = spread + settle + 2 * window + spec["fill_within"] + 10
+
+    async def measured(label: str) -> dict[str, Any]:
+        gen.recorder = Recorder()
+        result = await gen.measure(window)
+        result.update(
+            itl_ms=summary(gen.recorder.itl),
+            rss_bytes=await gen.server_rss(),
+            healthy_open=sum(1 for s in gen.open_streams if s.mode == "active"),
+        )
+        gen.progress(phase="isolation", detail=f"{label}: p99 {result['itl_ms']['p99']} ms")
+        return result
+
+    await gen.open(healthy, "active", spread, gen.active_schedule(lifetime))
+    await asyncio.sleep(settle)
+    alone = await measured("alone")
+    burst = lambda: Schedule(time.monotonic(), spec["stalled_tokens"], 0.0, 0.0)  # noqa: E731
+    gen.recorder = Recorder()
+    gen.recorder.open_window(spec["fill_within"] + 1)
+    gen.stalled_socket = (spec["rcvbuf"], spec["mss"])
+    began = time.monotonic()
+    await gen.open(stalled, "stalled", 0.0, burst)
+    fill_s = await gen.calm(alone["server_busy"] + 0.1, spec["fill_within"])
+    gen.recorder.w1 = time.monotonic()
+    fill = {"fill_s": fill_s, "itl_ms": summary(gen.recorder.itl)}
+    fill["window_s"] = gen.recorder.w1 - began
+    if fill_s is None:
+        gen.warnings.append(f"stalled consumers kept the server busy > {spec['fill_within']:g} s")
+    with_stalled = await measured(f"{stalled} stalled")
+    await gen.close_all(settle)
+    ratio = lambda p99, base: p99 / base if p99 is not None and base else None  # noqa: E731
+    p99_alone = alone["itl_ms"]["p99"]
+    return {
+        "healthy_streams": healthy,
+        "stalled_consumers": stalled,
+        "alone": alone,
+        "fill": fill,
+        "stalled": with_stalled,
+        "p99_ratio": ratio(with_stalled["itl_ms"]["p99"], p99_alone),
+        "fill_p99_ratio": ratio(fill["itl_ms"]["p99"], p99_alone),
+        "rss_bytes_per_stalled": (with_stalled["rss_bytes"] - alone["rss_bytes"]) / stalled,
+    }
+
+
+async def phase_resume(gen: Generator, spec: dict[str, Any]) -> dict[str, Any]:
+    """tokenwire's resume. ``streams`` streams of ``tokens`` tokens at the job's rate (started
+    over ``spread`` s, detached: SSE ``POST /v1/streams`` with ``Accept: application/json``,
+    WebSocket ``generate``, both ``"on_disconnect": "detach"``). Each is dropped
+    ``disconnects`` times (after a random token count, at a random moment between tokens), and
+    resumed at once after the last seq seen on a new connection (SSE ``GET
+    /v1/streams/{id}/events`` with ``Last-Event-ID``; WebSocket ``resume``). ``gap_ms``:
+    disconnect -> the first token that had not arrived before; ``added_gap_ms``: the same from
+    that token's due time if it was due after the disconnect. Then to ``stream.end``:
+    ``lost_tokens`` (scheduled - received, each token counted once), ``duplicated_tokens``
+    (in events whose seq had been seen), ``inexact_streams`` (text != the scripted text); all
+    must be 0."""
+    tokens, disconnects, within = spec["tokens"], spec["disconnects"], spec["within"]
+    interval = 1 / gen.rate
+    rng = random.Random(spec.get("seed", 6))
+    gen.recorder = Recorder(latency=False)
+    gaps, added = array("d"), array("d")
+    counts = {"lost": 0, "duplicated": 0, "inexact": 0, "unfinished": 0}
+    finish_reasons: dict[str, int] = {}
+
+    async def one(number: int) -> None:
+        await asyncio.sleep(spec["spread"] * number / spec["streams"])
+        schedule = Schedule(time.monotonic(), tokens=tokens, ttft=0.0, interval=interval)
+        follow = Follow(schedule)
+        fields = {**request_fields(schedule), "on_disconnect": "detach"}
+        websocket = gen.client["protocol"] == "ws"
+        stream: Stream | None = None
+        try:
+            if websocket:
+                message = {"type": "generate", "request_id": str(number), **fields}
+                stream = gen.followed(number, follow, message)
+            else:
+                accept = {"Accept": "application/json"}
+                status, _, body = await http_request(
+                    gen.port, "POST", "/v1/streams", fields, accept
+                )
+                if status != 201:
+                    raise RuntimeError(f"POST /v1/streams: HTTP {status} {body[:200]!r}")
+                follow.start(json.loads(body)["stream_id"])
+                stream = gen.followed(number, follow, gen.events_request(follow.stream_id, None))
+            await gen.connect(stream)
+            points = sorted(rng.sample(range(1, tokens - 1), disconnects))
+            for point in points:
+                await follow.tokens(point, within)
+                await asyncio.sleep(rng.uniform(0, interval))
+                before, began = follow.received, time.monotonic()
+                stream.abandon()
+                assert follow.stream_id is not None
+                if websocket:
+                    message = {"type": "resume", "stream_id": follow.stream_id}
+                    stream = gen.followed(number, follow, {**message, "after_seq": follow.last_seq})
+                else:
+                    request = gen.events_request(follow.stream_id, follow.last_seq)
+                    stream = gen.followed(number, follow, request)
+                await gen.connect(stream)
+                first = await follow.tokens(before + 1, within)
+                gaps.append(first - began)
+                added.append(first - max(began, schedule.due(before)))
+            async with asyncio.timeout(tokens * interval + within):
+                await follow.ended
+        except (TimeoutError, RuntimeError) as exc:
+            counts["unfinished"] += 1
+            reason = f"resume {number}: {type(exc).__name__}: {exc}"
+            if stream is None:
+                gen.failures.append(reason)
+            else:
+                stream.fail(reason)
+            return
+        reason = str(follow.finish_reason)
+        finish_reasons[reason] = finish_reasons.get(reason, 0) + 1
+        counts["lost"] += tokens - follow.received
+        counts["duplicated"] += follow.duplicated
+        counts["inexact"] += "".join(follow.text) != scripted_text(tokens)
+
+    await asyncio.gather(*(one(number) for number in range(spec["streams"])))
+    gen.progress(phase="resume", detail=f"{len(gaps)} resumes")
+    await gen.close_all(spec["settle"])
+    return {
+        "streams": spec["streams"],
+        "resumes": len(gaps),
+        "gap_ms": summary(gaps),
+        "added_gap_ms": summary(added),
+        "lost_tokens": counts["lost"],
+        "duplicated_tokens": counts["duplicated"],
+        "inexact_streams": counts["inexact"],
+        "unfinished_streams": counts["unfinished"],
+        "finish_reasons": finish_reasons,
+    }
+
+
 PHASES: dict[str, Callable[[Generator, dict[str, Any]], Awaitable[dict[str, Any]]]] = {
     "memory": phase_memory,
     "latency": phase_load,
     "ramp": phase_load,
     "outpace": phase_outpace,
+    "cancel": phase_cancel,
+    "isolation": phase_isolation,
+    "resume": phase_resume,
 }
 
 

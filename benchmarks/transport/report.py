@@ -5,7 +5,9 @@ target ratios and the machine) and PNG plots drawn with matplotlib's Agg backend
 - ``cpu_per_token.png``: server and client CPU microseconds per delivered token (latency
   phase), and server CPU per token at each ramp step;
 - ``memory.png``: server RSS against idle connections and against active streams;
-- ``ramp.png``: added inter-token p99 at each ramp step, with the 50 ms line.
+- ``ramp.png``: added inter-token p99 at each ramp step, with the 50 ms line;
+- ``control.png``: cancel latency (client cancel -> generator stopped, p50 and p99) and the
+  healthy streams' added inter-token p99 without and with stalled consumers.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 KIB = 1024
 
-PLOTS = ("latency_cdf.png", "cpu_per_token.png", "memory.png", "ramp.png")
+PLOTS = ("latency_cdf.png", "cpu_per_token.png", "memory.png", "ramp.png", "control.png")
 
 # The issue's targets, as ratios of two rows measured in the same run.
 RATIOS = [
@@ -51,6 +53,11 @@ def row(name: str, server: dict[str, Any]) -> dict[str, Any]:
     step = (latency.get("steps") or [{}])[0]
     memory = phases.get("memory", {})
     outpace = phases.get("outpace", {})
+    cancel = phases.get("cancel", {})
+    message = cancel.get("cancel") or {}
+    isolation = phases.get("isolation", {})
+    resume = phases.get("resume")
+    per_stalled = isolation.get("rss_bytes_per_stalled")
     idle, active = (
         memory.get("idle_bytes_per_connection"),
         memory.get("active_bytes_per_connection"),
@@ -73,6 +80,23 @@ def row(name: str, server: dict[str, Any]) -> dict[str, Any]:
         "active_kib_per_connection": active / KIB if active is not None else None,
         "outpace_tokens_per_cpu_s": outpace.get("tokens_per_server_cpu_s"),
         "outpace_tokens_per_s": outpace.get("tokens_per_s"),
+        "disconnect_stop_ms": cancel.get("disconnect", {}).get("stop_ms", {}),
+        "not_stopped": sum(
+            (cancel.get(kind) or {}).get("not_stopped", 0) for kind in ("disconnect", "cancel")
+        ),
+        "cancel_end_ms": message.get("end_ms", {}),
+        "cancel_stop_ms": message.get("stop_ms", {}),
+        "isolation_alone_itl_ms": isolation.get("alone", {}).get("itl_ms", {}),
+        "isolation_fill_itl_ms": isolation.get("fill", {}).get("itl_ms", {}),
+        "isolation_stalled_itl_ms": isolation.get("stalled", {}).get("itl_ms", {}),
+        "isolation_p99_ratio": isolation.get("p99_ratio"),
+        "isolation_fill_p99_ratio": isolation.get("fill_p99_ratio"),
+        "isolation_fill_s": isolation.get("fill", {}).get("fill_s"),
+        "isolation_kib_per_stalled": per_stalled / KIB if per_stalled is not None else None,
+        "resume_gap_ms": (resume or {}).get("gap_ms", {}),
+        "resume_added_gap_ms": (resume or {}).get("added_gap_ms", {}),
+        "resume_lost_tokens": resume["lost_tokens"] if resume else None,
+        "resume_duplicated_tokens": resume["duplicated_tokens"] if resume else None,
         "failures": sum(p.get("failures", 0) for p in phases.values()),
         "text_mismatches": sum(p.get("text_mismatches", 0) for p in phases.values()),
         "warnings": [f"{n}: {w}" for n, p in phases.items() for w in p.get("warnings", [])],
@@ -129,6 +153,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {_num(r['idle_kib_per_connection'])} | {_num(r['active_kib_per_connection'])} "
             f"| {_num(r['outpace_tokens_per_cpu_s'], 0)} |"
         )
+    lines += ["", *control_table(results, rows)]
     lines += ["", "| ratio (same run) | target | measured |", "|---|---|---|"]
     for ratio in ratios({r["server"]: r for r in rows}):
         lines.append(f"| {ratio['label']} | {ratio['target']} | {_num(ratio['value'], 2)} |")
@@ -141,6 +166,11 @@ def markdown(results: dict[str, Any]) -> str:
             "whose text differed (see results.json)"
         )
     for r in rows:
+        if r["not_stopped"]:
+            lines.append(
+                f"- {r['server']}: {r['not_stopped']} cancelled streams whose generator was not "
+                f"seen to stop within {settings['cancel_within']:g} s"
+            )
         for warning in r["warnings"]:
             lines.append(f"- {r['server']}, {warning}")
     if costly:
@@ -148,6 +178,50 @@ def markdown(results: dict[str, Any]) -> str:
     lines.append("")
     lines.append("Plots: " + ", ".join(f"[{p}]({p})" for p in PLOTS))
     return "\n".join(lines) + "\n"
+
+
+def control_table(results: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """The Markdown lines of the cancel, slow-consumer and resume table ("n/a": the server has
+    no such thing, or it was not measured; none for results from before these phases)."""
+    settings = results["settings"]
+    if "cancels" not in settings:
+        return []
+    lines = [
+        f"Cancel: {settings['cancels']} cancels of each kind, {settings['cancel_concurrency']} "
+        "at a time, timed from the client's cancel to the server's token generator stopped "
+        "(disconnect: every server; cancel: tokenwire's explicit cancel, also to `stream.end`). "
+        f"Slow consumers: {settings['isolation_healthy']} healthy streams x {settings['rate']:g} "
+        f"tokens/s, added inter-token p99 alone, then with {settings['isolation_stalled']} "
+        "stalled consumers (never read; provider outpacing them) while the server fills their "
+        "buffers (fill: seconds until its CPU is back to the alone level) and after (steady); "
+        "the server's RSS growth per stalled consumer. Resume (tokenwire): "
+        f"{settings['resume_streams']} streams x "
+        f"{settings['resume_disconnects']} forced disconnects; gap = disconnect -> first token "
+        "not seen before (added: from its due time if later). Milliseconds.",
+        "",
+        "| server | disconnect -> stopped p50 / p99 | cancel -> stream.end p50 / p99 "
+        "| cancel -> stopped p50 / p99 | healthy p99 alone / fill / steady "
+        "| p99 ratio fill / steady | fill s | KiB per stalled | resume gap p50 / p99 "
+        "| added gap p50 / p99 | lost / duplicated |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lost, duplicated = r["resume_lost_tokens"], r["resume_duplicated_tokens"]
+        p99s = (r[f"isolation_{k}_itl_ms"].get("p99") for k in ("alone", "fill", "stalled"))
+        fill = _num(r["isolation_fill_s"], 2)
+        if r["isolation_fill_s"] is None and r["isolation_fill_itl_ms"]:  # not calm in time
+            fill = f"> {settings['isolation_fill_within']:g}"
+        lines.append(
+            f"| {r['server']} | {_ms(r['disconnect_stop_ms'], 'p50', 'p99')} "
+            f"| {_ms(r['cancel_end_ms'], 'p50', 'p99')} | {_ms(r['cancel_stop_ms'], 'p50', 'p99')} "
+            f"| {' / '.join(_num(p99, 2) for p99 in p99s)} "
+            f"| {_num(r['isolation_fill_p99_ratio'], 2)} / {_num(r['isolation_p99_ratio'], 2)} "
+            f"| {fill} | {_num(r['isolation_kib_per_stalled'])} "
+            f"| {_ms(r['resume_gap_ms'], 'p50', 'p99')} "
+            f"| {_ms(r['resume_added_gap_ms'], 'p50', 'p99')} "
+            f"| {'n/a' if lost is None else f'{lost} / {duplicated}'} |"
+        )
+    return lines
 
 
 def plots(results: dict[str, Any], out: Path) -> list[Path]:
@@ -239,6 +313,33 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
     ax.set_title("ramp")
     ax.legend(fontsize=8)
     paths.append(_save(fig, out / "ramp.png"))
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for offset, key, label in ((-0.2, "p50", "p50"), (0.2, "p99", "p99")):
+        axes[0].bar(
+            [x + offset for x in xs],
+            [r["disconnect_stop_ms"].get(key) or 0 for r in rows],
+            0.4,
+            label=f"disconnect -> stopped {label}",
+        )
+    axes[0].set_xticks(list(xs), [r["server"] for r in rows], rotation=20, fontsize=8)
+    axes[0].set_ylabel("milliseconds")
+    axes[0].set_title("cancel latency (client disconnect -> generator stopped)")
+    axes[0].legend(fontsize=8)
+    bars = (
+        (-0.27, "isolation_alone_itl_ms", "alone"),
+        (0.0, "isolation_fill_itl_ms", "stalled consumers filling"),
+        (0.27, "isolation_stalled_itl_ms", "stalled consumers, steady"),
+    )
+    for offset, key, label in bars:
+        p99s = [max(r[key].get("p99") or 0, 1e-2) for r in rows]  # log scale: floor 0.01 ms
+        axes[1].bar([x + offset for x in xs], p99s, 0.27, label=label)
+    axes[1].set_yscale("log")
+    axes[1].set_xticks(list(xs), [r["server"] for r in rows], rotation=20, fontsize=8)
+    axes[1].set_ylabel("healthy streams' added inter-token p99 (ms)")
+    axes[1].set_title("slow-consumer isolation")
+    axes[1].legend(fontsize=8)
+    paths.append(_save(fig, out / "control.png"))
     return paths
 
 

@@ -18,11 +18,18 @@ The baselines are written the way most projects stream tokens today, with nothin
 tokenwire itself runs its real app (:func:`tokenwire.app.create_app`, settings from the
 ``TOKENWIRE_*`` environment) with :class:`ScheduledScriptedProvider`, the scripted provider on
 the absolute schedule of :mod:`transport.source`.
+
+Every server, tokenwire included, also answers ``GET /active`` (:func:`active`): the token
+generators running in the process and when the last ones stopped, the same counter for all
+(:data:`transport.source.LIVE`). The cancel phase reads it to time client cancel -> generator
+stopped.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
@@ -39,7 +46,7 @@ from tokenwire.protocol.requests import GenerateParams
 from tokenwire.providers.base import Delta, Finish, Prompt, ProviderEvent
 from tokenwire.providers.scripted import ScriptedProvider
 from tokenwire.settings import Settings
-from transport.source import Schedule, scheduled_tokens
+from transport.source import LIVE, Schedule, scheduled_tokens
 
 # -- tokenwire ------------------------------------------------------------------------------
 
@@ -64,17 +71,44 @@ class ScheduledScriptedProvider(ScriptedProvider):
             schedule = Schedule(schedule.t0, params.max_tokens, schedule.ttft, schedule.interval)
         yield Prompt(1)
         produced = 0
-        async for text in scheduled_tokens(schedule):
-            produced += 1
-            yield Delta(text)
+        # aclosing: when tokenwire closes this provider stream, the token source stops with it
+        # (the Provider contract), not later when the garbage collector finds it.
+        async with aclosing(scheduled_tokens(schedule)) as tokens:
+            async for text in tokens:
+                produced += 1
+                yield Delta(text)
         yield Finish(FinishReason.STOP, Usage.of(1, produced))
 
 
 def tokenwire_app() -> Starlette:
-    """tokenwire's app, settings from ``TOKENWIRE_*``, on :class:`ScheduledScriptedProvider`."""
+    """tokenwire's app, settings from ``TOKENWIRE_*``, on :class:`ScheduledScriptedProvider`;
+    plus the benchmark's ``GET /active`` (:func:`active`), ahead of tokenwire's own routes."""
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
-    return create_app(settings, provider=ScheduledScriptedProvider.from_settings(settings))
+    app = create_app(settings, provider=ScheduledScriptedProvider.from_settings(settings))
+    app.router.routes.insert(0, _active_route())
+    return app
+
+
+# -- every server ---------------------------------------------------------------------------
+
+
+async def active(request: Request) -> Response:
+    """``GET /active[?since=<time.monotonic() seconds>]`` -> ``{"active": count, "stopped":
+    [[t0, stopped_at], ...]}``: the running token generators of this process, and the stops
+    at or after ``since`` (see :class:`transport.source.LiveGenerators`); 400 for a bad
+    ``since``."""
+    try:
+        since = float(request.query_params.get("since", "0"))
+    except ValueError:
+        since = math.nan
+    if not math.isfinite(since):
+        return JSONResponse({"error": {"code": "invalid_request", "message": "since"}}, 400)
+    return JSONResponse(LIVE.report(since))
+
+
+def _active_route() -> Route:
+    return Route("/active", active, methods=["GET"])
 
 
 # -- baselines ------------------------------------------------------------------------------
@@ -130,17 +164,21 @@ async def _websocket(websocket: WebSocket) -> None:
 
 def baseline_streaming() -> Starlette:
     """Baseline (a): ``POST /stream`` -> ``StreamingResponse`` of ``data: {token}\\n\\n``."""
-    return Starlette(routes=[Route("/stream", _streaming, methods=["POST"]), _health_route()])
+    return Starlette(
+        routes=[Route("/stream", _streaming, methods=["POST"]), _health_route(), _active_route()]
+    )
 
 
 def baseline_sse_starlette() -> Starlette:
     """Baseline (b): ``POST /sse`` -> sse-starlette ``EventSourceResponse``."""
-    return Starlette(routes=[Route("/sse", _sse_starlette, methods=["POST"]), _health_route()])
+    return Starlette(
+        routes=[Route("/sse", _sse_starlette, methods=["POST"]), _health_route(), _active_route()]
+    )
 
 
 def baseline_websocket() -> Starlette:
     """Baseline (c): WebSocket ``/ws``: one JSON request, then one ``send_text`` per token."""
-    return Starlette(routes=[WebSocketRoute("/ws", _websocket), _health_route()])
+    return Starlette(routes=[WebSocketRoute("/ws", _websocket), _health_route(), _active_route()])
 
 
 def _health_route() -> Route:

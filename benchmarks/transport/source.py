@@ -28,6 +28,13 @@ against :func:`~tokenwire.providers.scripted.scripted_text`.
 The schedule travels as the compact JSON content of the request's single user message, in the
 same body for every server: ``{"messages": [{"role": "user", "content": "<schedule JSON>"}],
 "max_tokens": tokens}`` (POST body, or the fields of the WebSocket ``generate`` message).
+
+Every server also tells when it stopped a stream, the same way for all: :data:`LIVE` counts the
+running :func:`scheduled_tokens` iterators and keeps, for the last :data:`KEPT_STOPS` that
+stopped, the schedule's ``t0`` (which names the stream: the client made it) and the server's
+``time.monotonic()`` at the stop. Each server under test serves it as ``GET /active``
+(:func:`transport.servers.active`), so the cancel phase measures client cancel -> server-side
+generator stopped on the one clock, with no polling error.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -92,17 +100,54 @@ def request_fields(schedule: Schedule) -> dict[str, Any]:
     }
 
 
+KEPT_STOPS = 4096  # stops that :data:`LIVE` remembers
+
+
+class LiveGenerators:
+    """How many :func:`scheduled_tokens` iterators run in this process, and when the last
+    :data:`KEPT_STOPS` of them stopped (``(t0, time.monotonic())`` pairs, seconds, oldest
+    first). Updated in the iterator's ``try``/``finally``: a stop is a normal end, a close or
+    a cancellation alike."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.stops: deque[tuple[float, float]] = deque(maxlen=KEPT_STOPS)
+
+    def started(self) -> None:
+        self.active += 1
+
+    def stopped(self, t0: float) -> None:
+        self.active -= 1
+        self.stops.append((t0, time.monotonic()))
+
+    def report(self, since: float = 0.0) -> dict[str, Any]:
+        """``{"active": count, "stopped": [[t0, stopped_at], ...]}``: the stops at or after
+        ``since`` (``time.monotonic()`` seconds)."""
+        return {
+            "active": self.active,
+            "stopped": [[t0, at] for t0, at in self.stops if at >= since],
+        }
+
+
+LIVE = LiveGenerators()
+
+
 async def scheduled_tokens(schedule: Schedule) -> AsyncIterator[str]:
     """Yield the text of each token at its deadline (see the module docstring). Closing the
-    iterator stops it at once (it holds nothing but a sleep)."""
+    iterator stops it at once (it holds nothing but a sleep); :data:`LIVE` counts it from the
+    first ``__anext__`` to its end, close or cancellation."""
     monotonic = time.monotonic
-    for index in range(schedule.tokens):
-        due = schedule.due(index)
-        # A loop, not one sleep: uvloop's millisecond timers can wake up to ~1 ms early.
-        delay = due - monotonic()
-        if delay <= 0:
-            await asyncio.sleep(0)
-        while delay > 0:
-            await asyncio.sleep(delay)
+    LIVE.started()
+    try:
+        for index in range(schedule.tokens):
+            due = schedule.due(index)
+            # A loop, not one sleep: uvloop's millisecond timers can wake up to ~1 ms early.
             delay = due - monotonic()
-        yield scripted_token(index)
+            if delay <= 0:
+                await asyncio.sleep(0)
+            while delay > 0:
+                await asyncio.sleep(delay)
+                delay = due - monotonic()
+            yield scripted_token(index)
+    finally:
+        LIVE.stopped(schedule.t0)

@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 TOKENWIRE = Path(sys.executable).with_name("tokenwire")
@@ -20,7 +21,10 @@ SERVERS = [
     "baseline-sse-starlette",
     "baseline-websocket",
 ]
+TOKENWIRE_SERVERS = {"tokenwire-sse", "tokenwire-ws"}  # servers with an explicit cancel and resume
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+STATS = {"count", "p50", "p99", "p999", "max"}
+PLOTS = ("latency_cdf.png", "cpu_per_token.png", "memory.png", "ramp.png", "control.png")
 
 
 def bench(*args: str, cwd: Path = REPO, timeout: float = 240) -> subprocess.CompletedProcess[str]:
@@ -45,9 +49,11 @@ def test_smoke_profile_writes_results_for_every_server(tmp_path: Path) -> None:
     assert results["profile"] == "smoke"
     assert {"cpu", "cpus", "python", "versions"} <= set(results["machine"])
     assert list(results["servers"]) == SERVERS
+    settings = results["settings"]
     for name, server in results["servers"].items():
         phases = server["phases"]
-        assert set(phases) == {"memory", "latency", "ramp", "outpace"}, name
+        expected = {"memory", "latency", "ramp", "outpace", "cancel", "isolation"}
+        assert set(phases) == expected | ({"resume"} if name in TOKENWIRE_SERVERS else set()), name
         for phase in phases.values():
             assert phase["failures"] == 0, (name, phase["failure_examples"])
             assert phase["text_mismatches"] == 0, name
@@ -65,21 +71,82 @@ def test_smoke_profile_writes_results_for_every_server(tmp_path: Path) -> None:
         points = results["settings"]["memory_steps"] + 1  # and the one before any was opened
         assert len(memory["points"]["idle"]) == len(memory["points"]["active"]) == points
         assert phases["outpace"]["tokens"] > 0, name
+        check_cancel(name, phases["cancel"], settings)
+        check_isolation(name, phases["isolation"], settings)
+        if name in TOKENWIRE_SERVERS:
+            check_resume(name, phases["resume"], settings)
         row = results["summary"]["rows"][name]
         assert {"server_cpu_us_per_token", "max_streams", "idle_kib_per_connection"} <= set(row)
+        assert {"disconnect_stop_ms", "isolation_p99_ratio", "resume_gap_ms"} <= set(row)
+        assert (row["resume_lost_tokens"] is None) == (name not in TOKENWIRE_SERVERS), name
     assert len(results["summary"]["ratios"]) == 3
 
     table = (out / "results.md").read_text()
+    main, control_table = table.split("| server | disconnect -> stopped", 1)
     for name in SERVERS:
-        assert sum(line.startswith(f"| {name} |") for line in table.splitlines()) == 1, name
+        assert sum(line.startswith(f"| {name} |") for line in main.splitlines()) == 1, name
     assert "| ratio (same run) | target | measured |" in table
+    control = control_table.split("| ratio (same run)", 1)[0].splitlines()
+    for name in SERVERS:  # one row each in the cancel / slow-consumer / resume table
+        (line,) = [line for line in control if line.startswith(f"| {name} |")]
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        assert len(cells) == 11, line
+        assert (cells[-1] == "n/a") == (name not in TOKENWIRE_SERVERS), line  # lost / duplicated
 
-    for plot in ("latency_cdf.png", "cpu_per_token.png", "memory.png", "ramp.png"):
+    for plot in PLOTS:
         data = (out / plot).read_bytes()
         assert data[:8] == PNG_SIGNATURE, plot
         width, height = struct.unpack(">II", data[16:24])  # the IHDR chunk
         assert width > 100 and height > 100, plot
     assert "client" in run.stdout and "µs/token" in run.stdout
+
+
+def check_cancel(name: str, cancel: dict[str, Any], settings: dict[str, Any]) -> None:
+    """Every server: client disconnect -> generator stopped, each sample timed; tokenwire:
+    also its explicit cancel, each ending in stream.end (finish_reason cancelled)."""
+    kinds = ["disconnect", "cancel"] if name in TOKENWIRE_SERVERS else ["disconnect"]
+    for kind in kinds:
+        result = cancel[kind]
+        assert result["samples"] == settings["cancels"], (name, kind)
+        assert set(result["stop_ms"]) == STATS, (name, kind)
+        assert result["stop_ms"]["count"] + result["not_stopped"] == settings["cancels"]
+        assert result["stop_ms"]["count"] > 0, (name, kind)
+        assert result["stop_ms"]["p50"] >= 0, (name, kind)  # the stop follows the cancel
+    if name in TOKENWIRE_SERVERS:
+        assert cancel["cancel"]["end_ms"]["count"] == settings["cancels"], name
+        assert cancel["cancel"]["not_cancelled"] == 0, name
+    else:
+        assert cancel["cancel"] is None, name
+    assert cancel["active_polls"] > 0, name
+
+
+def check_isolation(name: str, isolation: dict[str, Any], settings: dict[str, Any]) -> None:
+    """Healthy streams measured alone and with stalled consumers; RSS per stalled consumer."""
+    assert isolation["healthy_streams"] == settings["isolation_healthy"], name
+    assert isolation["stalled_consumers"] == settings["isolation_stalled"], name
+    for key in ("alone", "stalled"):
+        window = isolation[key]
+        assert set(window["itl_ms"]) == STATS and window["itl_ms"]["count"] > 0, (name, key)
+        assert window["healthy_open"] == settings["isolation_healthy"], (name, key)
+        assert isinstance(window["rss_bytes"], int) and window["rss_bytes"] > 0, (name, key)
+    fill = isolation["fill"]
+    assert set(fill["itl_ms"]) == STATS and fill["window_s"] > 0, name
+    assert fill["fill_s"] is None or 0 <= fill["fill_s"] <= settings["isolation_fill_within"]
+    for key in ("p99_ratio", "fill_p99_ratio"):
+        assert isinstance(isolation[key], float) and isolation[key] > 0, (name, key)
+    assert isinstance(isolation["rss_bytes_per_stalled"], float), name
+
+
+def check_resume(name: str, resume: dict[str, Any], settings: dict[str, Any]) -> None:
+    """Every forced disconnect resumed, nothing lost or duplicated, every text exact."""
+    assert resume["streams"] == settings["resume_streams"], name
+    assert resume["resumes"] == settings["resume_streams"] * settings["resume_disconnects"]
+    for key in ("gap_ms", "added_gap_ms"):
+        assert set(resume[key]) == STATS and resume[key]["count"] == resume["resumes"], name
+        assert resume[key]["p50"] >= 0, (name, key)
+    assert resume["lost_tokens"] == resume["duplicated_tokens"] == 0, name
+    assert resume["inexact_streams"] == resume["unfinished_streams"] == 0, name
+    assert sum(resume["finish_reasons"].values()) == settings["resume_streams"], name
 
 
 def test_bench_outside_a_checkout_says_where_to_run_it(tmp_path: Path) -> None:
