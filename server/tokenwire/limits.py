@@ -252,13 +252,13 @@ class StreamGuard:
 
     def live(self) -> list[Generation]:
         """The tracked generations that have not ended yet."""
-        return [g for g in list(self._owner) if not g.ended.is_set()]
+        return [g for g in list(self._owner) if not g.ended]
 
     def count(self, key_id: str | None = None, *, per_key: bool = False) -> int:
         return sum(
             1
             for g, owner in list(self._owner.items())
-            if not g.ended.is_set() and (not per_key or owner == key_id)
+            if not g.ended and (not per_key or owner == key_id)
         )
 
     def admit(self, key_id: str | None) -> None:

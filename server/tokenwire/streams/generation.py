@@ -112,7 +112,7 @@ class Generation:
         self.created = time.time()
         self.started_at = time.monotonic()
         self.first_token_at: float | None = None
-        self.ended = asyncio.Event()
+        self._ended: asyncio.Future[None] | None = None  # made by wait(), if anyone waits
         self.subscriptions: list[Subscription] = []
         self.remote_readers = 0  # readers attached through the log from other processes
         self._on_ended = on_ended
@@ -259,9 +259,18 @@ class Generation:
         """The usage counted so far (the final one once the stream has ended)."""
         return self.usage or Usage.of(self.prompt_tokens, self.completion_tokens)
 
+    @property
+    def ended(self) -> bool:
+        """Whether ``stream.end`` has been published."""
+        return self.state is GenerationState.ENDED
+
     async def wait(self) -> None:
         """Wait until ``stream.end`` has been published."""
-        await self.ended.wait()
+        if self.state is GenerationState.ENDED:
+            return
+        if self._ended is None:  # made on demand: most streams are never waited for
+            self._ended = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._ended)
 
     # -- the run ------------------------------------------------------------------------------
 
@@ -396,7 +405,8 @@ class Generation:
     def _end(self) -> None:
         self.state = GenerationState.ENDED
         self._stop_grace()
-        self.ended.set()
+        if self._ended is not None and not self._ended.done():
+            self._ended.set_result(None)
         now = time.monotonic()
         ttft = None if self.first_token_at is None else self.first_token_at - self.started_at
         log.info(

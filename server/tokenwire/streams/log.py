@@ -27,10 +27,9 @@ Errors raised to callers: :class:`UnknownStream`, :class:`CursorExpired` (both a
 
 from __future__ import annotations
 
-import itertools
 import time
 from abc import ABC, abstractmethod
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from typing import ClassVar
 
@@ -76,14 +75,17 @@ class StreamRecord:
     """The kept events of one stream, oldest first, and their bounds' bookkeeping.
 
     Events come in with consecutive seqs (a generation numbers every event it logs), so the
-    kept ones are a window ``[first_seq, last_seq]`` in a deque: appending and dropping the
-    oldest cost O(1), and a snapshot is a slice found by arithmetic.
+    kept ones are the window ``[first_seq, last_seq]`` and a snapshot is a slice found by
+    arithmetic. Dropping the oldest event clears its slot and moves the window's start; the
+    list is compacted once the cleared slots outnumber the kept ones, so appending and
+    dropping cost amortized O(1).
     """
 
-    __slots__ = ("events", "size", "last_seq", "ended_at")
+    __slots__ = ("_events", "_first", "size", "last_seq", "ended_at")
 
     def __init__(self) -> None:
-        self.events: deque[Event] = deque()
+        self._events: list[Event | None] = []  # [_first:] are kept; before it, cleared slots
+        self._first = 0
         self.size = 0  # bytes, as counted by event_size
         self.last_seq = 0  # the seq of the newest event ever appended
         self.ended_at: float | None = None  # time.monotonic() of stream.end
@@ -92,6 +94,14 @@ class StreamRecord:
     def ended(self) -> bool:
         return self.ended_at is not None
 
+    @property
+    def events(self) -> list[Event]:
+        """The kept events, oldest first (a copy)."""
+        return self._events[self._first :]  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return len(self._events) - self._first
+
     def add(self, event: Event, max_events: int, max_bytes: int) -> None:
         """Keep ``event`` and drop the oldest events beyond the bounds.
 
@@ -99,12 +109,19 @@ class StreamRecord:
         seq = event.seq  # type: ignore[union-attr]  # log events are numbered
         if seq != self.last_seq + 1:
             raise ValueError(f"seq {seq} does not follow {self.last_seq}")
-        events = self.events
+        events = self._events
         events.append(event)
         self.last_seq = seq
         self.size += event_size(event)
-        while len(events) > max_events or (self.size > max_bytes and len(events) > 1):
-            self.size -= event_size(events.popleft())
+        while len(events) - self._first > max_events or (
+            self.size > max_bytes and len(events) - self._first > 1
+        ):
+            self.size -= event_size(events[self._first])  # type: ignore[arg-type]
+            events[self._first] = None
+            self._first += 1
+        if self._first > 32 and self._first * 2 > len(events):
+            del events[: self._first]
+            self._first = 0
         if event.__class__ is StreamEnd:
             self.ended_at = time.monotonic()
 
@@ -119,12 +136,12 @@ class StreamRecord:
             raise CursorAhead(
                 f"cursor {after_seq} is ahead of stream {stream_id} (last seq {self.last_seq})"
             )
-        first_kept = self.last_seq - len(self.events) + 1
+        first_kept = self.last_seq - len(self) + 1
         if after_seq < first_kept - 1:
             raise CursorExpired(
                 f"events after seq {after_seq} of stream {stream_id} are no longer kept"
             )
-        return list(itertools.islice(self.events, after_seq - first_kept + 1, None))
+        return self._events[self._first + after_seq - first_kept + 1 :]  # type: ignore[return-value]
 
 
 class LogReader(ABC):

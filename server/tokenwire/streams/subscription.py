@@ -18,7 +18,7 @@ Memory held for a consumer that never reads is bounded by ``maxsize`` events plu
 ``coalesce``, one pending delta (whose text grows with what the provider produces, bounded by
 the stream's max_tokens).
 
-Why not ``asyncio.Queue``: with exactly one producer and one consumer, a deque and one waiter
+Why not ``asyncio.Queue``: with exactly one producer and one consumer, a list and one waiter
 future per side do the same job, and a token's hand-off (an append and, if the consumer sleeps,
 one ``set_result``) is the hottest line of the server. Closing wakes a blocked producer, which
 then drops its event: nobody will read it.
@@ -27,7 +27,6 @@ then drops its event: nobody will read it.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Callable
 
 from tokenwire.protocol.events import Event, StreamEnd, TextDelta
@@ -71,7 +70,7 @@ class Subscription:
         self.closed = False
         self.evicted = False
         self.coalesced = 0  # deltas merged into another (for metrics)
-        self._events: deque[Event] = deque()
+        self._events: list[Event] = []  # taken whole by the consumer: a list suffices
         self._pending: TextDelta | None = None  # coalesce: the merged overflow delta
         self._getter: asyncio.Future[None] | None = None  # the consumer waits for events
         self._putter: asyncio.Future[None] | None = None  # the producer waits for room
@@ -177,10 +176,9 @@ class Subscription:
                     self._getter = None
                 if not events:  # nudged, or evicted
                     return []
-        batch = list(events)
-        events.clear()
+        self._events = []
         self._room_made()
-        return batch
+        return events
 
     async def wait_full(self, within: float) -> None:
         """Wait up to ``within`` seconds, or less if the queue fills up (or the subscription is
@@ -201,8 +199,7 @@ class Subscription:
         """Take every event queued now, without waiting (``[]`` if none, or if evicted)."""
         if self.evicted or not self._events:
             return []
-        batch = list(self._events)
-        self._events.clear()
+        batch, self._events = self._events, []
         self._room_made()
         return batch
 
