@@ -58,7 +58,7 @@ class EventStreamResponse:
     response ends at once without ``stream.end``: the client reconnects after ``retry`` with
     its Last-Event-ID and resumes, on another worker.
 
-    The response's own task runs the :func:`pump`; one more task waits for ``http.disconnect``
+    The response's own task runs the pump; one more task waits for ``http.disconnect``
     and, when it comes first, stops the pump. That is two tasks per open stream (besides the
     generation), the fewest that ASGI allows: only ``receive()`` reports a disconnect.
     """
@@ -101,15 +101,13 @@ class EventStreamResponse:
             write_delay=self.write_delay,
         )
         listener = asyncio.create_task(_stop_on_disconnect(receive, delivery))
-        draining = self.draining is not None and self.draining.is_set()
+        # called soon if the drain has begun already: by then run() below is waiting
         unwatch = self.draining.watch(delivery.stop) if self.draining is not None else None
         if self.start is not None and self.start.state is GenerationState.CREATED:
             self.start.start()
         outcome: Detach = "disconnected"
         finish_response = False
         try:
-            if draining:
-                delivery.stop()
             ended = await delivery.run()
             if ended is Delivery.STOPPED:  # the client left, or the server drains
                 finish_response = self.draining is not None and self.draining.is_set()
