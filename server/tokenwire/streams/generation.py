@@ -287,7 +287,8 @@ class Generation:
         waiting = None
         for subscription in self.subscriptions:
             if not subscription.offer(event):
-                waiting = [*(waiting or ()), subscription]
+                waiting = waiting or []
+                waiting.append(subscription)
         return waiting
 
     def _next_seq(self) -> int:
@@ -331,7 +332,7 @@ class Generation:
                         self.completion_tokens += item.tokens
                         self.seq += 1
                         delta = TextDelta(stream_id=self.stream_id, seq=self.seq, delta=item.text)
-                        waiting = self._offer(delta)
+                        waiting = self._offer(delta)  # _publish, inlined: the per-token path
                         if waiting:
                             await _put(waiting, delta)
                     elif isinstance(item, Prompt):

@@ -176,9 +176,7 @@ class Subscription:
                     self._getter = None
                 if not events:  # nudged, or evicted
                     return []
-        self._events = []
-        self._room_made()
-        return events
+        return self._take_all()
 
     async def wait_full(self, within: float) -> None:
         """Wait up to ``within`` seconds, or less if the queue fills up (or the subscription is
@@ -199,6 +197,9 @@ class Subscription:
         """Take every event queued now, without waiting (``[]`` if none, or if evicted)."""
         if self.evicted or not self._events:
             return []
+        return self._take_all()
+
+    def _take_all(self) -> list[Event]:
         batch, self._events = self._events, []
         self._room_made()
         return batch
