@@ -191,3 +191,53 @@ async def test_queue_depth_is_read_at_scrape_time():
         while not ends_stream(events):
             events += await subscription.get_batch()
         assert value(await scrape(http), "tokenwire_queue_depth_events", transport="sse") == 0
+
+
+def test_per_write_tallies_export_what_prometheus_histograms_would():
+    """The hot-path tallies (plain ints, no lock) must scrape exactly like prometheus_client's
+    own Histogram fed the same observations: same buckets, count and sum."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from tokenwire.metrics import INTER_TOKEN_BUCKETS
+
+    observations = [0.0, 0.0005, 0.001, 0.0011, 0.003, 0.05, 0.7, 5.0, 7.5, 120.0]
+    metrics = Metrics()
+    tally = metrics.tallies.of("sse")
+    reference_registry = CollectorRegistry()
+    reference = Histogram(
+        "tokenwire_inter_token_seconds",
+        "reference",
+        ["transport"],
+        buckets=INTER_TOKEN_BUCKETS,
+        registry=reference_registry,
+    )
+    for seconds in observations:
+        tally.inter_token.observe(seconds)
+        reference.labels("sse").observe(seconds)
+
+    def histogram_samples(text: str) -> Samples:
+        return {
+            key: sample
+            for key, sample in parse(text).items()
+            if key[0].startswith("tokenwire_inter_token_seconds_")
+            and not key[0].endswith("_created")
+        }
+
+    ours = histogram_samples(metrics.render().decode())
+    expected = histogram_samples(generate_latest(reference_registry).decode())
+    assert ours == expected
+    assert value(ours, "tokenwire_inter_token_seconds_count", transport="sse") == 10
+    assert value(ours, "tokenwire_inter_token_seconds_bucket", transport="sse", le="0.001") == 3
+
+
+def test_delivered_events_are_counted_by_type():
+    metrics = Metrics()
+    tally = metrics.tallies.of("websocket")
+    tally.deltas += 5
+    tally.delivered("stream.start")
+    tally.delivered("stream.end")
+    tally.delivered("stream.end")
+    samples = parse(metrics.render().decode())
+    for event_type, count in (("text.delta", 5), ("stream.start", 1), ("stream.end", 2)):
+        labels = {"transport": "websocket", "type": event_type}
+        assert value(samples, "tokenwire_events_delivered_total", **labels) == count

@@ -154,6 +154,7 @@ class TokenwireApp:
             send_timeout=self.settings.send_timeout,
             write_delay=self.settings.write_delay,
             draining=self.registry.draining,
+            connections=self.guards.metrics.connections_open.labels("sse"),
             **options,
         )
 
@@ -238,7 +239,11 @@ class TokenwireApp:
 
     async def websocket(self, websocket: WebSocket) -> None:
         session = WebSocketSession(
-            websocket, self.scoped(websocket), self.settings, limit_params=self.limit_params
+            websocket,
+            self.scoped(websocket),
+            self.settings,
+            limit_params=self.limit_params,
+            connections=self.guards.metrics.connections_open.labels("websocket"),
         )
         await session.run()
 

@@ -21,7 +21,7 @@ from starlette.websockets import WebSocket
 from tokenwire.errors import InvalidRequest, TokenwireError, Unauthorized
 from tokenwire.keys import TOKEN_PREFIX
 from tokenwire.limits import ConnectionLimiter, LimitsMiddleware, ScopedRegistry, StreamGuard
-from tokenwire.metrics import ConnectionMetricsMiddleware, Metrics
+from tokenwire.metrics import Metrics
 from tokenwire.security import (
     STATUS,
     Authenticator,
@@ -65,8 +65,10 @@ class Guards:
         return routes
 
     def middleware(self) -> list[Middleware]:
-        """Outermost first: CORS (answers preflights; only with an allowlist), connection
-        metrics, Origin + authentication + WebSocket connection limits, sizes."""
+        """Outermost first: CORS (answers preflights; only with an allowlist), Origin +
+        authentication + WebSocket connection limits, sizes. (Open connections are counted by
+        the SSE response and the WebSocket session themselves, not by a wrapper of every
+        ``send``.)"""
         settings = self.settings
         stack = []
         if settings.allowed_origins:
@@ -86,7 +88,6 @@ class Guards:
                 )
             )
         stack += [
-            Middleware(ConnectionMetricsMiddleware, metrics=self.metrics),
             Middleware(
                 SecurityMiddleware,
                 authenticator=self.auth,

@@ -249,17 +249,16 @@ class StreamGuard:
         self.auth = authenticator
         self.metrics = metrics
         self._owner: weakref.WeakKeyDictionary[Generation, str | None] = weakref.WeakKeyDictionary()
+        self._live = 0  # tracked generations that have not ended
+        self._live_per_key: defaultdict[str | None, int] = defaultdict(int)
 
     def live(self) -> list[Generation]:
         """The tracked generations that have not ended yet."""
         return [g for g in list(self._owner) if not g.ended]
 
     def count(self, key_id: str | None = None, *, per_key: bool = False) -> int:
-        return sum(
-            1
-            for g, owner in list(self._owner.items())
-            if not g.ended and (not per_key or owner == key_id)
-        )
+        """Live tracked streams: of the process, or (``per_key``) of ``key_id``. O(1)."""
+        return self._live_per_key.get(key_id, 0) if per_key else self._live
 
     def admit(self, key_id: str | None) -> None:
         """Raise :class:`RateLimited` if one more stream would exceed a limit."""
@@ -280,6 +279,15 @@ class StreamGuard:
 
     def track(self, generation: Generation, key_id: str | None) -> None:
         self._owner[generation] = key_id
+        self._live += 1
+        self._live_per_key[key_id] += 1
+        generation.when_ended(lambda _: self._ended(key_id))
+
+    def _ended(self, key_id: str | None) -> None:
+        self._live -= 1
+        self._live_per_key[key_id] -= 1
+        if not self._live_per_key[key_id]:
+            del self._live_per_key[key_id]
 
     def owner(self, generation: Generation) -> str | None:
         return self._owner.get(generation)

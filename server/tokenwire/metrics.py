@@ -34,15 +34,16 @@ it calls once at its end, and :func:`tokenwire.transports.base.pump` asks it for
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import choose_encoder, generate_latest
+from prometheus_client.utils import floatToGoString
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenwire.protocol.events import ErrorEvent, TextDelta
 
@@ -120,12 +121,6 @@ class Metrics(StreamObserver):
         self.tokens = Counter(
             "tokenwire_tokens", "Completion tokens of ended streams.", ["transport"], registry=r
         )
-        self.events_delivered = Counter(
-            "tokenwire_events_delivered",
-            "Events written to clients.",
-            ["transport", "type"],
-            registry=r,
-        )
         self.ttft = Histogram(
             "tokenwire_ttft_seconds",
             "Time from a stream's creation to its first text written to a client.",
@@ -133,20 +128,8 @@ class Metrics(StreamObserver):
             buckets=TTFT_BUCKETS,
             registry=r,
         )
-        self.inter_token = Histogram(
-            "tokenwire_inter_token_seconds",
-            "Time between consecutive writes carrying text, per subscriber.",
-            ["transport"],
-            buckets=INTER_TOKEN_BUCKETS,
-            registry=r,
-        )
-        self.batch = Histogram(
-            "tokenwire_delivery_batch_events",
-            "Events per write: how deep a subscriber's queue was when drained.",
-            ["transport"],
-            buckets=BATCH_BUCKETS,
-            registry=r,
-        )
+        # written per write: tallied in plain ints, turned into metrics when scraped (_Tallies)
+        self.tallies = _Tallies()
         self.coalesced = Counter(
             "tokenwire_coalesced",
             "Text deltas merged (overflow=coalesce).",
@@ -176,6 +159,7 @@ class Metrics(StreamObserver):
             "tokenwire_limited", "Streams refused by a concurrency limit.", ["limit"], registry=r
         )
         r.register(_QueueDepth(self))
+        r.register(self.tallies)
 
     # -- hooks ------------------------------------------------------------------------------
 
@@ -224,8 +208,8 @@ class Metrics(StreamObserver):
 
 
 class _Delivery(DeliveryObserver):
-    """Per-subscriber hooks on the hot path: the labelled children are looked up once, and a
-    batch costs one observation per metric, not one per event."""
+    """Per-subscriber hooks on the hot path: a write costs a few integer additions (see
+    :class:`_Tallies`), whatever the number of events in it."""
 
     def __init__(
         self,
@@ -241,26 +225,25 @@ class _Delivery(DeliveryObserver):
         self.transport = transport = generation.transport
         self.last_text: float | None = time.monotonic() if resumed else None
         self.coalesced = 0
-        self._batch = metrics.batch.labels(transport)
-        self._deltas = metrics.events_delivered.labels(transport, "text.delta")
+        self._tally = metrics.tallies.of(transport)
         self._ttft = metrics.ttft.labels(transport)
-        self._inter_token = metrics.inter_token.labels(transport)
 
     def sent(self, events: list[Any]) -> None:
-        self._batch.observe(len(events))
+        tally = self._tally
+        tally.batch.observe(len(events))
         deltas = 0
         for event in events:
-            if isinstance(event, TextDelta):
+            if event.__class__ is TextDelta:
                 deltas += 1
             else:
-                self.metrics.events_delivered.labels(self.transport, event.type).inc()
+                tally.delivered(event.type)
         if deltas:
-            self._deltas.inc(deltas)
+            tally.deltas += deltas
             now = time.monotonic()
             if self.last_text is None:
                 self._ttft.observe(now - self.generation.started_at)
             else:
-                self._inter_token.observe(now - self.last_text)
+                tally.inter_token.observe(now - self.last_text)
             self.last_text = now
         coalesced = self.subscription.coalesced
         if coalesced > self.coalesced:
@@ -269,6 +252,94 @@ class _Delivery(DeliveryObserver):
 
     def evicted(self) -> None:
         self.metrics.evictions.labels(self.transport).inc()
+
+
+class _Buckets:
+    """A histogram's observations as per-bucket counts (``le`` bounds, then +Inf) and a sum."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # the first bound >= value
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        total, buckets = 0, []
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            total += count
+            buckets.append((floatToGoString(bound), total))
+        return buckets
+
+
+class _Tally:
+    """One transport's per-write numbers."""
+
+    __slots__ = ("deltas", "other_events", "batch", "inter_token")
+
+    def __init__(self) -> None:
+        self.deltas = 0  # text deltas written
+        self.other_events: dict[str, int] = {}  # other events written, by type
+        self.batch = _Buckets(BATCH_BUCKETS)
+        self.inter_token = _Buckets(INTER_TOKEN_BUCKETS)
+
+    def delivered(self, event_type: str) -> None:
+        self.other_events[event_type] = self.other_events.get(event_type, 0) + 1
+
+
+class _Tallies:
+    """The metrics updated on every write, kept as plain ints and floats per transport and
+    exported when scraped: ``tokenwire_events_delivered_total``,
+    ``tokenwire_delivery_batch_events`` and ``tokenwire_inter_token_seconds``.
+
+    Why not prometheus_client's ``Counter`` and ``Histogram``: each of their updates takes a
+    lock (they may be updated from any thread), and at one write per token those three updates
+    cost about a tenth of the server's CPU (py-spy). Here every update happens on the event
+    loop's thread, so none is needed; a scrape (also on that thread) reads a consistent
+    state."""
+
+    def __init__(self) -> None:
+        self._by_transport: dict[str, _Tally] = {}
+
+    def of(self, transport: str) -> _Tally:
+        tally = self._by_transport.get(transport)
+        if tally is None:
+            tally = self._by_transport[transport] = _Tally()
+        return tally
+
+    def describe(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        return self._families()
+
+    def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        return self._families()
+
+    def _families(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        delivered = CounterMetricFamily(
+            "tokenwire_events_delivered", "Events written to clients.", labels=["transport", "type"]
+        )
+        batch = HistogramMetricFamily(
+            "tokenwire_delivery_batch_events",
+            "Events per write: how deep a subscriber's queue was when drained.",
+            labels=["transport"],
+        )
+        inter_token = HistogramMetricFamily(
+            "tokenwire_inter_token_seconds",
+            "Time between consecutive writes carrying text, per subscriber.",
+            labels=["transport"],
+        )
+        for transport, tally in sorted(self._by_transport.items()):
+            delivered.add_metric([transport, "text.delta"], tally.deltas)
+            for event_type, count in sorted(tally.other_events.items()):
+                delivered.add_metric([transport, event_type], count)
+            for family, buckets in ((batch, tally.batch), (inter_token, tally.inter_token)):
+                family.add_metric([transport], buckets.cumulative(), sum_value=buckets.sum)
+        yield delivered
+        yield batch
+        yield inter_token
 
 
 class _QueueDepth:
@@ -293,42 +364,3 @@ class _QueueDepth:
         for transport, value in sorted(depth.items()):
             family.add_metric([transport], value)
         yield family
-
-
-class ConnectionMetricsMiddleware:
-    """Counts open WebSockets (from accept to the end) and open SSE responses (from a
-    ``text/event-stream`` response start to the end) in ``tokenwire_connections_open``."""
-
-    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
-        self.app = app
-        self.gauge = metrics.connections_open
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
-        opened: str | None = None
-
-        async def counting_send(message: Message) -> None:
-            nonlocal opened
-            if opened is None and _opens(message):
-                opened = "websocket" if scope["type"] == "websocket" else "sse"
-                self.gauge.labels(opened).inc()
-            await send(message)
-
-        try:
-            await self.app(scope, receive, counting_send)
-        finally:
-            if opened is not None:
-                self.gauge.labels(opened).dec()
-
-
-def _opens(message: Message) -> bool:
-    if message["type"] == "websocket.accept":
-        return True
-    if message["type"] != "http.response.start":
-        return False
-    for name, value in message.get("headers", []):
-        if name.lower() == b"content-type" and value.startswith(b"text/event-stream"):
-            return True
-    return False

@@ -5,6 +5,7 @@ window, and the drain signal."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
 
@@ -27,7 +28,7 @@ from tokenwire.protocol.events import (
 from tokenwire.streams.log import CursorExpired, MemoryStreamLog, StreamRecord
 from tokenwire.streams.registry import Attachment, DrainSignal
 from tokenwire.streams.subscription import Subscription
-from tokenwire.transports.base import Delivery, Pump, Transport, merge_deltas
+from tokenwire.transports.base import Delivery, Pump, SendTimeout, Transport, merge_deltas
 
 
 class _DeltaModel(BaseModel):
@@ -215,11 +216,122 @@ async def test_a_cancel_from_outside_is_not_taken_for_a_stop():
         await pump_task
 
 
+# -- writing at once, in the producer's step --------------------------------------------------
+
+
+class Gate(Transport):
+    """A transport whose writes wait for ``opened`` (a client that reads slowly) when
+    ``closed_gate``, and fail with ``OSError`` when ``gone``."""
+
+    name = "gate"
+
+    def __init__(self) -> None:
+        self.opened = asyncio.Event()
+        self.closed_gate = False
+        self.gone = False
+        self.writes: list[list[Event]] = []
+        self.abandoned = 0
+
+    async def send_events(self, events: list[Event]) -> None:
+        if self.gone:
+            raise OSError("client gone")
+        try:
+            if self.closed_gate:
+                await self.opened.wait()
+        except GeneratorExit:
+            self.abandoned += 1
+            raise
+        self.writes.append(list(events))
+
+    async def send_heartbeat(self) -> None:
+        pass
+
+
+async def started_pump(transport: Transport, **options) -> tuple[Subscription, asyncio.Task]:
+    subscription = Subscription("s", maxsize=8)
+    task = asyncio.create_task(Pump(Attachment("s", [], subscription), transport, **options).run())
+    await asyncio.sleep(0.01)  # the pump waits for events
+    return subscription, task
+
+
+async def test_a_waiting_pump_s_delta_is_written_in_the_producer_s_step():
+    gate = Gate()
+    subscription, pump = await started_pump(gate)
+    assert subscription.offer(delta(1, "a"))
+    assert gate.writes == [[delta(1, "a")]]  # before the pump's task ran again
+    assert subscription.depth == 0
+    subscription.offer(end(2))  # not a delta: the pump writes it
+    assert gate.writes == [[delta(1, "a")]]
+    assert await asyncio.wait_for(pump, 1) is Delivery.ENDED
+    assert gate.writes == [[delta(1, "a")], [end(2)]]
+
+
+async def test_a_write_that_must_wait_goes_to_the_pump_and_order_holds():
+    gate = Gate()
+    gate.closed_gate = True
+    subscription, pump = await started_pump(gate)
+    assert subscription.offer(delta(1, "a"))  # started, then handed over: the producer goes on
+    for seq in (2, 3):
+        assert subscription.offer(delta(seq, "b"))  # queued behind it
+    await asyncio.sleep(0.02)
+    assert gate.writes == []
+    gate.opened.set()
+    subscription.offer(end(4))
+    assert await asyncio.wait_for(pump, 1) is Delivery.ENDED
+    assert gate.writes[0] == [delta(1, "a")]  # first, as begun
+    assert [e for write in gate.writes[1:] for e in write] == [delta(3, "bb"), end(4)]
+
+
+async def test_a_write_handed_over_still_has_the_send_timeout():
+    gate = Gate()
+    gate.closed_gate = True
+    subscription, pump = await started_pump(gate, send_timeout=0.1)
+    subscription.offer(delta(1))
+    with pytest.raises(SendTimeout):
+        await asyncio.wait_for(pump, 2)
+    assert gate.abandoned == 0  # cancelled where it waited, not left suspended
+    assert subscription.deliver is None
+
+
+async def test_a_failed_write_in_the_producer_s_step_is_raised_by_the_pump():
+    gate = Gate()
+    gate.gone = True
+    subscription, pump = await started_pump(gate)
+    assert subscription.offer(delta(1))  # the producer never sees the error
+    with pytest.raises(OSError, match="client gone"):
+        await asyncio.wait_for(pump, 1)
+
+
+async def test_a_stopped_pump_abandons_the_write_it_was_handed():
+    gate = Gate()
+    gate.closed_gate = True
+    subscription = Subscription("s")
+    pump = Pump(Attachment("s", [], subscription), gate)
+    run = asyncio.create_task(pump.run())
+    await asyncio.sleep(0.01)
+    subscription.offer(delta(1))
+    pump.stop()  # before the pump took the write over
+    assert await asyncio.wait_for(run, 1) is Delivery.STOPPED
+    assert gate.abandoned == 1 and gate.writes == []
+
+
+async def test_inside_the_write_window_the_pump_gathers_instead():
+    gate = Gate()
+    subscription, pump = await started_pump(gate, write_delay=0.2)
+    subscription.offer(delta(1, "a"))
+    subscription.offer(delta(2, "b"))  # within the window: queued for the pump
+    subscription.offer(delta(3, "c"))
+    assert gate.writes == [[delta(1, "a")]]
+    subscription.offer(end(4))
+    assert await asyncio.wait_for(pump, 2) is Delivery.ENDED
+    assert gate.writes == [[delta(1, "a")], [delta(3, "bc"), end(4)]]
+
+
 # -- stream log window ------------------------------------------------------------------------
 
 
 def test_stream_record_keeps_a_window_and_slices_it_by_seq():
-    record = StreamRecord()
+    record = StreamRecord("s")
     for seq in range(1, 11):
         record.add(delta(seq), max_events=4, max_bytes=1 << 20)
     assert [e.seq for e in record.events] == [7, 8, 9, 10]
@@ -230,6 +342,22 @@ def test_stream_record_keeps_a_window_and_slices_it_by_seq():
         record.after("s", 5)
     with pytest.raises(ValueError, match="does not follow"):
         record.add(delta(12), max_events=4, max_bytes=1 << 20)
+
+
+def test_stream_record_rebuilds_deltas_and_keeps_no_event_objects_alive():
+    """A kept delta is its text: no object for the garbage collector to walk per token."""
+    record = StreamRecord("s-gc")
+    record.add(StreamStart(stream_id="s-gc", seq=1, model="m", created=0), 100, 1 << 20)
+    for seq in range(2, 52):
+        record.add(TextDelta(stream_id="s-gc", seq=seq, delta=f"t{seq} "), 100, 1 << 20)
+    gc.collect()
+    alive = [o for o in gc.get_objects() if isinstance(o, TextDelta) and o.stream_id == "s-gc"]
+    assert alive == []
+    events = record.after("s-gc", 40)
+    assert events == [TextDelta(stream_id="s-gc", seq=n, delta=f"t{n} ") for n in range(41, 52)]
+    assert isinstance(record.events[0], StreamStart)
+    with pytest.raises(ValueError, match="s-other"):
+        record.add(TextDelta(stream_id="s-other", seq=52, delta="x"), 100, 1 << 20)
 
 
 def test_memory_log_bounds_by_bytes_too():

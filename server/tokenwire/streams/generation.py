@@ -90,7 +90,6 @@ class Generation:
         detach_grace: float = 60.0,
         first_token_timeout: float | None = None,
         max_duration: float | None = None,
-        on_ended: Callable[[Generation], None] | None = None,
     ) -> None:
         self.stream_id = stream_id
         self.provider = provider
@@ -115,7 +114,7 @@ class Generation:
         self._ended: asyncio.Future[None] | None = None  # made by wait(), if anyone waits
         self.subscriptions: list[Subscription] = []
         self.remote_readers = 0  # readers attached through the log from other processes
-        self._on_ended = on_ended
+        self._on_ended: list[Callable[[Generation], None]] = []  # see when_ended()
         self._task: asyncio.Task[None] | None = None
         self._cancel_requested = False
         self._failure: tuple[ErrorCode, str, bool] | None = None
@@ -124,6 +123,14 @@ class Generation:
         log.begin(stream_id)
 
     # -- subscriptions ------------------------------------------------------------------------
+
+    def when_ended(self, callback: Callable[[Generation], None]) -> None:
+        """Call ``callback(generation)`` once ``stream.end`` has been published (at once if it
+        has been)."""
+        if self.state is GenerationState.ENDED:
+            callback(self)
+        else:
+            self._on_ended.append(callback)
 
     def subscribe(
         self,
@@ -421,8 +428,8 @@ class Generation:
                 "duration_s": round(now - self.started_at, 6),
             },
         )
-        if self._on_ended is not None:
-            self._on_ended(self)
+        for callback in self._on_ended:
+            callback(self)
 
 
 async def _put(subscriptions: list[Subscription], event: Event) -> None:

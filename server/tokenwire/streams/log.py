@@ -63,11 +63,12 @@ class StreamLogUnavailable(TokenwireError):
     retryable = True
 
 
-def event_size(event: Event) -> int:
-    """Bytes an event counts for in ``max_bytes``: its text (UTF-8 upper bound) plus
+def kept_size(entry: Event | str) -> int:
+    """Bytes a kept event counts for in ``max_bytes``: a text delta (kept as its text) counts
+    its text's UTF-8 upper bound plus :data:`EVENT_OVERHEAD`; any other event,
     :data:`EVENT_OVERHEAD`."""
-    if event.__class__ is TextDelta:
-        return len(event.delta) * 4 + EVENT_OVERHEAD  # type: ignore[union-attr]
+    if entry.__class__ is str:
+        return len(entry) * 4 + EVENT_OVERHEAD  # type: ignore[arg-type]
     return EVENT_OVERHEAD
 
 
@@ -79,14 +80,23 @@ class StreamRecord:
     arithmetic. Dropping the oldest event clears its slot and moves the window's start; the
     list is compacted once the cleared slots outnumber the kept ones, so appending and
     dropping cost amortized O(1).
+
+    A text delta is kept as its text alone: its stream id is the record's and its seq is its
+    place in the window, so the event is rebuilt when it is read (a resume; rare) rather than
+    kept alive for as long as the stream is. That matters beyond memory: a string is not
+    tracked by Python's cyclic garbage collector, an event object is, and thousands of streams
+    that each keep thousands of them would make every full collection walk them all (a pause
+    of every stream of the process, tens of milliseconds per hundred thousand objects).
     """
 
-    __slots__ = ("_events", "_first", "size", "last_seq", "ended_at")
+    __slots__ = ("stream_id", "_entries", "_first", "size", "last_seq", "ended_at")
 
-    def __init__(self) -> None:
-        self._events: list[Event | None] = []  # [_first:] are kept; before it, cleared slots
+    def __init__(self, stream_id: str) -> None:
+        self.stream_id = stream_id
+        # [_first:] are kept (a str is a text delta's text); before it, cleared slots
+        self._entries: list[Event | str | None] = []
         self._first = 0
-        self.size = 0  # bytes, as counted by event_size
+        self.size = 0  # bytes, as counted by kept_size
         self.last_seq = 0  # the seq of the newest event ever appended
         self.ended_at: float | None = None  # time.monotonic() of stream.end
 
@@ -97,30 +107,36 @@ class StreamRecord:
     @property
     def events(self) -> list[Event]:
         """The kept events, oldest first (a copy)."""
-        return self._events[self._first :]  # type: ignore[return-value]
+        return self._read(self._first)
 
     def __len__(self) -> int:
-        return len(self._events) - self._first
+        return len(self._entries) - self._first
 
     def add(self, event: Event, max_events: int, max_bytes: int) -> None:
         """Keep ``event`` and drop the oldest events beyond the bounds.
 
-        Raises ``ValueError`` if its seq does not follow the last one's."""
+        Raises ``ValueError`` if its seq does not follow the last one's, or if a text delta
+        belongs to another stream."""
         seq = event.seq  # type: ignore[union-attr]  # log events are numbered
         if seq != self.last_seq + 1:
             raise ValueError(f"seq {seq} does not follow {self.last_seq}")
-        events = self._events
-        events.append(event)
+        entry: Event | str = event
+        if event.__class__ is TextDelta:
+            if event.stream_id != self.stream_id:  # type: ignore[union-attr]
+                raise ValueError(f"a delta of {event.stream_id} in {self.stream_id}'s log")  # type: ignore[union-attr]
+            entry = event.delta  # type: ignore[union-attr]
+        entries = self._entries
+        entries.append(entry)
+        self.size += kept_size(entry)
         self.last_seq = seq
-        self.size += event_size(event)
-        while len(events) - self._first > max_events or (
-            self.size > max_bytes and len(events) - self._first > 1
+        while len(entries) - self._first > max_events or (
+            self.size > max_bytes and len(entries) - self._first > 1
         ):
-            self.size -= event_size(events[self._first])  # type: ignore[arg-type]
-            events[self._first] = None
+            self.size -= kept_size(entries[self._first])  # type: ignore[arg-type]
+            entries[self._first] = None
             self._first += 1
-        if self._first > 32 and self._first * 2 > len(events):
-            del events[: self._first]
+        if self._first > 32 and self._first * 2 > len(entries):
+            del entries[: self._first]
             self._first = 0
         if event.__class__ is StreamEnd:
             self.ended_at = time.monotonic()
@@ -141,7 +157,19 @@ class StreamRecord:
             raise CursorExpired(
                 f"events after seq {after_seq} of stream {stream_id} are no longer kept"
             )
-        return self._events[self._first + after_seq - first_kept + 1 :]  # type: ignore[return-value]
+        return self._read(self._first + after_seq - first_kept + 1)
+
+    def _read(self, start: int) -> list[Event]:
+        """The events kept from slot ``start`` on, text deltas rebuilt."""
+        entries = self._entries[start:]
+        seq = self.last_seq - len(entries)
+        events: list[Event] = []
+        for entry in entries:
+            seq += 1
+            if entry.__class__ is str:
+                entry = TextDelta(stream_id=self.stream_id, seq=seq, delta=entry)  # type: ignore[arg-type]
+            events.append(entry)  # type: ignore[arg-type]
+        return events
 
 
 class LogReader(ABC):
@@ -170,7 +198,7 @@ class StreamLog(ABC):
 
     Args:
         max_events: events kept per stream (oldest dropped first).
-        max_bytes: bytes kept per stream, counted by :func:`event_size`.
+        max_bytes: bytes kept per stream, counted by :func:`kept_size`.
         ttl: seconds an ended stream stays readable.
     """
 
@@ -200,13 +228,13 @@ class StreamLog(ABC):
 
     def begin(self, stream_id: str) -> None:
         """Start keeping a new stream that runs in this process."""
-        self._local[stream_id] = StreamRecord()
+        self._local[stream_id] = StreamRecord(stream_id)
 
     def append(self, stream_id: str, event: Event) -> None:
         """Keep ``event`` (numbered, in seq order) of a stream begun here. Never waits."""
         record = self._local[stream_id]
         record.add(event, self.max_events, self.max_bytes)
-        if record.ended:
+        if record.ended_at is not None:
             self._ended(stream_id, record)
 
     def snapshot(self, stream_id: str, after_seq: int) -> tuple[list[Event], bool] | None:

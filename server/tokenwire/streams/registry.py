@@ -159,8 +159,8 @@ class StreamRegistry:
             detach_grace=self.settings.detach_grace,
             first_token_timeout=self.settings.first_token_timeout,
             max_duration=self.settings.max_stream_duration,
-            on_ended=self._forget,
         )
+        generation.when_ended(self._forget)
         self._live[generation.stream_id] = generation
         return generation
 

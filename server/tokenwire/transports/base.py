@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Coroutine, Generator
 from enum import StrEnum
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 from tokenwire.errors import ErrorCode
-from tokenwire.metrics import delivery_observer
+from tokenwire.metrics import DeliveryObserver, delivery_observer
 from tokenwire.protocol.events import ErrorEvent, Event, FinishReason, StreamEnd, TextDelta, Usage
 from tokenwire.streams.registry import Attachment
 from tokenwire.streams.subscription import ends_stream
@@ -38,6 +39,14 @@ class Transport(ABC):
     @abstractmethod
     async def send_heartbeat(self) -> None:
         """Keep an idle connection open (SSE: a ``: ping`` comment)."""
+
+
+class Gauge(Protocol):
+    """What counts a transport's open connections (a Prometheus gauge's labelled child)."""
+
+    def inc(self) -> None: ...
+
+    def dec(self) -> None: ...
 
 
 class SendTimeout(TimeoutError):
@@ -100,6 +109,16 @@ class Pump:
 
     The pump's task is cancelled by nobody but the pump itself (a write that timed out, or
     :meth:`stop`) and whoever owns the task, so the two kinds of cancellation never mix.
+
+    Writing at once: while the pump waits for events, a text delta that the write window lets
+    through is written by the producer, in its own task, when its subscription offers it
+    (:meth:`_write_at_once`, the subscription's ``deliver``), instead of waking the pump for
+    it: at one token per wake-up, the common pace of a model, that halves the task switches
+    per token. The producer only starts the write. If the write completes without waiting (the
+    usual case: the transport buffers it), that is all; if it has to wait (flow control, a
+    client that reads slowly), the write is handed to the pump, which finishes it under the
+    send timeout, so a producer never waits for a client here. A failed write is handed to the
+    pump too, which raises it as its own.
     """
 
     __slots__ = (
@@ -117,6 +136,9 @@ class Pump:
         "_cancel_reason",
         "_tick",
         "_timer",
+        "_cursor",
+        "_observer",
+        "_handoff",
     )
 
     def __init__(
@@ -143,6 +165,10 @@ class Pump:
         intervals = [t for t in (heartbeat_interval, send_timeout) if t is not None]
         self._tick = min(intervals) / 2 if intervals else None
         self._timer: asyncio.TimerHandle | None = None
+        self._cursor = 0  # the seq of the last event written
+        self._observer: DeliveryObserver | None = None  # metrics hook, set once live
+        # a write the producer began: its error, or the rest of it to finish
+        self._handoff: Exception | _StartedWrite | None = None
 
     async def run(self) -> Delivery:
         """Deliver until ``stream.end`` is written (:attr:`Delivery.ENDED`), the consumer is
@@ -169,6 +195,11 @@ class Pump:
             raise SendTimeout(f"a write took longer than {self.send_timeout} s") from None
         finally:
             self.running = False
+            if self.attachment.subscription is not None:
+                self.attachment.subscription.deliver = None
+            if isinstance(self._handoff, _StartedWrite):
+                self._handoff.write.close()  # abandoned, like any pending write
+            self._handoff = None
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
@@ -212,25 +243,31 @@ class Pump:
 
     async def _deliver(self) -> Delivery:
         attachment = self.attachment
-        cursor = 0
         catch_up = attachment.catch_up
         for start in range(0, len(catch_up), CATCH_UP_BATCH):
             batch = catch_up[start : start + CATCH_UP_BATCH]
             await self._write(batch)
-            cursor = _last_seq(batch, cursor)
+            self._cursor = _last_seq(batch, self._cursor)
             if ends_stream(batch):
                 return Delivery.ENDED
         subscription = attachment.subscription
         if subscription is None:
             return Delivery.ENDED
-        observer = delivery_observer(attachment)  # metrics hook
+        self._observer = observer = delivery_observer(attachment)  # metrics hook
+        subscription.deliver = self._write_at_once
         while True:
             batch = await subscription.get_batch()
+            if self._handoff is not None:  # a write the producer began comes first
+                await self._take_over()
+                if not batch:
+                    continue
             if not batch:
                 if not subscription.evicted:  # nudged: idle for a heartbeat interval
                     await self._write(None)
                     continue
-                ending = eviction_events(attachment.stream_id, cursor, attachment.usage_so_far())
+                ending = eviction_events(
+                    attachment.stream_id, self._cursor, attachment.usage_so_far()
+                )
                 await self._write(ending)
                 observer.evicted()  # metrics hook
                 return Delivery.EVICTED
@@ -243,10 +280,86 @@ class Pump:
             if len(batch) > 1:
                 batch = merge_deltas(batch)
             await self._write(batch)
-            observer.sent(batch)  # metrics hook
-            cursor = _last_seq(batch, cursor)
+            self._written(batch)
             if ends_stream(batch):
                 return Delivery.ENDED
+
+    def _written(self, batch: list[Event]) -> None:
+        self._cursor = _last_seq(batch, self._cursor)
+        self._observer.sent(batch)  # type: ignore[union-attr]  # metrics hook
+
+    def _write_at_once(self, event: Event) -> bool:
+        """The subscription's ``deliver``: called in the producer's task while the pump waits
+        for events. Takes ``event`` (returns ``True``) if it is a text delta outside the write
+        window and no write is under way; starts its write and, unless that completes without
+        waiting, hands the rest (or the error) to the pump. Never raises, never waits."""
+        if (
+            event.__class__ is not TextDelta
+            or self.writing
+            or self._handoff is not None
+            or self._cancel_reason is not None
+        ):
+            return False
+        now = self.loop.time()
+        if now < self.last_delta_write + self.write_delay:
+            return False  # inside the write window: the pump gathers what comes
+        batch = [event]
+        self.last_write = self.last_delta_write = now
+        write = self.transport.send_events(batch)
+        try:
+            waiting_for = write.send(None)
+        except StopIteration:
+            self._written(batch)
+            return True
+        except Exception as exc:  # the client is gone (or a transport bug): the pump raises it
+            self._handoff = exc
+        else:
+            self._handoff = _StartedWrite(write, waiting_for, batch)
+        self.attachment.subscription.nudge()  # type: ignore[union-attr]
+        return True
+
+    async def _take_over(self) -> None:
+        """Finish the write that the producer began (under the send timeout), or raise its
+        error."""
+        handoff, self._handoff = self._handoff, None
+        if isinstance(handoff, Exception):
+            raise handoff
+        assert handoff is not None
+        self.writing = True
+        try:
+            await handoff
+        finally:
+            self.writing = False
+        self._written(handoff.batch)
+
+
+class _StartedWrite:
+    """A write coroutine begun in another task and suspended on ``waiting_for`` (what it
+    yielded to that task's event loop): awaiting this finishes it in the awaiting task, as
+    ``await`` would have (each value the loop sends, or error it throws, goes to the write)."""
+
+    __slots__ = ("write", "waiting_for", "batch")
+
+    def __init__(self, write: Coroutine[Any, Any, None], waiting_for: Any, batch: list[Event]):
+        self.write = write
+        self.waiting_for = waiting_for
+        self.batch = batch
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        write, waiting_for = self.write, self.waiting_for
+        while True:
+            try:
+                sent = yield waiting_for
+            except BaseException as exc:  # a cancel, too: the write sees it where it waits
+                try:
+                    waiting_for = write.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    waiting_for = write.send(sent)
+                except StopIteration:
+                    return
 
 
 async def pump(

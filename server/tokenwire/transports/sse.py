@@ -24,7 +24,7 @@ from tokenwire.protocol import sse
 from tokenwire.protocol.events import Event
 from tokenwire.streams.generation import Detach, Generation, GenerationState
 from tokenwire.streams.registry import Attachment, DrainSignal
-from tokenwire.transports.base import Delivery, Pump, Transport
+from tokenwire.transports.base import Delivery, Gauge, Pump, Transport
 
 Encoder = Callable[[Event], bytes]
 
@@ -39,7 +39,10 @@ class SSETransport(Transport):
         self._encode = encode
 
     async def send_events(self, events: list[Event]) -> None:
-        body = b"".join(self._encode(event) for event in events)
+        if len(events) == 1:  # the usual write: one event (or one merged delta)
+            body = self._encode(events[0])
+        else:
+            body = b"".join([self._encode(event) for event in events])
         if body:
             await self._send({"type": "http.response.body", "body": body, "more_body": True})
 
@@ -54,7 +57,8 @@ class EventStreamResponse:
     attached, so that no event is missed. ``retry`` (milliseconds) is sent first as the
     client's reconnection delay (WHATWG SSE ``retry:`` field). ``heartbeat_interval`` is in
     seconds (``None``: no heartbeats); ``send_timeout`` and ``write_delay`` (seconds) are the
-    :class:`~tokenwire.transports.base.Pump`'s. When ``draining`` fires (the server shuts down), the
+    :class:`~tokenwire.transports.base.Pump`'s. ``connections``, if given, counts the response
+    as open from its start to its end. When ``draining`` fires (the server shuts down), the
     response ends at once without ``stream.end``: the client reconnects after ``retry`` with
     its Last-Event-ID and resumes, on another worker.
 
@@ -75,6 +79,7 @@ class EventStreamResponse:
         write_delay: float = 0.0,
         draining: DrainSignal | None = None,
         headers: dict[str, str] | None = None,
+        connections: Gauge | None = None,
     ) -> None:
         self.attachment = attachment
         self.start = start
@@ -85,11 +90,21 @@ class EventStreamResponse:
         self.write_delay = write_delay
         self.draining = draining
         self.headers = {**sse.HEADERS, **(headers or {})}
+        self.connections = connections
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_headers = [(b"content-type", b"text/event-stream; charset=utf-8")]
         raw_headers += [(k.lower().encode(), v.encode()) for k, v in self.headers.items()]
         await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
+        if self.connections is not None:
+            self.connections.inc()
+        try:
+            await self._stream(receive, send)
+        finally:
+            if self.connections is not None:
+                self.connections.dec()
+
+    async def _stream(self, receive: Receive, send: Send) -> None:
         if self.retry is not None:
             body = sse.encode_retry(self.retry)
             await send({"type": "http.response.body", "body": body, "more_body": True})

@@ -36,7 +36,7 @@ from tokenwire.settings import Settings
 from tokenwire.streams.generation import Detach
 from tokenwire.streams.log import CursorExpired, UnknownStream
 from tokenwire.streams.registry import Attachment, StreamRegistry
-from tokenwire.transports.base import Delivery, SendTimeout, Transport, pump
+from tokenwire.transports.base import Delivery, Gauge, SendTimeout, Transport, pump
 
 log = logging.getLogger("tokenwire.websocket")
 
@@ -82,8 +82,10 @@ class WebSocketSession:
         settings: Settings,
         *,
         limit_params: Callable[[GenerateParams], GenerateParams],
+        connections: Gauge | None = None,
     ) -> None:
         self.websocket = websocket
+        self.connections = connections
         self.registry = registry
         self.settings = settings
         self.transport = WebSocketTransport(websocket)
@@ -100,6 +102,15 @@ class WebSocketSession:
         every stream (each follows its disconnect policy). Reading happens in the calling
         task; a cut-off (slow consumer, drain) cancels that read."""
         await self.websocket.accept()
+        if self.connections is not None:
+            self.connections.inc()
+        try:
+            await self._serve()
+        finally:
+            if self.connections is not None:
+                self.connections.dec()
+
+    async def _serve(self) -> None:
         self._task = asyncio.current_task()
         unwatch = self.registry.draining.watch(self._drain)
         self._reading = True
