@@ -5,6 +5,7 @@ stream whose server died, Redis unreachable at start, and Redis lost and back mi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import signal
 
@@ -161,20 +162,26 @@ async def test_sigterm_drains_a_and_every_client_finishes_through_b(processes):
     tokens = 200
     a = processes("a", scripted_tokens=tokens, scripted_interval=0.01)
     b = processes("b")
-    peers = [await Peer.open(t, a) for t in ["sse", "websocket"] * 4]
-    received: list[list[dict]] = [[await peer.event() for _ in range(10)] for peer in peers]
-    a.signal(signal.SIGTERM)
-    for peer, events in zip(peers, received, strict=True):
-        events.extend(await peer.rest())
-        assert events[-1]["type"] != "stream.end"  # cut off by the drain
-        if peer.transport == "websocket":
-            assert peer.close_code == 1012
-        await peer.vanish()
+    async with contextlib.AsyncExitStack() as peers_open:  # closed even if an assert fails
+        peers = [await Peer.open(t, a) for t in ["sse", "websocket"] * 4]
+        for peer in peers:
+            peers_open.push_async_callback(peer.vanish)
+        received: list[list[dict]] = [[await peer.event() for _ in range(10)] for peer in peers]
+        a.signal(signal.SIGTERM)
+        for peer, events in zip(peers, received, strict=True):
+            events.extend(await peer.rest())
+            assert events[-1]["type"] != "stream.end"  # cut off by the drain
+            if peer.transport == "websocket":
+                assert peer.close_code == 1012
+            await peer.vanish()
     for peer, events in zip(peers, received, strict=True):
         stream_id, last_seq = events[0]["stream_id"], events[-1]["seq"]
         async with await resume(peer.transport, b, stream_id, last_seq) as again:
             events.extend(e for e in await again.rest() if e["type"] != "stream.resumed")
-        assert [e["seq"] for e in events] == list(range(1, tokens + 3))
+        seqs = [e["seq"] for e in events]
+        # from stream.start to stream.end, only growing: a busy machine merges deltas (a merged
+        # delta takes its last seq), so seqs may skip, but the text is whole and never repeated
+        assert seqs[0] == 1 and seqs[-1] == tokens + 2 and seqs == sorted(set(seqs))
         assert text_of(events) == scripted_text(tokens)
     assert await asyncio.to_thread(a.wait, 30) is not None, a.log()
     log = a.log()

@@ -112,7 +112,15 @@ class Peer:
     async def _read_more(self) -> bool:
         if self._ws is not None:
             assert self._reader is not None
-            chunk = await self._reader.read(65536)
+            try:
+                chunk = await self._reader.read(65536)
+            except ConnectionResetError:
+                # A server that closes its socket right after the close frame resets ours when
+                # our close reply reaches it: after the close frame, that is the end (as in a
+                # browser); before it, a failure.
+                if self._ws.close_rcvd is None:
+                    raise
+                chunk = b""
             if chunk:
                 self._ws.receive_data(chunk)
             else:
@@ -148,7 +156,8 @@ class Peer:
         if self._writer is not None:
             self._writer.transport.abort()
             self._writer.close()
-            await self._writer.wait_closed()  # the socket closes in connection_lost
+            with contextlib.suppress(ConnectionError):  # a reset seen before: closed already
+                await self._writer.wait_closed()  # the socket closes in connection_lost
             self._writer = None
         await self._stack.aclose()
 
