@@ -479,6 +479,16 @@ async def test_request_ids_are_echoed_or_made():
     assert len(made.headers["x-request-id"]) == 16
 
 
+async def test_an_sse_streams_start_carries_its_request_id():
+    """``stream.start``'s ``request_id`` is the response's ``X-Request-Id``, given or made."""
+    app, _ = scripted_app()
+    async with asgi_client(app) as http:
+        given = await post_stream(http, "", headers={"X-Request-Id": "abc-123"})
+        made = await post_stream(http, "")
+    assert sse_events(given.text)[0]["request_id"] == "abc-123"
+    assert sse_events(made.text)[0]["request_id"] == made.headers["x-request-id"]
+
+
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [

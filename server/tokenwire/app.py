@@ -48,7 +48,7 @@ from tokenwire import __version__
 from tokenwire.errors import ErrorCode, InvalidRequest, TokenwireError
 from tokenwire.guards import Guards
 from tokenwire.limits import ScopedRegistry, check_request
-from tokenwire.logs import configure_logging, install_log_filters
+from tokenwire.logs import configure_logging, install_log_filters, request_id_var
 from tokenwire.protocol import openai as oai
 from tokenwire.protocol import sse
 from tokenwire.protocol.events import ErrorEvent, FinishReason, StreamEnd, StreamReset, TextDelta
@@ -186,6 +186,7 @@ class TokenwireApp:
             generation = self.scoped(request).create(
                 params,
                 transport="sse",
+                request_id=request_id_var.get(),  # the response's X-Request-Id
                 on_disconnect=DisconnectPolicy.DETACH if detached else None,
             )
         except TokenwireError as exc:
