@@ -28,6 +28,7 @@ import json
 import logging
 import re
 import secrets
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlsplit
@@ -426,12 +427,16 @@ async def _accept_and_close(receive: Receive, send: Send, code: int, reason: str
 
 
 def _with_request_id(send: Send, request_id: str) -> Send:
-    async def wrapped(message: Message) -> None:
+    """``send`` that adds ``X-Request-Id`` to the response's start. A plain function that
+    returns ``send``'s awaitable, not a coroutine of its own: it sits under every body write
+    of a stream, where a coroutine frame per token would cost more than the header."""
+
+    def wrapped(message: Message) -> Awaitable[None]:
         if message["type"] == "http.response.start":
             headers = list(message.get("headers", []))
             headers.append((b"x-request-id", request_id.encode()))
             message = {**message, "headers": headers}
-        await send(message)
+        return send(message)
 
     return wrapped
 
