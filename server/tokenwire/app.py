@@ -42,6 +42,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from tokenwire import __version__
@@ -59,7 +60,7 @@ from tokenwire.settings import DisconnectPolicy, Settings
 from tokenwire.streams.generation import Generation
 from tokenwire.streams.log import CursorExpired, StreamLog, UnknownStream, create_stream_log
 from tokenwire.streams.registry import Attachment, StreamRegistry
-from tokenwire.transports.base import pump
+from tokenwire.transports.base import SERVER_SEND, pump
 from tokenwire.transports.sse import EventStreamResponse
 from tokenwire.transports.websocket import WebSocketSession
 from tokenwire.web import web_routes
@@ -416,7 +417,7 @@ def create_app(settings: Settings | None = None, *, provider: Provider | None = 
         *state.guards.routes(),  # POST /v1/tokens, GET /metrics
     ]
     install_log_filters()
-    app = Starlette(
+    app = _App(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
@@ -424,6 +425,15 @@ def create_app(settings: Settings | None = None, *, provider: Provider | None = 
     )
     app.state.tokenwire = state
     return app
+
+
+class _App(Starlette):
+    """Starlette that keeps the ASGI server's own ``send`` in the scope, for the transports'
+    frames (see :func:`tokenwire.transports.base.server_send`)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[SERVER_SEND] = send
+        await super().__call__(scope, receive, send)
 
 
 def create_app_from_env() -> Starlette:

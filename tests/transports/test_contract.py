@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from httpx_ws import aconnect_ws
+from httpx_ws.transport import ASGIWebSocketTransport
 from starlette.applications import Starlette
 
 from tests.conftest import asgi_client, scripted_app, serve, wait_for
@@ -231,3 +232,28 @@ async def test_disconnect_mid_stream_stops_the_provider(transport):
         await wait_for(lambda: len(app.state.tokenwire.registry) == 0)
     assert provider.records[0].produced < 1000
     assert not provider.records[0].completed
+
+
+async def test_middleware_around_the_app_sees_every_frame(transport):
+    """The transports write frames to the ASGI server's own ``send``, past Starlette's inner
+    wrappers (``tokenwire.transports.base.server_send``): middleware wrapped around tokenwire's
+    app from outside must still see every frame, since that ``send`` is the one the app got."""
+    app, _ = scripted_app(Script(tokens=25))
+    seen: list[bytes] = []
+
+    async def outer(scope, receive, send):
+        async def recording_send(message):
+            if message["type"] in ("http.response.body", "websocket.send"):
+                seen.append(message.get("body") or message.get("text", "").encode())
+            await send(message)
+
+        await app(scope, receive, recording_send)
+
+    async with app.router.lifespan_context(app):
+        http = httpx.AsyncClient(transport=ASGIWebSocketTransport(outer), base_url="http://t")
+        async with http, AsyncClient("http://t", transport=transport, http_client=http) as client:
+            events = await collect(client)
+    assert isinstance(events[-1], StreamEnd) and len(events) >= 3
+    frames = b"".join(seen)
+    for event in events:
+        assert b'"seq":%d,' % event.seq in frames

@@ -13,15 +13,35 @@ from __future__ import annotations
 import asyncio
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Coroutine, Generator
+from collections.abc import Awaitable, Generator
 from enum import StrEnum
 from typing import Any, ClassVar, Literal, Protocol
+
+from starlette.types import Scope, Send
 
 from tokenwire.errors import ErrorCode
 from tokenwire.metrics import DeliveryObserver, delivery_observer
 from tokenwire.protocol.events import ErrorEvent, Event, FinishReason, StreamEnd, TextDelta, Usage
 from tokenwire.streams.registry import Attachment
 from tokenwire.streams.subscription import ends_stream
+
+SERVER_SEND = "tokenwire.server_send"
+"""The scope key under which tokenwire's app keeps the ASGI server's own ``send`` (see
+:func:`server_send`)."""
+
+
+def server_send(scope: Scope, send: Send) -> Send:
+    """Where a stream's frames go: the ASGI server's own ``send``, kept in the scope by
+    tokenwire's app before any middleware wraps it, else ``send``.
+
+    Starlette wraps ``send`` three times on the way to a route (its error and exception
+    middleware and the route itself), and each wrapper only watches for
+    ``http.response.start``, to know that a response has begun. A response's start still goes
+    through them; its body frames, a coroutine frame per wrapper under every token, need not.
+    Middleware wrapped around tokenwire's app from outside still sees every frame: what the
+    app keeps is the ``send`` it was given.
+    """
+    return scope.get(SERVER_SEND, send)
 
 
 class Transport(ABC):
@@ -35,6 +55,15 @@ class Transport(ABC):
 
         Raises ``OSError`` (or the server's subclass of it) if the client is gone.
         """
+
+    def send_event(self, event: Event) -> Awaitable[None]:
+        """Write one event, as ``send_events([event])`` does: returns the write's awaitable.
+
+        A plain method, not a coroutine function, so that a transport can hand back its
+        server's own ``send`` coroutine with no frame of its own in between: nearly every
+        write of a stream is one event.
+        """
+        return self.send_events([event])
 
     @abstractmethod
     async def send_heartbeat(self) -> None:
@@ -236,6 +265,8 @@ class Pump:
         try:
             if events is None:
                 await self.transport.send_heartbeat()
+            elif len(events) == 1:
+                await self.transport.send_event(events[0])
             else:
                 await self.transport.send_events(events)
         finally:
@@ -305,7 +336,7 @@ class Pump:
             return False  # inside the write window: the pump gathers what comes
         batch = [event]
         self.last_write = self.last_delta_write = now
-        write = self.transport.send_events(batch)
+        write = self.transport.send_event(event).__await__()
         try:
             waiting_for = write.send(None)
         except StopIteration:
@@ -340,7 +371,7 @@ class _StartedWrite:
 
     __slots__ = ("write", "waiting_for", "batch")
 
-    def __init__(self, write: Coroutine[Any, Any, None], waiting_for: Any, batch: list[Event]):
+    def __init__(self, write: Generator[Any, Any, None], waiting_for: Any, batch: list[Event]):
         self.write = write
         self.waiting_for = waiting_for
         self.batch = batch

@@ -15,7 +15,7 @@ The same response carries OpenAI ``chat.completion.chunk`` frames when given tha
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import anyio
 from starlette.types import Receive, Scope, Send
@@ -24,7 +24,7 @@ from tokenwire.protocol import sse
 from tokenwire.protocol.events import Event
 from tokenwire.streams.generation import Detach, Generation, GenerationState
 from tokenwire.streams.registry import Attachment, DrainSignal
-from tokenwire.transports.base import Delivery, Gauge, Pump, Transport
+from tokenwire.transports.base import Delivery, Gauge, Pump, Transport, server_send
 
 Encoder = Callable[[Event], bytes]
 
@@ -39,12 +39,15 @@ class SSETransport(Transport):
         self._encode = encode
 
     async def send_events(self, events: list[Event]) -> None:
-        if len(events) == 1:  # the usual write: one event (or one merged delta)
-            body = self._encode(events[0])
-        else:
-            body = b"".join([self._encode(event) for event in events])
+        body = b"".join([self._encode(event) for event in events])
         if body:
             await self._send({"type": "http.response.body", "body": body, "more_body": True})
+
+    def send_event(self, event: Event) -> Awaitable[None]:
+        body = self._encode(event)
+        if not body:  # a codec may skip an event (OpenAI chunks have no stream.start)
+            return _nothing()
+        return self._send({"type": "http.response.body", "body": body, "more_body": True})
 
     async def send_heartbeat(self) -> None:
         await self._send({"type": "http.response.body", "body": sse.PING, "more_body": True})
@@ -98,8 +101,8 @@ class EventStreamResponse:
         await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
         if self.connections is not None:
             self.connections.inc()
-        try:
-            await self._stream(receive, send)
+        try:  # the body, past the wrappers that only watch the start (see server_send)
+            await self._stream(receive, server_send(scope, send))
         finally:
             if self.connections is not None:
                 self.connections.dec()
@@ -140,6 +143,10 @@ class EventStreamResponse:
             with anyio.move_on_after(self.send_timeout):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         # else: the response stays incomplete and uvicorn closes the connection
+
+
+async def _nothing() -> None:
+    pass
 
 
 async def _stop_on_disconnect(receive: Receive, delivery: Pump) -> None:

@@ -1,6 +1,6 @@
 """The WebSocket transport: many streams multiplexed on one socket, JSON text frames.
 
-:class:`WebSocketTransport` writes frames (one lock serializes the writers of all streams);
+:class:`WebSocketTransport` writes frames (whole frames, so the streams' writers need no lock);
 :class:`WebSocketSession` is the connection's life: it reads client messages (``generate``,
 ``cancel``, ``resume``, ``ping``), runs one :func:`pump` task per stream, and on disconnect
 detaches every consumer as ``disconnected`` so each generation follows its disconnect policy.
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
@@ -36,7 +36,14 @@ from tokenwire.settings import Settings
 from tokenwire.streams.generation import Detach
 from tokenwire.streams.log import CursorExpired, UnknownStream
 from tokenwire.streams.registry import Attachment, StreamRegistry
-from tokenwire.transports.base import Delivery, Gauge, SendTimeout, Transport, pump
+from tokenwire.transports.base import (
+    Delivery,
+    Gauge,
+    SendTimeout,
+    Transport,
+    pump,
+    server_send,
+)
 
 log = logging.getLogger("tokenwire.websocket")
 
@@ -48,22 +55,33 @@ class WebSocketTransport(Transport):
     only the fragments of a message, and no message is fragmented here), so the frames of
     different streams may interleave, while each stream's own frames keep their order because
     one task writes them in turn.
+
+
+    Frames go to the ASGI server's own ``send`` (see
+    :func:`~tokenwire.transports.base.server_send`), not through Starlette's ``WebSocket``:
+    a client that is gone shows as the server's ``OSError`` (uvicorn's ``ClientDisconnected``),
+    not as ``WebSocketDisconnect``.
     """
 
     name = "websocket"
 
     def __init__(self, websocket: WebSocket) -> None:
-        self._websocket = websocket
+        self._send = server_send(websocket.scope, websocket.send)
 
     async def send_events(self, events: list[Event]) -> None:
+        send = self._send
         for event in events:
-            await self._websocket.send_text(codec.encode_event(event))
+            await send({"type": "websocket.send", "text": codec.encode_event(event)})
+
+    def send_event(self, event: Event) -> Awaitable[None]:
+        return self._send({"type": "websocket.send", "text": codec.encode_event(event)})
 
     async def send_heartbeat(self) -> None:
         """Nothing to send: liveness is the server's protocol-level ping/pong (RFC 6455 5.5.2)."""
 
-    async def send_text(self, text: str) -> None:
-        await self._websocket.send_text(text)
+    def send_text(self, text: str) -> Awaitable[None]:
+        """Write one text frame (a reply to a client message)."""
+        return self._send({"type": "websocket.send", "text": text})
 
 
 class WebSocketSession:
