@@ -241,3 +241,34 @@ def test_delivered_events_are_counted_by_type():
     for event_type, count in (("text.delta", 5), ("stream.start", 1), ("stream.end", 2)):
         labels = {"transport": "websocket", "type": event_type}
         assert value(samples, "tokenwire_events_delivered_total", **labels) == count
+
+
+async def test_a_lone_delta_s_write_counts_as_a_batch_of_one():
+    """``sent_text()`` (the pump's write of one delta in the producer's step) must export
+    exactly what ``sent([delta])`` does: deltas, batch sizes and inter-token times."""
+    counted: list[Samples] = []
+    for lone in (True, False):
+        metrics = Metrics()
+        registry = StreamRegistry(ScriptedProvider(Script()), Settings(provider="scripted"))
+        metrics.attach(generation := registry.create(GENERATE_PARAMS, transport="sse"))
+        observer = metrics.delivery(generation, generation.subscribe())
+        for seq in range(2, 6):
+            if lone:
+                observer.sent_text()
+            else:
+                observer.sent([TextDelta(stream_id=generation.stream_id, seq=seq, delta="x")])
+        samples = parse(metrics.render().decode())
+        counted.append(
+            {
+                key: sample
+                for key, sample in samples.items()
+                if key[0].startswith(("tokenwire_events_delivered", "tokenwire_delivery_batch"))
+                or key[0].endswith(("inter_token_seconds_count", "ttft_seconds_count"))
+            }
+        )
+    lone, batched = counted
+    assert lone == batched
+    assert value(lone, "tokenwire_delivery_batch_events_bucket", transport="sse", le="1.0") == 4
+    assert value(lone, "tokenwire_inter_token_seconds_count", transport="sse") == 3
+    assert value(lone, "tokenwire_events_delivered_total", transport="sse", type="text.delta") == 4
+    assert value(lone, "tokenwire_ttft_seconds_count", transport="sse") == 1

@@ -64,6 +64,9 @@ class DeliveryObserver:
     def sent(self, events: list[Any]) -> None:
         """``events`` were just written to the client."""
 
+    def sent_text(self) -> None:
+        """One text delta, alone, was just written (``sent([delta])``, the common write)."""
+
     def evicted(self) -> None:
         """The subscriber was cut off as a slow consumer."""
 
@@ -239,16 +242,27 @@ class _Delivery(DeliveryObserver):
                 tally.delivered(event.type)
         if deltas:
             tally.deltas += deltas
-            now = time.monotonic()
-            if self.last_text is None:
-                self._ttft.observe(now - self.generation.started_at)
-            else:
-                tally.inter_token.observe(now - self.last_text)
-            self.last_text = now
+            self._text_written()
         coalesced = self.subscription.coalesced
         if coalesced > self.coalesced:
             self.metrics.coalesced.labels(self.transport).inc(coalesced - self.coalesced)
             self.coalesced = coalesced
+
+    def sent_text(self) -> None:
+        # No look at coalescing: a coalesced delta waits in the queue, and so is written by
+        # the pump, in a batch that sent() counts.
+        tally = self._tally
+        tally.batch.observe_one()
+        tally.deltas += 1
+        self._text_written()
+
+    def _text_written(self) -> None:
+        now = time.monotonic()
+        if self.last_text is None:
+            self._ttft.observe(now - self.generation.started_at)
+        else:
+            self._tally.inter_token.observe(now - self.last_text)
+        self.last_text = now
 
     def evicted(self) -> None:
         self.metrics.evictions.labels(self.transport).inc()
@@ -267,6 +281,11 @@ class _Buckets:
     def observe(self, value: float) -> None:
         self.counts[bisect_left(self.bounds, value)] += 1  # the first bound >= value
         self.sum += value
+
+    def observe_one(self) -> None:
+        """``observe(1)`` for bounds that start at 1 (a batch of one event)."""
+        self.counts[0] += 1
+        self.sum += 1
 
     def cumulative(self) -> list[tuple[str, float]]:
         total, buckets = 0, []

@@ -65,6 +65,11 @@ class StreamStart(_Event):
     request_id: str | None = None
 
 
+TEXT_DELTA_JSON = b'{"type":"text.delta","stream_id":%b,"seq":%d,"delta":%b}'
+"""The compact JSON of a text delta, as a ``%`` format of (stream_id JSON, seq, delta JSON):
+the one event encoded per token, so encoded without a serializer."""
+
+
 @dataclass(slots=True, kw_only=True)
 class TextDelta:
     """A piece of generated text (one or more tokens; several when coalesced).
@@ -85,11 +90,7 @@ class TextDelta:
 
     def json_bytes(self) -> bytes:
         """Compact JSON (UTF-8), as :func:`event_json` gives it, without a serializer."""
-        return b'{"type":"text.delta","stream_id":%b,"seq":%d,"delta":%b}' % (
-            to_json(self.stream_id),
-            self.seq,
-            to_json(self.delta),
-        )
+        return TEXT_DELTA_JSON % (to_json(self.stream_id), self.seq, to_json(self.delta))
 
 
 class ErrorEvent(_Event):

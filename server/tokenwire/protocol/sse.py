@@ -13,7 +13,9 @@ has no seq and therefore no ``id:`` line: a browser keeps its last event id acro
 
 from __future__ import annotations
 
-from tokenwire.protocol.events import Event, TextDelta, event_json
+from pydantic_core import to_json
+
+from tokenwire.protocol.events import TEXT_DELTA_JSON, Event, TextDelta, event_json
 
 MEDIA_TYPE = "text/event-stream"
 
@@ -25,11 +27,14 @@ HEADERS = {
 
 PING = b": ping\n\n"
 
+_TEXT_DELTA_FRAME = b"id: %d\nevent: text.delta\ndata: " + TEXT_DELTA_JSON + b"\n\n"
+
 
 def encode_event(event: Event) -> bytes:
     """Frame one event: ``id:`` (numbered events only), ``event:``, ``data:``, blank line."""
     if event.__class__ is TextDelta:  # the frame of nearly every event: no model, one format
-        return b"id: %d\nevent: text.delta\ndata: %b\n\n" % (event.seq, event.json_bytes())  # type: ignore[union-attr]
+        seq = event.seq  # type: ignore[union-attr]
+        return _TEXT_DELTA_FRAME % (seq, to_json(event.stream_id), seq, to_json(event.delta))  # type: ignore[union-attr]
     seq = getattr(event, "seq", None)
     head = f"id: {seq}\nevent: {event.type}\n" if seq is not None else f"event: {event.type}\n"
     return f"{head}data: {event_json(event)}\n\n".encode()

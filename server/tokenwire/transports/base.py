@@ -334,18 +334,18 @@ class Pump:
         now = self.loop.time()
         if now < self.last_delta_write + self.write_delay:
             return False  # inside the write window: the pump gathers what comes
-        batch = [event]
         self.last_write = self.last_delta_write = now
         write = self.transport.send_event(event).__await__()
         try:
             waiting_for = write.send(None)
         except StopIteration:
-            self._written(batch)
+            self._cursor = event.seq  # type: ignore[union-attr]  # a TextDelta
+            self._observer.sent_text()  # type: ignore[union-attr]  # metrics hook
             return True
         except Exception as exc:  # the client is gone (or a transport bug): the pump raises it
             self._handoff = exc
         else:
-            self._handoff = _StartedWrite(write, waiting_for, batch)
+            self._handoff = _StartedWrite(write, waiting_for, [event])
         self.attachment.subscription.nudge()  # type: ignore[union-attr]
         return True
 
