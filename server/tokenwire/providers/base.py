@@ -28,9 +28,12 @@ class Prompt:
     tokens: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Delta:
-    """Generated text; ``tokens`` is how many completion tokens it holds (usually 1)."""
+    """Generated text; ``tokens`` is how many completion tokens it holds (usually 1).
+
+    Made once per token, so not frozen (a frozen dataclass costs ~3x as much to build): treat
+    it as immutable."""
 
     text: str
     tokens: int = 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Generator
+from collections.abc import Coroutine, Generator
 from enum import StrEnum
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -56,12 +56,12 @@ class Transport(ABC):
         Raises ``OSError`` (or the server's subclass of it) if the client is gone.
         """
 
-    def send_event(self, event: Event) -> Awaitable[None]:
-        """Write one event, as ``send_events([event])`` does: returns the write's awaitable.
+    def send_event(self, event: Event) -> Coroutine[Any, Any, None]:
+        """Write one event, as ``send_events([event])`` does: returns the write's coroutine.
 
         A plain method, not a coroutine function, so that a transport can hand back its
-        server's own ``send`` coroutine with no frame of its own in between: nearly every
-        write of a stream is one event.
+        server's own ``send`` coroutine (ASGI servers' ``send`` is a coroutine function) with
+        no frame of its own in between: nearly every write of a stream is one event.
         """
         return self.send_events([event])
 
@@ -335,7 +335,7 @@ class Pump:
         if now < self.last_delta_write + self.write_delay:
             return False  # inside the write window: the pump gathers what comes
         self.last_write = self.last_delta_write = now
-        write = self.transport.send_event(event).__await__()
+        write = self.transport.send_event(event)
         try:
             waiting_for = write.send(None)
         except StopIteration:
@@ -371,7 +371,7 @@ class _StartedWrite:
 
     __slots__ = ("write", "waiting_for", "batch")
 
-    def __init__(self, write: Generator[Any, Any, None], waiting_for: Any, batch: list[Event]):
+    def __init__(self, write: Coroutine[Any, Any, None], waiting_for: Any, batch: list[Event]):
         self.write = write
         self.waiting_for = waiting_for
         self.batch = batch

@@ -15,7 +15,8 @@ The same response carries OpenAI ``chat.completion.chunk`` frames when given tha
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import anyio
 from starlette.types import Receive, Scope, Send
@@ -43,7 +44,7 @@ class SSETransport(Transport):
         if body:
             await self._send({"type": "http.response.body", "body": body, "more_body": True})
 
-    def send_event(self, event: Event) -> Awaitable[None]:
+    def send_event(self, event: Event) -> Coroutine[Any, Any, None]:
         body = self._encode(event)
         if not body:  # a codec may skip an event (OpenAI chunks have no stream.start)
             return _nothing()

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
@@ -73,13 +74,13 @@ class WebSocketTransport(Transport):
         for event in events:
             await send({"type": "websocket.send", "text": codec.encode_event(event)})
 
-    def send_event(self, event: Event) -> Awaitable[None]:
+    def send_event(self, event: Event) -> Coroutine[Any, Any, None]:
         return self._send({"type": "websocket.send", "text": codec.encode_event(event)})
 
     async def send_heartbeat(self) -> None:
         """Nothing to send: liveness is the server's protocol-level ping/pong (RFC 6455 5.5.2)."""
 
-    def send_text(self, text: str) -> Awaitable[None]:
+    def send_text(self, text: str) -> Coroutine[Any, Any, None]:
         """Write one text frame (a reply to a client message)."""
         return self._send({"type": "websocket.send", "text": text})
 
