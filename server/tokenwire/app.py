@@ -25,15 +25,13 @@ OpenAI's ``{"error": {"message", "type", "param", "code"}}`` on the OpenAI-compa
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import json
 import logging
 import secrets
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import FrameType
 from typing import Any, TypeVar
@@ -394,12 +392,11 @@ def create_app(settings: Settings | None = None, *, provider: Provider | None = 
         await stream_log.start()
         _drain_on_sigterm(state)
         try:
-            with full_collections_every(settings.gc_full_collection_every):
-                async with provider:
-                    try:
-                        yield
-                    finally:
-                        await state.registry.aclose()
+            async with provider:
+                try:
+                    yield
+                finally:
+                    await state.registry.aclose()
         finally:
             await stream_log.aclose()
 
@@ -428,31 +425,6 @@ def create_app(settings: Settings | None = None, *, provider: Provider | None = 
     )
     app.state.tokenwire = state
     return app
-
-
-@contextlib.contextmanager
-def full_collections_every(collections: int | None) -> Iterator[None]:
-    """While the app runs, CPython's cyclic garbage collector collects all generations only
-    after ``collections`` collections of generation 1 (its ``threshold2``; Python's default is
-    10), and the previous thresholds come back on exit. ``None`` changes nothing.
-
-    Why: a full collection walks every live object, and a stream's objects (its generation,
-    subscription, pump, tasks and request) live as long as the stream. While many streams open
-    (1,000 in two seconds, in the transport benchmark) the default runs full collections of
-    0.1 s and more that free almost nothing, and every stream and every stream start waits
-    behind each of them. Garbage in reference cycles (rare here: the per-token objects die by
-    reference counting) is still collected, only later. (CPython also skips a full collection
-    until the objects that survived generation 1 since the last one are 25% of all.)
-    """
-    if collections is None:
-        yield
-        return
-    previous = gc.get_threshold()
-    gc.set_threshold(previous[0], previous[1], collections)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*previous)
 
 
 class _App(Starlette):

@@ -83,9 +83,6 @@ class Settings(BaseSettings):
     ws_ping_timeout: Annotated[float | None, Field(gt=0)] = 20.0  # no pong: close 1011
     ws_max_message_size: Annotated[int, Field(ge=1024)] = 65536  # bytes; larger: close 1009
     log_format: Literal["text", "json"] = "text"
-    # CPython's cyclic GC: a full collection after this many generation-1 collections (Python's
-    # default is 10); see tokenwire.app.full_collections_every. None: Python's own setting.
-    gc_full_collection_every: Annotated[int | None, Field(ge=1)] = 100
 
     # demo page
     web_dir: str | None = None  # serve GET / from this directory instead of the bundled page
