@@ -36,8 +36,9 @@ def server_send(scope: Scope, send: Send) -> Send:
 
     Starlette wraps ``send`` three times on the way to a route (its error and exception
     middleware and the route itself), and each wrapper only watches for
-    ``http.response.start``, to know that a response has begun. A response's start still goes
-    through them; its body frames, a coroutine frame per wrapper under every token, need not.
+    ``http.response.start``, to know that a response has begun; so do tokenwire's own
+    (``X-Request-Id``, CORS). A response's start still goes through them; its body frames, a
+    coroutine frame per wrapper under every token, need not.
     Middleware wrapped around tokenwire's app from outside still sees every frame: what the
     app keeps is the ``send`` it was given.
     """

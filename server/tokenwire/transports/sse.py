@@ -46,7 +46,7 @@ class SSETransport(Transport):
 
     def send_event(self, event: Event) -> Coroutine[Any, Any, None]:
         body = self._encode(event)
-        if not body:  # a codec may skip an event (OpenAI chunks have no stream.start)
+        if not body:  # a codec may frame an event as nothing (OpenAI chunks: stream.resumed)
             return _nothing()
         return self._send({"type": "http.response.body", "body": body, "more_body": True})
 
