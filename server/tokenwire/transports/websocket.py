@@ -57,7 +57,6 @@ class WebSocketTransport(Transport):
     different streams may interleave, while each stream's own frames keep their order because
     one task writes them in turn.
 
-
     Frames go to the ASGI server's own ``send`` (see
     :func:`~tokenwire.transports.base.server_send`), not through Starlette's ``WebSocket``:
     a client that is gone shows as the server's ``OSError`` (uvicorn's ``ClientDisconnected``),
