@@ -428,8 +428,9 @@ async def _accept_and_close(receive: Receive, send: Send, code: int, reason: str
 
 def _with_request_id(send: Send, request_id: str) -> Send:
     """``send`` that adds ``X-Request-Id`` to the response's start. A plain function that
-    returns ``send``'s awaitable, not a coroutine of its own: it sits under every body write
-    of a stream, where a coroutine frame per token would cost more than the header."""
+    returns ``send``'s awaitable, with no coroutine frame of its own under each write. (A
+    stream's body frames do not pass through it at all: see
+    :func:`tokenwire.transports.base.server_send`.)"""
 
     def wrapped(message: Message) -> Awaitable[None]:
         if message["type"] == "http.response.start":

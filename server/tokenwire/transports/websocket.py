@@ -69,9 +69,8 @@ class WebSocketTransport(Transport):
         self._send = server_send(websocket.scope, websocket.send)
 
     async def send_events(self, events: list[Event]) -> None:
-        send = self._send
         for event in events:
-            await send({"type": "websocket.send", "text": codec.encode_event(event)})
+            await self.send_event(event)
 
     def send_event(self, event: Event) -> Coroutine[Any, Any, None]:
         return self._send({"type": "websocket.send", "text": codec.encode_event(event)})
