@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markdown import Markdown
 
 from transport.harness import BENCHMARKS_DIR, PROFILES, SERVERS, run
-from transport.report import row
+from transport.report import summary_row
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -46,7 +46,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="profile each server with py-spy during the latency window "
         "(writes profiles/<server>.txt and .md; needs pip install py-spy)",
     )  # fmt: skip
+    parser.add_argument(
+        "--repeat", type=int, default=1, metavar="N",
+        help="run every phase N times, the servers taking turns, and report medians "
+        "(each ratio: the median of its N same-round values); N x the run time",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error(f"--repeat must be at least 1, got {args.repeat}")
     names = {s.name for s in SERVERS}
     if args.servers is not None:
         args.servers = [name.strip() for name in args.servers.split(",") if name.strip()]
@@ -88,11 +95,18 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     command = shlex.join(["tokenwire", "bench", *argv])
     results = run(
-        args.profile, out, args.servers, args.tokenwire_env, console, command, args.py_spy
+        args.profile,
+        out,
+        args.servers,
+        args.tokenwire_env,
+        console,
+        command,
+        args.py_spy,
+        args.repeat,
     )
     console.print(Markdown((out / "results.md").read_text()))
     for name, server in results["servers"].items():
-        r = row(name, server)
+        r = summary_row(name, server)
         server_cpu, client_cpu = r["server_cpu_us_per_token"], r["client_cpu_us_per_token"]
         if server_cpu and client_cpu:
             verdict = "ok" if client_cpu < server_cpu else "CLIENT IS THE BOTTLENECK"

@@ -5,8 +5,10 @@ Every server runs alone in its own ``python -m uvicorn`` process (same flags for
 runs in another process and reads the server's CPU time and RSS by its pid. Each phase gets a
 fresh server process, so that nothing one phase left behind (streams a server still works on
 after its clients left, memory it did not return) is charged to the next. Servers run one
-after another, never two at once; results go to ``<out>/results.json``, ``results.md`` and PNG
-plots (:mod:`transport.report`), server and load generator logs to ``<out>/logs/``.
+after another, never two at once, and take turns phase by phase (every server's memory
+phase, then every server's latency phase, ...); ``--repeat N`` runs all of it N times.
+Results go to ``<out>/results.json``, ``results.md`` and PNG plots (:mod:`transport.report`),
+server and load generator logs to ``<out>/logs/``.
 """
 
 from __future__ import annotations
@@ -428,28 +430,42 @@ def run(
     console: Console | None = None,
     command: str = "",
     py_spy: bool = False,
+    repeat: int = 1,
 ) -> dict[str, Any]:
     """Run the benchmark; write results.json, results.md and the plots into ``out``; return
     the results. With ``py_spy``, also profile each server during the latency phase's window
-    (see :class:`PySpy`). Raises RuntimeError when a server or the load generator fails."""
+    (see :class:`PySpy`; the first round's). Raises RuntimeError when a server or the load
+    generator fails, ValueError when ``repeat`` < 1.
+
+    Phase by phase, every server runs a phase before any runs the next, so that the two rows
+    of a ratio are measured minutes apart at most, not a whole server's run apart: this
+    machine's speed drifts over minutes. ``repeat`` rounds run it all that many times; each
+    server's first round is its ``phases``, the others its ``repeats`` (the report takes
+    medians, :func:`transport.report.summary_row`)."""
     from transport import report
 
+    if repeat < 1:
+        raise ValueError(f"repeat must be >= 1, got {repeat}")
     console = console or Console()
     profile = PROFILES[profile_name]
     chosen = [s for s in SERVERS if servers is None or s.name in servers]
     out.mkdir(parents=True, exist_ok=True)
-    log_dir = out / "logs"
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by the servers
     results: dict[str, Any] = {
         "schema": SCHEMA,
         "profile": profile_name,
         "settings": asdict(profile),
+        "repeat": repeat,
         "command": command,
         "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
-        "servers": {},
+        "servers": {
+            s.name: {"description": s.description, "phases": {}, "startup_s": {}, "elapsed_s": 0.0}
+            for s in chosen
+        },
     }
+    rounds: dict[str, list[dict[str, Any]]] = {s.name: [] for s in chosen}
     began = time.monotonic()
     columns = [
         TextColumn("[bold]{task.fields[server]:<24}"),
@@ -460,44 +476,81 @@ def run(
     ]
     with Progress(*columns, console=console, transient=False) as progress:
         tasks = {
-            s.name: progress.add_task("waiting", total=profile.progress_steps(s), server=s.name)
+            s.name: progress.add_task(
+                "waiting", total=repeat * profile.progress_steps(s), server=s.name
+            )
             for s in chosen
         }
+        for number in range(repeat):
+            for server in chosen:
+                rounds[server.name].append({})
+            for spec in profile.phases():
+                for server in chosen:
+                    if spec not in profile.phases_for(server):
+                        continue
+                    entry = results["servers"][server.name]
+                    spy = py_spy and number == 0
+                    result = _run_phase(
+                        server,
+                        spec,
+                        profile,
+                        out,
+                        tokenwire_env,
+                        spy,
+                        progress,
+                        tasks[server.name],
+                        entry,
+                    )
+                    rounds[server.name][number].update(result["phases"])
         for server in chosen:
-            task = tasks[server.name]
-            progress.update(task, description="starting")
-
-            def on_progress(message: dict[str, Any], task: Any = task) -> None:
-                progress.update(task, advance=1, description=message.get("detail", ""))
-
-            began_server = time.monotonic()
-            phases: dict[str, Any] = {}
-            startup: dict[str, float] = {}
-            for spec in profile.phases_for(server):
-                began_phase = time.monotonic()
-                with running_server(server, log_dir, tokenwire_env or {}) as (process, port):
-                    startup[spec["name"]] = time.monotonic() - began_phase
-                    job = {
-                        "server": server.name,
-                        "port": port,
-                        "server_pid": process.pid,
-                        "rate": profile.rate,
-                        "features": sorted(server.features),
-                        "quiesce_within": profile.quiesce_within,
-                        "phases": [spec],
-                    }
-                    spy = PySpy(process.pid, out / "profiles" / server.name) if py_spy else None
-                    result = run_loadgen(job, on_progress, log_dir, spy.on_window if spy else None)
-                    if spy is not None:
-                        spy.finish()
-                phases.update(result["phases"])
-            results["servers"][server.name] = {
-                "description": server.description,
-                "phases": phases,
-                "startup_s": startup,
-                "elapsed_s": time.monotonic() - began_server,
-            }
-            progress.update(task, completed=profile.progress_steps(server), description="done")
+            entry = results["servers"][server.name]
+            entry["phases"], *repeats = rounds[server.name]
+            if repeats:
+                entry["repeats"] = repeats
+            progress.update(
+                tasks[server.name],
+                completed=repeat * profile.progress_steps(server),
+                description="done",
+            )
     results["duration_s"] = time.monotonic() - began
     report.write(results, out)
     return results
+
+
+def _run_phase(
+    server: ServerUnderTest,
+    spec: dict[str, Any],
+    profile: Profile,
+    out: Path,
+    tokenwire_env: dict[str, str] | None,
+    py_spy: bool,
+    progress: Progress,
+    task: Any,
+    entry: dict[str, Any],
+) -> dict[str, Any]:
+    """One phase of one server, in a fresh server process; the load generator's result.
+    Adds the server's start-up and phase time to ``entry`` (``startup_s``, ``elapsed_s``)."""
+    progress.update(task, description=f"starting ({spec['name']})")
+
+    def on_progress(message: dict[str, Any]) -> None:
+        progress.update(task, advance=1, description=message.get("detail", ""))
+
+    began = time.monotonic()
+    with running_server(server, out / "logs", tokenwire_env or {}) as (process, port):
+        startup = time.monotonic() - began
+        entry["startup_s"][spec["name"]] = max(entry["startup_s"].get(spec["name"], 0), startup)
+        job = {
+            "server": server.name,
+            "port": port,
+            "server_pid": process.pid,
+            "rate": profile.rate,
+            "features": sorted(server.features),
+            "quiesce_within": profile.quiesce_within,
+            "phases": [spec],
+        }
+        spy = PySpy(process.pid, out / "profiles" / server.name) if py_spy else None
+        result = run_loadgen(job, on_progress, out / "logs", spy.on_window if spy else None)
+        if spy is not None:
+            spy.finish()
+    entry["elapsed_s"] += time.monotonic() - began
+    return result

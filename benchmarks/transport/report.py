@@ -8,11 +8,16 @@ target ratios and the machine) and PNG plots drawn with matplotlib's Agg backend
 - ``ramp.png``: added inter-token p99 at each ramp step, with the 50 ms line;
 - ``control.png``: cancel latency (client cancel -> generator stopped, p50 and p99) and the
   healthy streams' added inter-token p99 without and with stalled consumers.
+
+A run of several rounds (``--repeat``): the table, the bars and the ratios are medians over the
+rounds (:func:`summary_row`, :func:`ratios`); the curves (CDFs, ramp, memory) are the first
+round's.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -103,13 +108,72 @@ def row(name: str, server: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def ratios(rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def rounds(server: dict[str, Any]) -> list[dict[str, Any]]:
+    """The phases of every round a server ran, first to last (``phases`` is the first round,
+    ``repeats`` the others; see ``tokenwire bench --repeat``)."""
+    return [server["phases"], *server.get("repeats", [])]
+
+
+# Counts of things that went wrong: a round's trouble must show, so these add up over rounds.
+SUMMED = frozenset(
+    {"failures", "text_mismatches", "not_stopped", "resume_lost_tokens", "resume_duplicated_tokens"}
+)
+
+
+def summary_row(name: str, server: dict[str, Any]) -> dict[str, Any]:
+    """:func:`row` over every round: each number the median of the rounds' (counts of failures,
+    mismatches, lost and duplicated tokens: their sum), warnings from every round."""
+    rows = [row(name, {"phases": phases}) for phases in rounds(server)]
+    if len(rows) == 1:
+        return rows[0]
+    merged = _merge(rows)
+    server_cpu, client_cpu = merged["server_cpu_us_per_token"], merged["client_cpu_us_per_token"]
+    merged["client_cheaper"] = client_cpu < server_cpu if server_cpu and client_cpu else None
+    merged["rounds"] = len(rows)
+    return merged
+
+
+def _merge(values: list[Any], key: str = "") -> Any:
+    """One value for the same field of several rounds (see :func:`summary_row`)."""
+    first = values[0]
+    if isinstance(first, dict):
+        keys = dict.fromkeys(k for value in values for k in value)
+        return {k: _merge([value.get(k) for value in values], k) for k in keys}
+    if isinstance(first, list):  # warnings: each once, in the order first seen
+        return list(dict.fromkeys(item for value in values for item in value or []))
+    numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    if not numbers:
+        return first
+    return sum(numbers) if key in SUMMED else statistics.median(numbers)
+
+
+def ratios(servers: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The target ratios (:data:`RATIOS`): each one's value in every round (two rows of the
+    same round, measured minutes apart at most), and their median as ``value``."""
+    per_round: list[dict[str, dict[str, Any]]] = []
+    for name, server in servers.items():
+        for number, phases in enumerate(rounds(server)):
+            if number == len(per_round):
+                per_round.append({})
+            per_round[number][name] = row(name, {"phases": phases})
     out = []
     for label, top, bottom, metric, target in RATIOS:
         key = "server_cpu_us_per_token" if metric == "cpu" else "outpace_tokens_per_cpu_s"
-        a, b = rows.get(top, {}).get(key), rows.get(bottom, {}).get(key)
-        out.append({"label": label, "target": target, "value": a / b if a and b else None})
+        values = []
+        for rows in per_round:
+            a, b = rows.get(top, {}).get(key), rows.get(bottom, {}).get(key)
+            values.append(a / b if a and b else None)
+        known = [v for v in values if v is not None]
+        value = statistics.median(known) if known else None
+        out.append({"label": label, "target": target, "value": value, "rounds": values})
     return out
+
+
+def summarize(results: dict[str, Any]) -> dict[str, Any]:
+    """``{"rows": {server: summary_row}, "ratios": ratios}``, what the table and plots show."""
+    servers = results["servers"]
+    rows = {name: summary_row(name, server) for name, server in servers.items()}
+    return {"rows": rows, "ratios": ratios(servers)}
 
 
 def _num(value: float | None, digits: int = 1) -> str:
@@ -121,8 +185,10 @@ def _ms(stats: dict[str, Any], *keys: str) -> str:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    rows = [row(name, server) for name, server in results["servers"].items()]
+    summary = results.get("summary") or summarize(results)
+    rows = list(summary["rows"].values())
     settings = results["settings"]
+    repeat = results.get("repeat", 1)
     m = results["machine"]
     lines = [
         f"# Transport benchmark ({results['profile']} profile)",
@@ -139,6 +205,16 @@ def markdown(results: dict[str, Any]) -> str:
         "tokens are all due at once, each socket read at most every "
         f"{settings['outpace_read_every'] * 1e3:g} ms.",
         "",
+        *(
+            [
+                f"Every phase ran {repeat} times (rounds), the servers one after another within "
+                "each; each number below is the median of the rounds' (failure counts: their "
+                "sum), each ratio the median of the rounds' ratios, with every round's value.",
+                "",
+            ]
+            if repeat > 1
+            else []
+        ),
         "| server | added TTFT p50 / p99 ms | added inter-token p50 / p99 / p99.9 ms "
         "| server CPU µs/token | client CPU µs/token | max streams (p99 < 50 ms) "
         "| idle KiB/conn | active KiB/conn | outpace tokens/CPU-s |",
@@ -155,8 +231,11 @@ def markdown(results: dict[str, Any]) -> str:
         )
     lines += ["", *control_table(results, rows)]
     lines += ["", "| ratio (same run) | target | measured |", "|---|---|---|"]
-    for ratio in ratios({r["server"]: r for r in rows}):
-        lines.append(f"| {ratio['label']} | {ratio['target']} | {_num(ratio['value'], 2)} |")
+    for ratio in summary["ratios"]:
+        measured = _num(ratio["value"], 2)
+        if len(ratio["rounds"]) > 1:
+            measured += f" (rounds: {', '.join(_num(v, 2) for v in ratio['rounds'])})"
+        lines.append(f"| {ratio['label']} | {ratio['target']} | {measured} |")
     problems = [r for r in rows if r["failures"] or r["text_mismatches"]]
     costly = [r["server"] for r in rows if r["client_cheaper"] is False]
     lines.append("")
@@ -251,7 +330,7 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
     paths.append(_save(fig, out / "latency_cdf.png"))
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    rows = [row(name, servers[name]) for name in names]
+    rows = [(results.get("summary") or summarize(results))["rows"][name] for name in names]
     xs = range(len(rows))
     axes[0].bar(
         [x - 0.2 for x in xs],
@@ -354,8 +433,7 @@ def _save(fig: Any, path: Path) -> Path:
 
 def write(results: dict[str, Any], out: Path) -> None:
     """Write results.json, results.md and the PNG plots into ``out``."""
-    rows = {name: row(name, server) for name, server in results["servers"].items()}
-    results["summary"] = {"rows": rows, "ratios": ratios(rows)}
+    results["summary"] = summarize(results)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / "results.md").write_text(markdown(results))
     plots(results, out)

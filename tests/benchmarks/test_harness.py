@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 TOKENWIRE = Path(sys.executable).with_name("tokenwire")
 SERVERS = [
@@ -160,3 +162,70 @@ def test_bench_rejects_an_unknown_server_by_name() -> None:
     run = bench("--servers", "tokenwire-sse,nginx", timeout=60)
     assert run.returncode == 2
     assert "--servers: unknown ['nginx']" in run.stderr
+
+
+def test_repeat_runs_every_phase_in_rounds_and_reports_medians(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    servers = ["tokenwire-sse", "baseline-streaming"]
+    run = bench("--quick", "--repeat", "2", "--servers", ",".join(servers), "--out", str(out))
+    assert run.returncode == 0, run.stdout + run.stderr
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["repeat"] == 2
+    assert list(results["servers"]) == servers
+    for name, server in results["servers"].items():
+        (repeat,) = server["repeats"]
+        assert set(repeat) == set(server["phases"]), name
+        cpus = [
+            p["latency"]["steps"][0]["server_cpu_us_per_token"] for p in (server["phases"], repeat)
+        ]
+        row = results["summary"]["rows"][name]
+        assert row["rounds"] == 2
+        assert row["server_cpu_us_per_token"] == pytest.approx(sum(cpus) / 2), name
+        assert row["failures"] == 0, name
+    cpu_ratio = results["summary"]["ratios"][0]
+    rounds = [
+        {name: s["phases"] if n == 0 else s["repeats"][0] for name, s in results["servers"].items()}
+        for n in range(2)
+    ]
+    expected = [
+        r["tokenwire-sse"]["latency"]["steps"][0]["server_cpu_us_per_token"]
+        / r["baseline-streaming"]["latency"]["steps"][0]["server_cpu_us_per_token"]
+        for r in rounds
+    ]
+    assert cpu_ratio["rounds"] == pytest.approx(expected)
+    assert cpu_ratio["value"] == pytest.approx(sum(expected) / 2)
+    assert results["summary"]["ratios"][1]["value"] is None  # no WebSocket servers ran
+    table = (out / "results.md").read_text()
+    assert "Every phase ran 2 times" in table
+    assert f"(rounds: {expected[0]:.2f}, {expected[1]:.2f})" in table
+
+
+def test_a_round_s_failures_add_up_rather_than_vanish_in_a_median(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from transport.report import summary_row
+
+    def phases(cpu: float, failures: int, warning: str) -> dict[str, Any]:
+        step = {"server_cpu_us_per_token": cpu, "client_cpu_us_per_token": 1.0}
+        latency = {"steps": [step], "failures": failures, "warnings": [warning]}
+        return {"latency": latency, "outpace": {"tokens_per_server_cpu_s": cpu * 1000}}
+
+    server = {
+        "phases": phases(10.0, 0, "slow start"),
+        "repeats": [phases(30.0, 2, "slow start"), phases(12.0, 0, "host busy")],
+    }
+    row = summary_row("tokenwire-sse", server)
+    assert row["server_cpu_us_per_token"] == 12.0  # the median, not the mean (17.3)
+    assert row["outpace_tokens_per_cpu_s"] == 12_000.0
+    assert row["failures"] == 2
+    assert row["client_cheaper"] is True
+    assert row["warnings"] == ["latency: slow start", "latency: host busy"]
+    assert row["rounds"] == 3
+
+
+def test_bench_rejects_a_repeat_below_one() -> None:
+    run = bench("--repeat", "0", timeout=60)
+    assert run.returncode == 2
+    assert "--repeat must be at least 1" in run.stderr
