@@ -96,10 +96,20 @@ class EventStreamResponse:
         self.headers = {**sse.HEADERS, **(headers or {})}
         self.connections = connections
 
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """The response's headers as ASGI wants them; the common ones are encoded once per
+        process, not per stream (the list lives as long as the stream)."""
+        extra = [
+            (name.lower().encode(), value.encode())
+            for name, value in self.headers.items()
+            if sse.HEADERS.get(name) != value
+        ]
+        overridden = {name for name, _ in extra}
+        return [pair for pair in _RAW_HEADERS if pair[0] not in overridden] + extra
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        raw_headers = [(b"content-type", b"text/event-stream; charset=utf-8")]
-        raw_headers += [(k.lower().encode(), v.encode()) for k, v in self.headers.items()]
-        await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
+        headers = self.raw_headers()
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         if self.connections is not None:
             self.connections.inc()
         try:  # the body, past the wrappers that only watch the start (see server_send)
@@ -144,6 +154,12 @@ class EventStreamResponse:
             with anyio.move_on_after(self.send_timeout):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         # else: the response stays incomplete and uvicorn closes the connection
+
+
+_RAW_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    *[(name.lower().encode(), value.encode()) for name, value in sse.HEADERS.items()],
+]
 
 
 async def _nothing() -> None:
