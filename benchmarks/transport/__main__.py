@@ -51,7 +51,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="run every phase N times, the servers taking turns, and report medians "
         "(each ratio: the median of its N same-round values); N x the run time",
     )  # fmt: skip
+    phase_names = [spec["name"] for spec in PROFILES["default"].phases()]
+    parser.add_argument(
+        "--phases", default=None,
+        help=f"comma-separated subset of the phases: {', '.join(phase_names)}",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.phases is not None:
+        args.phases = frozenset(name.strip() for name in args.phases.split(",") if name.strip())
+        unknown = sorted(args.phases - set(phase_names))
+        if unknown or not args.phases:
+            parser.error(f"--phases: unknown {unknown}; choose from {phase_names}")
     if args.repeat < 1:
         parser.error(f"--repeat must be at least 1, got {args.repeat}")
     names = {s.name for s in SERVERS}
@@ -103,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         command,
         args.py_spy,
         args.repeat,
+        args.phases,
     )
     console.print(Markdown((out / "results.md").read_text()))
     for name, server in results["servers"].items():

@@ -212,17 +212,34 @@ class Profile:
             },
         ]
 
-    def phases_for(self, server: ServerUnderTest) -> list[dict[str, Any]]:
-        """The phases that apply to ``server`` (a spec's ``needs`` is one of its features)."""
-        return [s for s in self.phases() if s.get("needs", "") in {"", *server.features}]
+    def phases_for(
+        self, server: ServerUnderTest, only: frozenset[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """The phases that apply to ``server`` (a spec's ``needs`` is one of its features),
+        of those named in ``only`` if given."""
+        return [
+            spec
+            for spec in self.phases()
+            if spec.get("needs", "") in {"", *server.features}
+            and (only is None or spec["name"] in only)
+        ]
 
-    def progress_steps(self, server: ServerUnderTest | None = None) -> int:
-        """Progress lines the load generator writes for ``server`` (None: a baseline)."""
+    def progress_steps(
+        self, server: ServerUnderTest | None = None, only: frozenset[str] | None = None
+    ) -> int:
+        """Progress lines the load generator writes for ``server`` (None: a baseline) in the
+        phases named in ``only`` (None: all)."""
         features = server.features if server is not None else frozenset()
-        steps = 2 * self.memory_steps + 1 + len(self.ramp) + 1
-        steps += 1 + ("cancel" in features)  # cancel: one line per kind
-        steps += 2  # isolation: alone, with stalled consumers (steady)
-        return steps + ("resume" in features)
+        lines = {
+            "memory": 2 * self.memory_steps,
+            "latency": 1,
+            "ramp": len(self.ramp),
+            "outpace": 1,
+            "cancel": 1 + ("cancel" in features),  # one line per kind
+            "isolation": 2,  # alone, with stalled consumers (steady)
+            "resume": int("resume" in features),
+        }
+        return sum(count for name, count in lines.items() if only is None or name in only)
 
 
 PROFILES = {
@@ -431,6 +448,7 @@ def run(
     command: str = "",
     py_spy: bool = False,
     repeat: int = 1,
+    only: frozenset[str] | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark; write results.json, results.md and the plots into ``out``; return
     the results. With ``py_spy``, also profile each server during the latency phase's window
@@ -441,7 +459,8 @@ def run(
     of a ratio are measured minutes apart at most, not a whole server's run apart: this
     machine's speed drifts over minutes. ``repeat`` rounds run it all that many times; each
     server's first round is its ``phases``, the others its ``repeats`` (the report takes
-    medians, :func:`transport.report.summary_row`)."""
+    medians, :func:`transport.report.summary_row`). ``only`` names the phases to run (None:
+    all of them)."""
     from transport import report
 
     if repeat < 1:
@@ -457,6 +476,9 @@ def run(
         "profile": profile_name,
         "settings": asdict(profile),
         "repeat": repeat,
+        "phases_run": [
+            spec["name"] for spec in profile.phases() if only is None or spec["name"] in only
+        ],
         "command": command,
         "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
@@ -477,7 +499,7 @@ def run(
     with Progress(*columns, console=console, transient=False) as progress:
         tasks = {
             s.name: progress.add_task(
-                "waiting", total=repeat * profile.progress_steps(s), server=s.name
+                "waiting", total=repeat * profile.progress_steps(s, only), server=s.name
             )
             for s in chosen
         }
@@ -486,7 +508,7 @@ def run(
                 rounds[server.name].append({})
             for spec in profile.phases():
                 for server in chosen:
-                    if spec not in profile.phases_for(server):
+                    if spec not in profile.phases_for(server, only):
                         continue
                     entry = results["servers"][server.name]
                     spy = py_spy and number == 0
@@ -509,7 +531,7 @@ def run(
                 entry["repeats"] = repeats
             progress.update(
                 tasks[server.name],
-                completed=repeat * profile.progress_steps(server),
+                completed=repeat * profile.progress_steps(server, only),
                 description="done",
             )
     results["duration_s"] = time.monotonic() - began

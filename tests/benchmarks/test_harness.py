@@ -229,3 +229,26 @@ def test_bench_rejects_a_repeat_below_one() -> None:
     run = bench("--repeat", "0", timeout=60)
     assert run.returncode == 2
     assert "--repeat must be at least 1" in run.stderr
+
+
+def test_phases_runs_only_the_named_phases(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    run = bench(
+        "--quick", "--phases", "latency,outpace", "--servers", "tokenwire-ws", "--out", str(out)
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["phases_run"] == ["latency", "outpace"]
+    (server,) = results["servers"].values()
+    assert set(server["phases"]) == {"latency", "outpace"}
+    assert server["phases"]["latency"]["steps"][0]["server_cpu_us_per_token"] > 0
+    row = results["summary"]["rows"]["tokenwire-ws"]
+    assert row["max_streams"] is None and row["idle_kib_per_connection"] is None
+    assert "| tokenwire-ws |" in (out / "results.md").read_text()
+
+
+def test_bench_rejects_an_unknown_phase_by_name() -> None:
+    run = bench("--phases", "latency,warmup", timeout=60)
+    assert run.returncode == 2
+    assert "--phases: unknown ['warmup']" in run.stderr
