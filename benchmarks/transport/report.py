@@ -121,7 +121,8 @@ SUMMED = frozenset(
 
 
 def summary_row(name: str, server: dict[str, Any]) -> dict[str, Any]:
-    """:func:`row` over every round: each number the median of the rounds' (counts of failures,
+    """:func:`row` over every round: each number the median of the rounds' (whole numbers,
+    such as max streams: the lower median, one of the rounds' values; counts of failures,
     mismatches, lost and duplicated tokens: their sum), warnings from every round."""
     rows = [row(name, {"phases": phases}) for phases in rounds(server)]
     if len(rows) == 1:
@@ -144,7 +145,11 @@ def _merge(values: list[Any], key: str = "") -> Any:
     numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
     if not numbers:
         return first
-    return sum(numbers) if key in SUMMED else statistics.median(numbers)
+    if key in SUMMED:
+        return sum(numbers)
+    if all(isinstance(v, int) for v in numbers):  # a count (streams): one of the rounds' values
+        return statistics.median_low(numbers)
+    return statistics.median(numbers)
 
 
 def ratios(servers: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

@@ -207,17 +207,25 @@ def test_a_round_s_failures_add_up_rather_than_vanish_in_a_median(
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     from transport.report import summary_row
 
-    def phases(cpu: float, failures: int, warning: str) -> dict[str, Any]:
+    def phases(cpu: float, failures: int, warning: str, streams: int) -> dict[str, Any]:
         step = {"server_cpu_us_per_token": cpu, "client_cpu_us_per_token": 1.0}
         latency = {"steps": [step], "failures": failures, "warnings": [warning]}
-        return {"latency": latency, "outpace": {"tokens_per_server_cpu_s": cpu * 1000}}
+        return {
+            "latency": latency,
+            "outpace": {"tokens_per_server_cpu_s": cpu * 1000},
+            "ramp": {"max_streams": streams},
+        }
 
     server = {
-        "phases": phases(10.0, 0, "slow start"),
-        "repeats": [phases(30.0, 2, "slow start"), phases(12.0, 0, "host busy")],
+        "phases": phases(10.0, 0, "slow start", 500),
+        "repeats": [phases(30.0, 2, "slow start", 1000), phases(12.0, 0, "host busy", 1500)],
     }
     row = summary_row("tokenwire-sse", server)
     assert row["server_cpu_us_per_token"] == 12.0  # the median, not the mean (17.3)
+    assert row["max_streams"] == 1000
+    two_rounds = summary_row("tokenwire-sse", {**server, "repeats": server["repeats"][:1]})
+    assert two_rounds["max_streams"] == 500  # a ramp step that ran, not 750
+    assert two_rounds["server_cpu_us_per_token"] == 20.0
     assert row["outpace_tokens_per_cpu_s"] == 12_000.0
     assert row["failures"] == 2
     assert row["client_cheaper"] is True
