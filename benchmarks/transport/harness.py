@@ -456,7 +456,7 @@ def run(
     generator fails, ValueError when ``repeat`` < 1.
 
     Phase by phase, every server runs a phase before any runs the next, so that the two rows
-    of a ratio are measured minutes apart at most, not a whole server's run apart: this
+    of a ratio are measured minutes apart at most, not a whole server's run apart: a shared
     machine's speed drifts over minutes. ``repeat`` rounds run it all that many times; each
     server's first round is its ``phases``, the others its ``repeats`` (the report takes
     medians, :func:`transport.report.summary_row`). ``only`` names the phases to run (None:
@@ -551,7 +551,8 @@ def _run_phase(
     entry: dict[str, Any],
 ) -> dict[str, Any]:
     """One phase of one server, in a fresh server process; the load generator's result.
-    Adds the server's start-up and phase time to ``entry`` (``startup_s``, ``elapsed_s``)."""
+    Records in ``entry`` the server's start-up time before this phase (``startup_s``, the
+    longest over the rounds) and adds the phase's time to ``elapsed_s``."""
     progress.update(task, description=f"starting ({spec['name']})")
 
     def on_progress(message: dict[str, Any]) -> None:

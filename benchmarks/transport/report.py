@@ -335,7 +335,8 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
     paths.append(_save(fig, out / "latency_cdf.png"))
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    rows = [(results.get("summary") or summarize(results))["rows"][name] for name in names]
+    summary = results.get("summary") or summarize(results)
+    rows = [summary["rows"][name] for name in names]
     xs = range(len(rows))
     axes[0].bar(
         [x - 0.2 for x in xs],
