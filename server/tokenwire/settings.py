@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     ws_ping_timeout: Annotated[float | None, Field(gt=0)] = 20.0  # no pong: close 1011
     ws_max_message_size: Annotated[int, Field(ge=1024)] = 65536  # bytes; larger: close 1009
     log_format: Literal["text", "json"] = "text"
+    # Python's gc threshold0 while the app runs: container allocations (net of deallocations)
+    # between young collections; None keeps Python's (700). See the README's Settings.
+    gc_young_threshold: Annotated[int | None, Field(ge=1)] = None
 
     # demo page
     web_dir: str | None = None  # serve GET / from this directory instead of the bundled page
