@@ -99,13 +99,11 @@ class EventStreamResponse:
     def raw_headers(self) -> list[tuple[bytes, bytes]]:
         """The response's headers as ASGI wants them; the common ones are encoded once per
         process, not per stream (the list lives as long as the stream)."""
-        extra = [
-            (name.lower().encode(), value.encode())
+        encoded = [
+            _COMMON_HEADERS.get((name, value)) or (name.lower().encode(), value.encode())
             for name, value in self.headers.items()
-            if sse.HEADERS.get(name) != value
         ]
-        overridden = {name for name, _ in extra}
-        return [pair for pair in _RAW_HEADERS if pair[0] not in overridden] + extra
+        return [_CONTENT_TYPE, *encoded]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = self.raw_headers()
@@ -156,10 +154,10 @@ class EventStreamResponse:
         # else: the response stays incomplete and uvicorn closes the connection
 
 
-_RAW_HEADERS = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    *[(name.lower().encode(), value.encode()) for name, value in sse.HEADERS.items()],
-]
+_CONTENT_TYPE = (b"content-type", b"text/event-stream; charset=utf-8")
+_COMMON_HEADERS = {
+    (name, value): (name.lower().encode(), value.encode()) for name, value in sse.HEADERS.items()
+}
 
 
 async def _nothing() -> None:
