@@ -17,6 +17,7 @@ test: $(VENV)/.installed-dev  ## set up, then run every test (installs redis-ser
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check server clients tests benchmarks
+	$(BIN)/mypy
 
 bench: $(VENV)/.installed-dev  ## local model throughput through the server vs llama-cpp-python
 	$(BIN)/python benchmarks/local_throughput.py $(ARGS)

@@ -40,7 +40,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import percentile  # noqa: E402
-from tokenwire.keys import key_file_line, new_api_key  # noqa: E402
+from tokenwire.edge.keys import key_file_line, new_api_key  # noqa: E402
 
 BODY = {"messages": [{"role": "user", "content": "hi"}]}
 

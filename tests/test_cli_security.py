@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import free_port
 from tests.security_helpers import ws_connect
 from tests.test_cli import start, stop, wait_healthy
-from tokenwire.keys import KeyStore
+from tokenwire.edge.keys import KeyStore
 
 
 def test_new_key_prints_a_key_and_its_key_file_line(tmp_path):

@@ -24,7 +24,7 @@ from tests.security_helpers import (
     ws_connect,
     ws_events,
 )
-from tokenwire.limits import MessageBudget
+from tokenwire.edge.limits import MessageBudget
 from tokenwire.providers.scripted import Script, scripted_text
 
 KEY = "tw_limits-key"
@@ -232,7 +232,7 @@ async def test_websocket_messages_per_minute():
 
 def test_message_budget_refills_over_time(monkeypatch):
     now = [100.0]
-    monkeypatch.setattr("tokenwire.limits.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("tokenwire.edge.limits.time.monotonic", lambda: now[0])
     budget = MessageBudget(60)
     assert all(budget.allow() for _ in range(60))
     assert not budget.allow() and budget.retry_after() == pytest.approx(1.0)

@@ -10,14 +10,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import asgi_client, scripted_app, serve, wait_for
 from tests.security_helpers import GENERATE, USER, sse_events, ws_connect, ws_events
-from tokenwire.metrics import Metrics
+from tokenwire.edge.metrics import Metrics
 from tokenwire.protocol.events import TextDelta
 from tokenwire.protocol.requests import GenerateParams
 from tokenwire.providers.scripted import Script, ScriptedProvider, scripted_text
 from tokenwire.settings import OverflowPolicy, Settings
 from tokenwire.streams.registry import StreamRegistry
 from tokenwire.streams.subscription import ends_stream
-from tokenwire.transports.base import Delivery, Transport, pump
+from tokenwire.transports.base import Transport
+from tokenwire.transports.pump import Delivery, pump
 
 GENERATE_PARAMS = GenerateParams(messages=USER)
 
@@ -151,8 +152,8 @@ async def run_stalled(overflow: OverflowPolicy, tokens: int) -> tuple[Samples, D
     metrics = Metrics()
     async with provider:
         registry = StreamRegistry(provider, settings)
+        registry.observer = metrics
         generation = registry.create(GENERATE_PARAMS, transport="websocket")
-        metrics.attach(generation)
         attachment = registry.attach(generation)
         client = StalledClient()
         generation.start()
@@ -198,7 +199,7 @@ def test_per_write_tallies_export_what_prometheus_histograms_would():
     own Histogram fed the same observations: same buckets, count and sum."""
     from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-    from tokenwire.metrics import INTER_TOKEN_BUCKETS
+    from tokenwire.edge.metrics import INTER_TOKEN_BUCKETS
 
     observations = [0.0, 0.0005, 0.001, 0.0011, 0.003, 0.05, 0.7, 5.0, 7.5, 120.0]
     metrics = Metrics()
@@ -250,13 +251,14 @@ async def test_a_lone_delta_s_write_counts_as_a_batch_of_one():
     for lone in (True, False):
         metrics = Metrics()
         registry = StreamRegistry(ScriptedProvider(Script()), Settings(provider="scripted"))
-        metrics.attach(generation := registry.create(GENERATE_PARAMS, transport="sse"))
-        observer = metrics.delivery(generation, generation.subscribe())
+        registry.observer = metrics
+        generation = registry.create(GENERATE_PARAMS, transport="sse")
+        observer = metrics.delivery("sse", generation.started_at, resumed=False)
         for seq in range(2, 6):
             if lone:
                 observer.sent_text()
             else:
-                observer.sent([TextDelta(stream_id=generation.stream_id, seq=seq, delta="x")])
+                observer.sent([TextDelta(stream_id=generation.stream_id, seq=seq, delta="x")], 0)
         samples = parse(metrics.render().decode())
         counted.append(
             {

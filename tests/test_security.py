@@ -30,9 +30,9 @@ from tests.security_helpers import (
     ws_connect,
     ws_events,
 )
-from tokenwire.keys import KeyStore, TokenSigner, key_file_line, new_api_key
+from tokenwire.edge.keys import KeyStore, TokenSigner, key_file_line, new_api_key
+from tokenwire.edge.security import OriginPolicy, normalize_origin
 from tokenwire.providers.scripted import Script, scripted_text
-from tokenwire.security import OriginPolicy, normalize_origin
 from tokenwire.settings import Settings
 from tokenwire_client import AsyncClient, ServerError
 

@@ -19,9 +19,9 @@ import typer
 import uvicorn
 from pydantic import ValidationError
 
-from tokenwire.keys import key_file_line, new_api_key
+from tokenwire.edge.keys import key_file_line, new_api_key
+from tokenwire.edge.security import check_settings
 from tokenwire.providers import PROVIDERS
-from tokenwire.security import check_settings
 from tokenwire.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -150,7 +150,7 @@ def chat(
 ) -> None:
     """Chat in the terminal: replies stream token by token; Ctrl-C stops a reply (not the
     chat); Ctrl-D or /exit quits."""
-    from tokenwire.chat import run_chat  # the client is only needed here
+    from tokenwire_client.chat import run_chat  # the client is only needed here
 
     raise typer.Exit(
         run_chat(url, transport=transport.value, model=model, max_tokens=max_tokens, system=system)

@@ -2,8 +2,11 @@
 
 Hierarchy::
 
-    TokenwireError                 root; ``code`` is the protocol error code, ``retryable`` a hint
-    ├── InvalidRequest             the client's request is malformed (``invalid_request``)
+    TokenwireError                 root; ``code`` is the protocol error code, ``retryable`` a hint,
+    │                              ``status`` the HTTP status that answers it
+    ├── InternalError              a server bug; nothing more is said (``internal_error``, 500)
+    ├── InvalidRequest             the client's request is malformed (``invalid_request``, 400)
+    │   └── InvalidField           well-formed, but a field's value is wrong (422)
     ├── NotFound                   unknown stream or model (``not_found``)
     ├── Unauthorized               no valid API key or token (``unauthorized``, HTTP 401)
     ├── Forbidden                  a browser Origin not on the allowlist (``forbidden``, 403)
@@ -12,6 +15,9 @@ Hierarchy::
     └── ProviderError              the model backend failed (``provider_error``)
         └── ProviderTimeout        the backend did not answer in time (``provider_timeout``)
 
+``status`` comes from :data:`HTTP_STATUS` by code (a subclass may fix its own, as
+:class:`InvalidField` does); ``tokenwire.edge.responses`` writes every error answer from it.
+
 Provider implementations translate their SDK's exceptions into these at the boundary with
 ``raise ... from exc``, so the stream layer and transports only ever see this hierarchy.
 """
@@ -19,6 +25,7 @@ Provider implementations translate their SDK's exceptions into these at the boun
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import ClassVar
 
 
 class ErrorCode(StrEnum):
@@ -37,6 +44,21 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = "internal_error"
 
 
+HTTP_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.INVALID_REQUEST: 400,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.INTERNAL_ERROR: 500,
+    ErrorCode.PROVIDER_ERROR: 502,
+    ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.PROVIDER_TIMEOUT: 504,
+}
+"""The HTTP status that answers each error code (codes not listed: 500)."""
+
+
 class TokenwireError(Exception):
     """Root of tokenwire's exceptions.
 
@@ -44,10 +66,13 @@ class TokenwireError(Exception):
         message: human-readable text, safe to send to a client (no secrets, no tracebacks).
         code: the protocol error code.
         retryable: whether the same request may succeed if tried again later.
+        status: the HTTP status of an answer to it (:data:`HTTP_STATUS`, unless the class
+            fixes its own).
     """
 
     code: ErrorCode = ErrorCode.INTERNAL_ERROR
     retryable: bool = False
+    fixed_status: ClassVar[int | None] = None
 
     def __init__(
         self, message: str, *, retryable: bool | None = None, code: ErrorCode | None = None
@@ -59,11 +84,33 @@ class TokenwireError(Exception):
         if code is not None:
             self.code = code
 
+    @property
+    def status(self) -> int:
+        return self.fixed_status or HTTP_STATUS.get(self.code, 500)
+
+
+class InternalError(TokenwireError):
+    """A bug or an unforeseen failure on the server; the client learns nothing more. A retry
+    may succeed."""
+
+    code = ErrorCode.INTERNAL_ERROR
+    retryable = True
+
+    def __init__(self, message: str = "internal error") -> None:
+        super().__init__(message)
+
 
 class InvalidRequest(TokenwireError):
     """The request is malformed or names something the server does not accept."""
 
     code = ErrorCode.INVALID_REQUEST
+
+
+class InvalidField(InvalidRequest):
+    """The request is well-formed JSON, but a field is missing, of the wrong type or out of
+    its range (HTTP 422, as FastAPI and OpenAI answer)."""
+
+    fixed_status = 422
 
 
 class NotFound(TokenwireError):
@@ -85,7 +132,7 @@ class ProviderTimeout(ProviderError):
     retryable = True
 
 
-# -- security and limits (see tokenwire.security and tokenwire.limits) -------------------------
+# -- security and limits (see tokenwire.edge.security and tokenwire.edge.limits) ------------
 
 
 class Unauthorized(TokenwireError):

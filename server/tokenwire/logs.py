@@ -75,7 +75,7 @@ def configure_logging(level: str = "info", fmt: Literal["text", "json"] = "text"
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "tokenwire_request_id", default=None
 )
-"""The id of the request being handled (set by ``tokenwire.security.SecurityMiddleware``);
+"""The id of the request being handled (set by ``tokenwire.edge.security.SecurityMiddleware``);
 tasks started while handling it (a generation) inherit it."""
 
 _SECRET_PARAM = re.compile(r"((?:^|[?&;\s])token=)[^&;\s\"']*")

@@ -16,9 +16,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
+
+from tokenwire.edge.responses import error_response
+from tokenwire.errors import NotFound
 
 _PACKAGE = Path(__file__).resolve().parent
 CANDIDATES = (_PACKAGE / "web", _PACKAGE.parent.parent / "clients" / "web")
@@ -41,8 +44,7 @@ def web_routes(override: str | Path | None = None) -> list[BaseRoute]:
         message = f"the demo page is not installed (no index.html in {where})"
 
         async def missing(request: Request) -> Response:
-            body = {"error": {"code": "not_found", "message": message, "retryable": False}}
-            return JSONResponse(body, status_code=404)
+            return error_response(NotFound(message))
 
         return [Route("/", missing, methods=["GET"])]
 

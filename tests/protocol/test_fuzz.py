@@ -11,9 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from tokenwire.edge.keys import TokenSigner, parse_key_file
+from tokenwire.edge.limits import check_request
+from tokenwire.edge.security import OriginPolicy, normalize_origin
 from tokenwire.errors import ErrorCode, InvalidRequest, Unauthorized
-from tokenwire.keys import TokenSigner, parse_key_file
-from tokenwire.limits import check_request
 from tokenwire.protocol import openai as oai
 from tokenwire.protocol import sse
 from tokenwire.protocol.events import (
@@ -31,7 +32,6 @@ from tokenwire.protocol.requests import (
     describe_validation_error,
 )
 from tokenwire.protocol.websocket import decode_client_message
-from tokenwire.security import OriginPolicy, normalize_origin
 from tokenwire.settings import Settings
 from tokenwire_client.sse import SSEDecoder
 

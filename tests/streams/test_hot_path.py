@@ -28,7 +28,9 @@ from tokenwire.protocol.events import (
 from tokenwire.streams.log import CursorExpired, MemoryStreamLog, StreamRecord
 from tokenwire.streams.registry import Attachment, DrainSignal
 from tokenwire.streams.subscription import Subscription
-from tokenwire.transports.base import Delivery, Pump, SendTimeout, Transport, merge_deltas
+from tokenwire.transports.base import SendTimeout, Transport
+from tokenwire.transports.delivery import merge_deltas
+from tokenwire.transports.pump import Delivery, Pump
 
 
 class _DeltaModel(BaseModel):

@@ -236,7 +236,7 @@ async def test_disconnect_mid_stream_stops_the_provider(transport):
 
 async def test_middleware_around_the_app_sees_every_frame(transport):
     """The transports write frames to the ASGI server's own ``send``, past Starlette's inner
-    wrappers (``tokenwire.transports.base.server_send``): middleware wrapped around tokenwire's
+    wrappers (``tokenwire.lifecycle.server_send``): middleware wrapped around tokenwire's
     app from outside must still see every frame, since that ``send`` is the one the app got."""
     app, _ = scripted_app(Script(tokens=25))
     seen: list[bytes] = []

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -154,9 +154,9 @@ class AsyncClient:
         return stream.text
 
     def _connection(self) -> SSEConnection | WebSocketConnection:
-        kind = SSEConnection if self.transport == "sse" else WebSocketConnection
-        read_timeout = self.read_timeout if self.transport == "sse" else None
-        return kind(self._http, self.base_url, self._headers, read_timeout)  # type: ignore[arg-type]
+        if self.transport == "sse":
+            return SSEConnection(self._http, self.base_url, self._headers, self.read_timeout)
+        return WebSocketConnection(self._http, self.base_url, self._headers, None)
 
 
 class EventStream:
@@ -247,7 +247,7 @@ class EventStream:
 
     # -- the stream's life ------------------------------------------------------------------
 
-    async def _run(self) -> AsyncIterator[Event]:
+    async def _run(self) -> AsyncGenerator[Event, None]:
         resuming = False
         while True:
             connection, pending = await self._establish(resuming)

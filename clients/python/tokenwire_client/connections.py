@@ -106,7 +106,11 @@ def retry_after(response: httpx.Response) -> float | None:
 
 class _Connection:
     def __init__(
-        self, http: httpx.AsyncClient, base_url: str, headers: dict[str, str], read_timeout: float
+        self,
+        http: httpx.AsyncClient,
+        base_url: str,
+        headers: dict[str, str],
+        read_timeout: float | None,
     ) -> None:
         self._http = http
         self._base_url = base_url
@@ -221,6 +225,7 @@ class WebSocketConnection(_Connection):
     async def _own(self, url: str, ready: asyncio.Future[AsyncWebSocketSession]) -> None:
         try:
             # a copy: httpx-ws adds its upgrade headers to the dict it is given
+            ws: AsyncWebSocketSession
             async with aconnect_ws(url, self._http, headers=dict(self._headers)) as ws:
                 ready.set_result(ws)
                 while True:

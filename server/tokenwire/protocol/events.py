@@ -15,8 +15,14 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_serializer
-from pydantic.functional_serializers import SerializerFunctionWrapHandler
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
+    model_serializer,
+)
 from pydantic_core import to_json
 
 from tokenwire.errors import ErrorCode
@@ -48,6 +54,10 @@ class Usage(BaseModel):
             completion_tokens=completion_tokens,
             total_tokens=prompt_tokens + completion_tokens,
         )
+
+
+ResetReason = Literal["unknown_stream", "expired"]
+"""Why a cursor cannot be served (``stream.reset.reason``)."""
 
 
 class _Event(BaseModel):
@@ -138,7 +148,7 @@ class StreamReset(_Event):
 
     type: Literal["stream.reset"] = "stream.reset"
     stream_id: str
-    reason: Literal["unknown_stream", "expired"]
+    reason: ResetReason
 
 
 Event = Annotated[
@@ -150,6 +160,15 @@ Event = Annotated[
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 
 
+def seq_of(event: Event) -> int:
+    """The seq of a numbered event (every event a stream log keeps is one). Raises
+    ``ValueError`` for ``stream.resumed``, ``stream.reset`` and an error of no stream."""
+    seq: int | None = getattr(event, "seq", None)
+    if seq is None:
+        raise ValueError(f"a {event.type} event has no seq")
+    return seq
+
+
 def parse_event(data: str | bytes) -> Event:
     """Parse one event from its JSON text. Raises ``pydantic.ValidationError`` if malformed."""
     return EVENT_ADAPTER.validate_json(data)
@@ -157,13 +176,13 @@ def parse_event(data: str | bytes) -> Event:
 
 def event_json(event: Event) -> str:
     """Compact JSON of an event: keys in field order, no spaces, UTF-8 text unescaped."""
-    if event.__class__ is TextDelta:
-        return event.json_bytes().decode()  # type: ignore[union-attr]
-    return event.model_dump_json()  # type: ignore[union-attr]
+    if isinstance(event, TextDelta):
+        return event.json_bytes().decode()
+    return event.model_dump_json()
 
 
 def event_json_bytes(event: Event) -> bytes:
     """:func:`event_json`, UTF-8 encoded."""
-    if event.__class__ is TextDelta:
-        return event.json_bytes()  # type: ignore[union-attr]
-    return event.model_dump_json().encode()  # type: ignore[union-attr]
+    if isinstance(event, TextDelta):
+        return event.json_bytes()
+    return event.model_dump_json().encode()

@@ -32,11 +32,13 @@ _TEXT_DELTA_FRAME = b"id: %d\nevent: text.delta\ndata: " + TEXT_DELTA_JSON + b"\
 
 def encode_event(event: Event) -> bytes:
     """Frame one event: ``id:`` (numbered events only), ``event:``, ``data:``, blank line."""
-    if event.__class__ is TextDelta:  # the frame of nearly every event: no model, one format
-        seq = event.seq  # type: ignore[union-attr]
-        return _TEXT_DELTA_FRAME % (seq, to_json(event.stream_id), seq, to_json(event.delta))  # type: ignore[union-attr]
-    seq = getattr(event, "seq", None)
-    head = f"id: {seq}\nevent: {event.type}\n" if seq is not None else f"event: {event.type}\n"
+    if isinstance(event, TextDelta):  # the frame of nearly every event: no model, one format
+        seq = event.seq
+        return _TEXT_DELTA_FRAME % (seq, to_json(event.stream_id), seq, to_json(event.delta))
+    number: int | None = getattr(event, "seq", None)
+    head = (
+        f"id: {number}\nevent: {event.type}\n" if number is not None else f"event: {event.type}\n"
+    )
     return f"{head}data: {event_json(event)}\n\n".encode()
 
 

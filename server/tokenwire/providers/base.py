@@ -11,7 +11,7 @@ response closed, the llama.cpp loop stopped. Failures are raised as
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import ClassVar, Self
@@ -79,7 +79,7 @@ class Provider(ABC):
         return requested
 
     @abstractmethod
-    def stream(self, params: GenerateParams, model: str) -> AsyncIterator[ProviderEvent]:
+    def stream(self, params: GenerateParams, model: str) -> AsyncGenerator[ProviderEvent, None]:
         """Stream one generation. See the module docstring for the contract."""
 
     async def start(self) -> None:  # noqa: B027 - an optional hook, a no-op by default

@@ -13,7 +13,7 @@ failures and timeouts are retryable; other 4xx are not.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, Self
 
 import openai
@@ -111,14 +111,14 @@ class OpenAIProvider(Provider):
             await self._client.close()
             self._client = None
 
-    def stream(self, params: GenerateParams, model: str) -> AsyncIterator[ProviderEvent]:
+    def stream(self, params: GenerateParams, model: str) -> AsyncGenerator[ProviderEvent, None]:
         if self._client is None:
             raise RuntimeError("OpenAIProvider.stream() called before start()")
         return self._run(self._client, params, model)
 
     async def _run(
         self, client: openai.AsyncOpenAI, params: GenerateParams, model: str
-    ) -> AsyncIterator[ProviderEvent]:
+    ) -> AsyncGenerator[ProviderEvent, None]:
         request: dict[str, Any] = {
             "model": model,
             "messages": [m.model_dump(include={"role", "content"}) for m in params.messages],

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field, replace
 from typing import Self
 
@@ -120,7 +120,7 @@ class ScriptedProvider(Provider):
             script = replace(script, tokens=params.max_tokens)
         return script
 
-    def stream(self, params: GenerateParams, model: str) -> AsyncIterator[ProviderEvent]:
+    def stream(self, params: GenerateParams, model: str) -> AsyncGenerator[ProviderEvent, None]:
         script = self.script_of(params)
         record = StreamRecord(script)
         if self.keep_records:
@@ -131,7 +131,7 @@ class ScriptedProvider(Provider):
 
     async def _run(
         self, script: Script, record: StreamRecord, prompt_tokens: int, limited: bool
-    ) -> AsyncIterator[ProviderEvent]:
+    ) -> AsyncGenerator[ProviderEvent, None]:
         rng = random.Random(script.seed)
         try:
             yield Prompt(prompt_tokens)

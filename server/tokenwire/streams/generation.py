@@ -35,7 +35,6 @@ from enum import StrEnum
 from typing import Literal
 
 from tokenwire.errors import ErrorCode, ProviderError
-from tokenwire.metrics import NO_METRICS, StreamObserver
 from tokenwire.protocol.events import (
     ErrorEvent,
     Event,
@@ -49,6 +48,7 @@ from tokenwire.protocol.requests import GenerateParams
 from tokenwire.providers.base import Delta, Finish, Prompt, Provider
 from tokenwire.settings import DisconnectPolicy, OverflowPolicy
 from tokenwire.streams.log import StreamLog
+from tokenwire.streams.observe import NO_OBSERVER, StreamObserver
 from tokenwire.streams.subscription import Subscription
 
 log = logging.getLogger("tokenwire.streams")
@@ -119,7 +119,7 @@ class Generation:
         self._cancel_requested = False
         self._failure: tuple[ErrorCode, str, bool] | None = None
         self._grace: asyncio.TimerHandle | None = None
-        self.metrics: StreamObserver = NO_METRICS  # metrics hook, set by tokenwire.metrics
+        self.observer: StreamObserver = NO_OBSERVER  # set by the registry that creates it
         log.begin(stream_id)
 
     # -- subscriptions ------------------------------------------------------------------------
@@ -360,10 +360,13 @@ class Generation:
                 code, message, retryable = self._failure
                 error = self._error(code, message, retryable)
         except TimeoutError:
-            waiting_for_first = self.first_token_at is None and first_by is not None
             if deadline is None or not deadline.expired():  # not ours: a provider bug
                 finish, error = self._internal_error()
-            elif waiting_for_first and (end_by is None or first_by <= end_by):
+            elif (
+                self.first_token_at is None
+                and first_by is not None
+                and (end_by is None or first_by <= end_by)
+            ):
                 finish = FinishReason.ERROR
                 error = self._error(
                     ErrorCode.PROVIDER_TIMEOUT,
@@ -392,7 +395,12 @@ class Generation:
             )
         finally:
             self._end()
-            self.metrics.stream_ended(self, error)  # metrics hook
+            self.observer.stream_ended(
+                self.transport,
+                str(finish),
+                self.completion_tokens,
+                None if error is None else str(error.code),
+            )
         if external_cancel:
             raise asyncio.CancelledError
 

@@ -63,13 +63,13 @@ class StreamLogUnavailable(TokenwireError):
     retryable = True
 
 
-def kept_size(entry: Event | str) -> int:
+def kept_size(entry: Event | str | None) -> int:
     """Bytes a kept event counts for in ``max_bytes``: a text delta (kept as its text) counts
     its text's UTF-8 upper bound plus :data:`EVENT_OVERHEAD`; any other event,
-    :data:`EVENT_OVERHEAD`."""
-    if entry.__class__ is str:
-        return len(entry) * 4 + EVENT_OVERHEAD  # type: ignore[arg-type]
-    return EVENT_OVERHEAD
+    :data:`EVENT_OVERHEAD` (a cleared slot: nothing)."""
+    if isinstance(entry, str):
+        return len(entry) * 4 + EVENT_OVERHEAD
+    return 0 if entry is None else EVENT_OVERHEAD
 
 
 class StreamRecord:
@@ -117,14 +117,14 @@ class StreamRecord:
 
         Raises ``ValueError`` if its seq does not follow the last one's, or if a text delta
         belongs to another stream."""
-        seq = event.seq  # type: ignore[union-attr]  # log events are numbered
+        seq = getattr(event, "seq", None)
         if seq != self.last_seq + 1:
             raise ValueError(f"seq {seq} does not follow {self.last_seq}")
         entry: Event | str = event
-        if event.__class__ is TextDelta:
-            if event.stream_id != self.stream_id:  # type: ignore[union-attr]
-                raise ValueError(f"a delta of {event.stream_id} in {self.stream_id}'s log")  # type: ignore[union-attr]
-            entry = event.delta  # type: ignore[union-attr]
+        if isinstance(event, TextDelta):
+            if event.stream_id != self.stream_id:
+                raise ValueError(f"a delta of {event.stream_id} in {self.stream_id}'s log")
+            entry = event.delta
         entries = self._entries
         entries.append(entry)
         self.size += kept_size(entry)
@@ -132,13 +132,13 @@ class StreamRecord:
         while len(entries) - self._first > max_events or (
             self.size > max_bytes and len(entries) - self._first > 1
         ):
-            self.size -= kept_size(entries[self._first])  # type: ignore[arg-type]
+            self.size -= kept_size(entries[self._first])
             entries[self._first] = None
             self._first += 1
         if self._first > 32 and self._first * 2 > len(entries):
             del entries[: self._first]
             self._first = 0
-        if event.__class__ is StreamEnd:
+        if isinstance(event, StreamEnd):
             self.ended_at = time.monotonic()
 
     def after(self, stream_id: str, after_seq: int) -> list[Event]:
@@ -166,9 +166,10 @@ class StreamRecord:
         events: list[Event] = []
         for entry in entries:
             seq += 1
-            if entry.__class__ is str:
-                entry = TextDelta(stream_id=self.stream_id, seq=seq, delta=entry)  # type: ignore[arg-type]
-            events.append(entry)  # type: ignore[arg-type]
+            if isinstance(entry, str):
+                events.append(TextDelta(stream_id=self.stream_id, seq=seq, delta=entry))
+            elif entry is not None:  # never: slots from _first on are kept
+                events.append(entry)
         return events
 
 

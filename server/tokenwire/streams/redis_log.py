@@ -32,7 +32,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as redis
@@ -43,7 +43,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from tokenwire.protocol.events import Event, StreamEnd, event_json
+from tokenwire.protocol.events import Event, StreamEnd, event_json, seq_of
 from tokenwire.settings import Settings
 from tokenwire.streams.log import (
     CursorAhead,
@@ -69,7 +69,12 @@ def _owner_key(stream_id: str) -> str:
     return f"tokenwire:{stream_id}:owner"
 
 
+_XReadReply = list[tuple[Any, list[tuple[Any, dict[Any, Any]]]]]
+"""XREAD's reply in RESP2: [(key, [(entry id, fields), ...]), ...]."""
+
+
 def _entry_events(fields: dict[Any, Any]) -> list[Event]:
+    """The events of one log entry (a Redis stream entry's ``e`` field, a JSON array)."""
     raw = fields.get(b"e") or fields.get("e") or b"[]"
     return _EVENTS.validate_json(raw)
 
@@ -234,13 +239,13 @@ class RedisStreamLog(StreamLog):
                 for stream_id, events in pending.items():
                     key = _events_key(stream_id)
                     body = "[" + ",".join(event_json(event) for event in events) + "]"
-                    entry_id = f"{events[-1].seq}-0"  # type: ignore[union-attr]
+                    entry_id = f"{seq_of(events[-1])}-0"
                     pipe.xadd(key, {"e": body}, id=entry_id, maxlen=self.max_events)
                     if isinstance(events[-1], StreamEnd):
                         pipe.expire(key, int(self.ttl) + 1)
                         pipe.delete(_owner_key(stream_id))
                         ended.append(stream_id)
-                    elif events[0].seq == 1:  # type: ignore[union-attr]  # a new stream
+                    elif seq_of(events[0]) == 1:  # a new stream
                         pipe.set(_owner_key(stream_id), b"1", ex=self._lease_seconds())
                 self.commands += len(pipe)
                 results = await pipe.execute(raise_on_error=False)
@@ -342,7 +347,7 @@ class RedisStreamLog(StreamLog):
                     pipe.xrange(key, min=f"({after_seq}-0")
                     self.commands += 3
                     first, last, entries = await pipe.execute()
-                if last and _entry_events(last[0][1])[-1].seq >= after_seq:  # type: ignore[union-attr]
+                if last and seq_of(_entry_events(last[0][1])[-1]) >= after_seq:
                     break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -354,9 +359,9 @@ class RedisStreamLog(StreamLog):
             raise StreamLogUnavailable(f"the stream log (Redis) is unavailable: {exc}") from exc
         if not last:
             raise UnknownStream(f"no stream {stream_id!r} (unknown, or forgotten after its TTL)")
-        first_kept = _entry_events(first[0][1])[0].seq  # type: ignore[union-attr]
+        first_kept = seq_of(_entry_events(first[0][1])[0])
         last_events = _entry_events(last[0][1])
-        last_seq = last_events[-1].seq  # type: ignore[union-attr]
+        last_seq = seq_of(last_events[-1])
         if after_seq > last_seq:
             raise CursorAhead(
                 f"cursor {after_seq} is ahead of stream {stream_id} (last seq {last_seq})"
@@ -369,9 +374,9 @@ class RedisStreamLog(StreamLog):
         seen = after_seq
         for _, fields in entries:
             for event in _entry_events(fields):
-                if event.seq > seen:  # type: ignore[union-attr]  # skips re-written entries
+                if seq_of(event) > seen:  # skips re-written entries
                     catch_up.append(event)
-                    seen = event.seq  # type: ignore[union-attr]
+                    seen = seq_of(event)
         ended = isinstance(last_events[-1], StreamEnd)
         reader = _RedisReader(self, stream_id, catch_up, ended, last_seq)
         if not ended:
@@ -418,13 +423,13 @@ class _RedisReader(LogReader):
             if not reply:
                 continue
             silent_since = time.monotonic()
-            for _, entries in reply:
+            for _, entries in cast(_XReadReply, reply):
                 for entry_id, fields in entries:
                     self._last_id = entry_id
-                    events = [e for e in _entry_events(fields) if e.seq > self._seq]  # type: ignore[union-attr]
+                    events = [e for e in _entry_events(fields) if seq_of(e) > self._seq]
                     if not events:
                         continue  # written again by a retried flush
-                    self._seq = events[-1].seq  # type: ignore[union-attr]
+                    self._seq = seq_of(events[-1])
                     yield events
                     if isinstance(events[-1], StreamEnd):
                         return

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 from tokenwire.errors import ErrorCode, NotFound
 from tokenwire.protocol.events import (
@@ -17,10 +19,11 @@ from tokenwire.protocol.events import (
     StreamEnd,
     StreamResumed,
     Usage,
+    seq_of,
 )
 from tokenwire.protocol.requests import GenerateParams
 from tokenwire.providers.base import Provider
-from tokenwire.settings import DisconnectPolicy, Settings
+from tokenwire.settings import DisconnectPolicy, OverflowPolicy, Settings
 from tokenwire.streams.generation import Detach, Generation
 from tokenwire.streams.log import (
     LogReader,
@@ -28,6 +31,7 @@ from tokenwire.streams.log import (
     StreamLog,
     StreamLogUnavailable,
 )
+from tokenwire.streams.observe import NO_OBSERVER, StreamObserver
 from tokenwire.streams.subscription import Subscription
 
 log = logging.getLogger("tokenwire.streams")
@@ -109,7 +113,53 @@ def _nothing() -> None:
     pass
 
 
-class StreamRegistry:
+class QueueSettings(TypedDict):
+    """A subscription's queue: ``maxsize`` events, the overflow policy, and ``evict_after``
+    (seconds a full queue may stay full under ``disconnect``)."""
+
+    maxsize: int
+    overflow: OverflowPolicy
+    evict_after: float
+
+
+class Streams(ABC):
+    """What a route or a transport may do with streams: the registry itself
+    (:class:`StreamRegistry`), or a view of it that the edge narrows to one caller's rights
+    (``tokenwire.edge.limits.ScopedRegistry``). The methods' contracts are
+    :class:`StreamRegistry`'s."""
+
+    draining: DrainSignal
+
+    @abstractmethod
+    def create(
+        self,
+        params: GenerateParams,
+        *,
+        transport: str,
+        request_id: str | None = None,
+        on_disconnect: DisconnectPolicy | None = None,
+    ) -> Generation: ...
+
+    @abstractmethod
+    def attach(self, generation: Generation) -> Attachment: ...
+
+    @abstractmethod
+    async def resume(self, stream_id: str, after_seq: int) -> Attachment: ...
+
+    @abstractmethod
+    def get(self, stream_id: str) -> Generation: ...
+
+    @abstractmethod
+    def cancel(self, stream_id: str) -> Generation: ...
+
+    @abstractmethod
+    async def cancel_anywhere(self, stream_id: str) -> str: ...
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+
+class StreamRegistry(Streams):
     """Creates, finds, resumes, cancels and drains generations, with the limits and policies of
     ``settings``. A generation leaves the registry as soon as its ``stream.end`` is published;
     the stream log keeps its events for resume."""
@@ -122,6 +172,7 @@ class StreamRegistry:
         self.log = log or MemoryStreamLog.from_settings(self.settings)
         self.log.on_control(self._on_control)
         self.draining = DrainSignal()  # set when the server starts to shut down
+        self.observer: StreamObserver = NO_OBSERVER  # the edge's, set when the app is wired
         self._live: dict[str, Generation] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -160,6 +211,8 @@ class StreamRegistry:
             first_token_timeout=self.settings.first_token_timeout,
             max_duration=self.settings.max_stream_duration,
         )
+        generation.observer = self.observer
+        self.observer.stream_started(transport)
         generation.when_ended(self._forget)
         self._live[generation.stream_id] = generation
         return generation
@@ -222,7 +275,7 @@ class StreamRegistry:
 
         return close
 
-    def _queue_settings(self) -> dict[str, object]:
+    def _queue_settings(self) -> QueueSettings:
         return {
             "maxsize": self.settings.queue_maxsize,
             "overflow": self.settings.overflow,
@@ -315,12 +368,12 @@ async def _feed(reader: LogReader, subscription: Subscription, after_seq: int) -
     """Copy a log reader's events into ``subscription`` until ``stream.end``. If the log fails,
     the consumer gets ``error`` (retryable) and ``stream.end``, both carrying the last seq it
     was given, so that a later resume after them loses nothing."""
-    cursor = reader.catch_up[-1].seq if reader.catch_up else after_seq  # type: ignore[union-attr]
+    cursor = seq_of(reader.catch_up[-1]) if reader.catch_up else after_seq
     try:
         async for batch in reader.live():
             for event in batch:
                 await subscription.put(event)
-                cursor = event.seq  # type: ignore[union-attr]  # log events are numbered
+                cursor = seq_of(event)
         return
     except StreamLogUnavailable as exc:
         code, message = exc.code, exc.message

@@ -1,7 +1,7 @@
 """The SSE transport: one stream per HTTP response, framed per the WHATWG SSE rules.
 
 :class:`SSETransport` writes frames; :class:`EventStreamResponse` is the ASGI response that runs
-the :class:`~tokenwire.transports.base.Pump` in its own task, with one more task that listens
+the :class:`~tokenwire.transports.pump.Pump` in its own task, with one more task that listens
 for ``http.disconnect`` and a callback on the server's drain; either stops the pump. A
 disconnect before ``stream.end`` (or a write that exceeds the send timeout) detaches the
 subscription as ``disconnected``, so the generation follows its disconnect policy at once, also
@@ -15,17 +15,18 @@ The same response carries OpenAI ``chat.completion.chunk`` frames when given tha
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
 
 import anyio
 from starlette.types import Receive, Scope, Send
 
+from tokenwire.lifecycle import server_send
 from tokenwire.protocol import sse
 from tokenwire.protocol.events import Event
 from tokenwire.streams.generation import Detach, Generation, GenerationState
 from tokenwire.streams.registry import Attachment, DrainSignal
-from tokenwire.transports.base import Delivery, Gauge, Pump, Transport, server_send
+from tokenwire.transports.base import Gauge, Transport, Write, coroutine_send
+from tokenwire.transports.pump import Delivery, Pump, stop_on_disconnect
 
 Encoder = Callable[[Event], bytes]
 
@@ -36,7 +37,7 @@ class SSETransport(Transport):
     name = "sse"
 
     def __init__(self, send: Send, encode: Encoder = sse.encode_event) -> None:
-        self._send = send
+        self._send = coroutine_send(send)
         self._encode = encode
 
     async def send_events(self, events: list[Event]) -> None:
@@ -44,7 +45,7 @@ class SSETransport(Transport):
         if body:
             await self._send({"type": "http.response.body", "body": body, "more_body": True})
 
-    def send_event(self, event: Event) -> Coroutine[Any, Any, None]:
+    def send_event(self, event: Event) -> Write:
         body = self._encode(event)
         if not body:  # a codec may frame an event as nothing (OpenAI chunks: stream.resumed)
             return _nothing()
@@ -61,7 +62,7 @@ class EventStreamResponse:
     attached, so that no event is missed. ``retry`` (milliseconds) is sent first as the
     client's reconnection delay (WHATWG SSE ``retry:`` field). ``heartbeat_interval`` is in
     seconds (``None``: no heartbeats); ``send_timeout`` and ``write_delay`` (seconds) are the
-    :class:`~tokenwire.transports.base.Pump`'s. ``connections``, if given, counts the response
+    :class:`~tokenwire.transports.pump.Pump`'s. ``connections``, if given, counts the response
     as open from its start to its end. When ``draining`` fires (the server shuts down), the
     response ends at once without ``stream.end``: the client reconnects after ``retry`` with
     its Last-Event-ID and resumes, on another worker.
@@ -127,7 +128,7 @@ class EventStreamResponse:
             send_timeout=self.send_timeout,
             write_delay=self.write_delay,
         )
-        listener = asyncio.create_task(_stop_on_disconnect(receive, delivery))
+        listener = asyncio.create_task(stop_on_disconnect(receive, delivery))
         # called soon if the drain has begun already: by then run() below is waiting
         unwatch = self.draining.watch(delivery.stop) if self.draining is not None else None
         if self.start is not None and self.start.state is GenerationState.CREATED:
@@ -162,9 +163,3 @@ _COMMON_HEADERS = {
 
 async def _nothing() -> None:
     pass
-
-
-async def _stop_on_disconnect(receive: Receive, delivery: Pump) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    delivery.stop()

@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from tokenwire.errors import ErrorCode, InvalidRequest, TokenwireError
-from tokenwire.limits import MessageBudget, rate_limited_message
+from tokenwire.lifecycle import server_send
 from tokenwire.protocol import websocket as codec
-from tokenwire.protocol.events import ErrorEvent, Event, StreamReset
+from tokenwire.protocol.events import ErrorEvent, Event, ResetReason, StreamReset
 from tokenwire.protocol.requests import (
     CancelMessage,
     ClientMessage,
@@ -36,15 +35,9 @@ from tokenwire.protocol.requests import (
 from tokenwire.settings import Settings
 from tokenwire.streams.generation import Detach
 from tokenwire.streams.log import CursorExpired, UnknownStream
-from tokenwire.streams.registry import Attachment, StreamRegistry
-from tokenwire.transports.base import (
-    Delivery,
-    Gauge,
-    SendTimeout,
-    Transport,
-    pump,
-    server_send,
-)
+from tokenwire.streams.registry import Attachment, Streams
+from tokenwire.transports.base import Gauge, SendTimeout, Transport, Write, coroutine_send
+from tokenwire.transports.pump import Delivery, pump
 
 log = logging.getLogger("tokenwire.websocket")
 
@@ -58,7 +51,7 @@ class WebSocketTransport(Transport):
     one task writes them in turn.
 
     Frames go to the ASGI server's own ``send`` (see
-    :func:`~tokenwire.transports.base.server_send`), not through Starlette's ``WebSocket``:
+    :func:`~tokenwire.lifecycle.server_send`), not through Starlette's ``WebSocket``:
     a client that is gone shows as the server's ``OSError`` (uvicorn's ``ClientDisconnected``),
     not as ``WebSocketDisconnect``.
     """
@@ -66,19 +59,19 @@ class WebSocketTransport(Transport):
     name = "websocket"
 
     def __init__(self, websocket: WebSocket) -> None:
-        self._send = server_send(websocket.scope, websocket.send)
+        self._send = coroutine_send(server_send(websocket.scope, websocket.send))
 
     async def send_events(self, events: list[Event]) -> None:
         for event in events:
             await self.send_event(event)
 
-    def send_event(self, event: Event) -> Coroutine[Any, Any, None]:
+    def send_event(self, event: Event) -> Write:
         return self._send({"type": "websocket.send", "text": codec.encode_event(event)})
 
     async def send_heartbeat(self) -> None:
         """Nothing to send: liveness is the server's protocol-level ping/pong (RFC 6455 5.5.2)."""
 
-    def send_text(self, text: str) -> Coroutine[Any, Any, None]:
+    def send_text(self, text: str) -> Write:
         """Write one text frame (a reply to a client message)."""
         return self._send({"type": "websocket.send", "text": text})
 
@@ -95,7 +88,7 @@ class WebSocketSession:
     def __init__(
         self,
         websocket: WebSocket,
-        registry: StreamRegistry,
+        registry: Streams,
         settings: Settings,
         *,
         limit_params: Callable[[GenerateParams], GenerateParams],
@@ -112,7 +105,6 @@ class WebSocketSession:
         self._task: asyncio.Task[None] | None = None  # the one that runs run()
         self._reading = False
         self._cut = False  # _cut_off() cancelled the read
-        self._budget = MessageBudget(settings.ws_messages_per_minute)  # tokenwire.limits
 
     async def run(self) -> None:
         """Accept, serve messages until the client disconnects or is cut off, then detach
@@ -158,8 +150,6 @@ class WebSocketSession:
 
     async def _handle(self, data: str | bytes) -> None:
         try:
-            if not self._budget.allow():  # ws_messages_per_minute: drop, say so
-                raise rate_limited_message(self._budget)
             message = codec.decode_client_message(data)
             await self._dispatch(message)
         except TokenwireError as exc:
@@ -194,7 +184,7 @@ class WebSocketSession:
         try:
             attachment = await self.registry.resume(message.stream_id, message.after_seq)
         except (UnknownStream, CursorExpired) as exc:
-            reason = "expired" if isinstance(exc, CursorExpired) else "unknown_stream"
+            reason: ResetReason = "expired" if isinstance(exc, CursorExpired) else "unknown_stream"
             reset = StreamReset(stream_id=message.stream_id, reason=reason)
             await self.transport.send_text(codec.encode_event(reset))
             return

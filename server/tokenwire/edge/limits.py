@@ -30,10 +30,12 @@ from __future__ import annotations
 import time
 import weakref
 from collections import defaultdict
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tokenwire.edge.metrics import Metrics
+from tokenwire.edge.responses import send_error
+from tokenwire.edge.security import Authenticator, auth_state
 from tokenwire.errors import (
     InvalidRequest,
     NotFound,
@@ -41,13 +43,13 @@ from tokenwire.errors import (
     RateLimited,
     Unauthorized,
 )
-from tokenwire.metrics import Metrics
+from tokenwire.protocol import websocket as ws_codec
+from tokenwire.protocol.events import ErrorEvent
 from tokenwire.protocol.requests import GenerateParams
 from tokenwire.protocol.websocket import CloseCode
-from tokenwire.security import Authenticator, auth_state, send_http_error
-from tokenwire.settings import Settings
+from tokenwire.settings import DisconnectPolicy, Settings
 from tokenwire.streams.generation import Generation
-from tokenwire.streams.registry import Attachment, StreamRegistry
+from tokenwire.streams.registry import Attachment, StreamRegistry, Streams
 
 # How long a client should wait before trying again after a concurrency limit (seconds): a
 # hint only; streams end at their own pace.
@@ -82,19 +84,31 @@ class LimitsMiddleware:
     arrives) is answered 413 payload_too_large; the body is read into memory (at most that many
     bytes) before the route runs. WebSocket: a message over ``ws_max_message_size`` bytes
     closes the socket with 1009 and the app sees a disconnect (uvicorn enforces the same limit
-    on the wire with ``ws_max_size``; this covers other servers and in-process clients).
+    on the wire with ``ws_max_size``; this covers other servers and in-process clients); a
+    message over ``messages_per_minute`` (per socket) is dropped and answered with an
+    ``error`` frame (rate_limited), and the socket stays open.
     """
 
-    def __init__(self, app: ASGIApp, *, max_body_size: int, max_message_size: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_size: int,
+        max_message_size: int,
+        messages_per_minute: int | None = None,
+    ) -> None:
         self.app = app
         self.max_body_size = max_body_size
         self.max_message_size = max_message_size
+        self.messages_per_minute = messages_per_minute
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
             await self._http(scope, receive, send)
         elif scope["type"] == "websocket":
-            await self.app(scope, _MessageSizeGuard(self.max_message_size, receive, send), send)
+            budget = MessageBudget(self.messages_per_minute)
+            guard = _MessageGuard(self.max_message_size, budget, receive, send)
+            await self.app(scope, guard, send)
         else:
             await self.app(scope, receive, send)
 
@@ -102,7 +116,7 @@ class LimitsMiddleware:
         too_large = PayloadTooLarge(f"request body over {self.max_body_size} bytes")
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > self.max_body_size:
-                await send_http_error(send, too_large, scope["path"])
+                await send_error(send, too_large, scope["path"])
                 return
         chunks: list[bytes] = []
         size = 0
@@ -113,7 +127,7 @@ class LimitsMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_size:
-                await send_http_error(send, too_large, scope["path"])
+                await send_error(send, too_large, scope["path"])
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -131,34 +145,53 @@ class LimitsMiddleware:
         await self.app(scope, replay, send)
 
 
-class _MessageSizeGuard:
-    def __init__(self, limit: int, receive: Receive, send: Send) -> None:
+class _MessageGuard:
+    """A WebSocket's ``receive`` with its limits: a message over ``limit`` bytes closes the
+    socket with 1009 (the app sees a disconnect); a message over ``budget`` is dropped and
+    answered with an ``error`` frame (rate_limited, ``retry_after`` in the message), and the
+    socket stays open."""
+
+    def __init__(self, limit: int, budget: MessageBudget, receive: Receive, send: Send) -> None:
         self.limit = limit
+        self.budget = budget
         self._receive = receive
         self._send = send
         self._closed: Message | None = None
 
     async def __call__(self) -> Message:
-        if self._closed is not None:
-            return self._closed
-        message = await self._receive()
-        if message["type"] == "websocket.receive":
+        while self._closed is None:
+            message = await self._receive()
+            if message["type"] != "websocket.receive":
+                return message
             text = message.get("text")
             size = len(text.encode()) if text is not None else len(message.get("bytes") or b"")
             if size > self.limit:
-                self._closed = {"type": "websocket.disconnect", "code": CloseCode.MESSAGE_TOO_BIG}
-                try:
-                    await self._send(
-                        {
-                            "type": "websocket.close",
-                            "code": CloseCode.MESSAGE_TOO_BIG,
-                            "reason": f"message over {self.limit} bytes",
-                        }
-                    )
-                except (OSError, RuntimeError):
-                    pass  # the peer is gone already
-                return self._closed
-        return message
+                await self._close_too_big()
+            elif self.budget.allow():
+                return message
+            else:
+                await self._refuse(rate_limited_message(self.budget))
+        return self._closed
+
+    async def _close_too_big(self) -> None:
+        self._closed = {"type": "websocket.disconnect", "code": CloseCode.MESSAGE_TOO_BIG}
+        try:
+            await self._send(
+                {
+                    "type": "websocket.close",
+                    "code": CloseCode.MESSAGE_TOO_BIG,
+                    "reason": f"message over {self.limit} bytes",
+                }
+            )
+        except (OSError, RuntimeError):
+            pass  # the peer is gone already
+
+    async def _refuse(self, exc: RateLimited) -> None:
+        event = ErrorEvent(code=exc.code, message=exc.message, retryable=exc.retryable)
+        try:
+            await self._send({"type": "websocket.send", "text": ws_codec.encode_event(event)})
+        except (OSError, RuntimeError):
+            pass  # the peer is gone: the next receive says so
 
 
 # -- rates ------------------------------------------------------------------------------------
@@ -297,7 +330,7 @@ class StreamGuard:
         return ScopedRegistry(self, registry, scope)
 
 
-class ScopedRegistry:
+class ScopedRegistry(Streams):
     """A :class:`StreamRegistry` seen through one connection's credentials.
 
     ``create`` enforces the stream limits (:class:`RateLimited`) and checks that the key has not
@@ -310,23 +343,35 @@ class ScopedRegistry:
         self._guard = guard
         self._registry = registry
         self._auth = auth_state(scope)
+        self.draining = registry.draining
 
     @property
     def key_id(self) -> str | None:
         principal = self._auth.principal
         return None if principal is None else principal.key_id
 
-    def create(self, params: GenerateParams, **options: Any) -> Generation:
-        """The registry's ``create`` (same keyword options), within the limits of the caller's
-        key. Raises :class:`RateLimited`, :class:`Unauthorized`, and what ``create`` raises."""
+    def create(
+        self,
+        params: GenerateParams,
+        *,
+        transport: str,
+        request_id: str | None = None,
+        on_disconnect: DisconnectPolicy | None = None,
+    ) -> Generation:
+        """The registry's ``create``, within the limits of the caller's key. Raises
+        :class:`RateLimited`, :class:`Unauthorized`, and what ``create`` raises."""
         principal = self._auth.principal
         if principal is None or not self._guard.auth.still_valid(principal):
             raise Unauthorized("the API key of this connection was revoked")
         self._guard.admit(principal.key_id)
-        generation = self._registry.create(params, **options)
+        generation = self._registry.create(
+            params, transport=transport, request_id=request_id, on_disconnect=on_disconnect
+        )
         self._guard.track(generation, principal.key_id)
-        self._guard.metrics.attach(generation)
         return generation
+
+    def attach(self, generation: Generation) -> Attachment:
+        return self._registry.attach(generation)
 
     def get(self, stream_id: str) -> Generation:
         generation = self._registry.get(stream_id)
@@ -337,7 +382,7 @@ class ScopedRegistry:
     def cancel(self, stream_id: str) -> Generation:
         self.get(stream_id)
         generation = self._registry.cancel(stream_id)
-        self._guard.metrics.cancel_requested(generation)
+        self._guard.metrics.cancel_requested(generation.transport)
         return generation
 
     def _local(self, stream_id: str) -> Generation | None:
@@ -355,7 +400,7 @@ class ScopedRegistry:
     async def cancel_anywhere(self, stream_id: str) -> str:
         generation = self._local(stream_id)
         if generation is not None:
-            self._guard.metrics.cancel_requested(generation)
+            self._guard.metrics.cancel_requested(generation.transport)
         return await self._registry.cancel_anywhere(stream_id)
 
     async def resume(self, stream_id: str, after_seq: int) -> Attachment:
@@ -366,6 +411,3 @@ class ScopedRegistry:
 
     def __len__(self) -> int:
         return len(self._registry)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._registry, name)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tokenwire.errors import Unauthorized
 
-log = logging.getLogger("tokenwire.security")
+log = logging.getLogger("tokenwire.edge.security")
 
 TOKEN_PREFIX = "twt1"
 KEY_PREFIX = "tw_"

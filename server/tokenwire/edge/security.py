@@ -14,7 +14,7 @@ Both transports pass through :class:`SecurityMiddleware` (pure ASGI), before any
    ``auth_timeout`` seconds. Failures: HTTP 401 (``WWW-Authenticate: Bearer``), the WebSocket
    handshake denied with 401 before accept, or close 1008 after a bad or missing ``auth`` message.
 
-Keys and tokens themselves are in :mod:`tokenwire.keys`. Signed tokens are minted by an
+Keys and tokens themselves are in :mod:`tokenwire.edge.keys`. Signed tokens are minted by an
 authenticated ``POST /v1/tokens``; they live at most ``token_ttl`` seconds and name their key,
 which must still be valid when they are used. Query tokens are removed from every log line by
 :class:`tokenwire.logs.RedactingFilter` (uvicorn's access log prints the query string).
@@ -28,7 +28,6 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlsplit
@@ -36,24 +35,25 @@ from urllib.parse import parse_qsl, urlsplit
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tokenwire.errors import ErrorCode, Forbidden, TokenwireError, Unauthorized
-from tokenwire.keys import (
+from tokenwire.edge.keys import (
     ANONYMOUS,
     TOKEN_PREFIX,
     KeyStore,
     Principal,
     TokenSigner,
 )
-from tokenwire.logs import handshake_denied_var, request_id_var
-from tokenwire.protocol import openai as oai
+from tokenwire.edge.responses import deny_websocket, send_error
+from tokenwire.errors import ErrorCode, Forbidden, TokenwireError, Unauthorized
+from tokenwire.lifecycle import with_request_id
+from tokenwire.logs import request_id_var
 from tokenwire.protocol.websocket import CloseCode
 from tokenwire.settings import Settings
 
 if TYPE_CHECKING:
-    from tokenwire.limits import ConnectionLimiter
-    from tokenwire.metrics import Metrics
+    from tokenwire.edge.limits import ConnectionLimiter
+    from tokenwire.edge.metrics import Metrics
 
-log = logging.getLogger("tokenwire.security")
+log = logging.getLogger("tokenwire.edge.security")
 
 PUBLIC_PATHS = frozenset({"/healthz", "/"})  # never behind auth: liveness, the demo page
 PUBLIC_PREFIXES = ("/web/",)  # the demo page's static files (no secrets; its streams need auth)
@@ -195,7 +195,7 @@ class Authenticator:
                 raise Unauthorized("Authorization must be 'Bearer <API key or token>'")
             return value.strip()
         if scope["type"] == "websocket" or scope.get("method") == "GET":
-            query = scope.get("query_string", b"").decode("latin-1")
+            query: str = scope.get("query_string", b"").decode("latin-1")
             for name, value in parse_qsl(query):
                 if name == "token":
                     if not value.startswith(TOKEN_PREFIX + "."):
@@ -216,70 +216,6 @@ def auth_state(scope: Scope) -> AuthState:
     """The connection's :class:`AuthState` (anonymous when the middleware did not run)."""
     state = scope.get("tokenwire.auth")
     return state if isinstance(state, AuthState) else AuthState(ANONYMOUS)
-
-
-# -- responses --------------------------------------------------------------------------------
-
-
-OPENAI_PATHS = ("/v1/chat/completions", "/v1/models")
-
-
-def error_body(exc: TokenwireError, path: str = "") -> bytes:
-    """The JSON error body: OpenAI's shape on the OpenAI-compatible routes, ours elsewhere."""
-    if path in OPENAI_PATHS:
-        return json.dumps(oai.error_body(exc.code, exc.message)).encode()
-    error = {"code": str(exc.code), "message": exc.message, "retryable": exc.retryable}
-    return json.dumps({"error": error}).encode()
-
-
-def http_headers(exc: TokenwireError) -> dict[str, str]:
-    """Headers an HTTP error answer carries: ``WWW-Authenticate`` (RFC 6750) for 401,
-    ``Retry-After`` (RFC 9110 section 10.2.3) for 429."""
-    if exc.code is ErrorCode.UNAUTHORIZED:
-        return {"WWW-Authenticate": 'Bearer realm="tokenwire"'}
-    retry_after = getattr(exc, "retry_after", None)
-    if retry_after is not None:
-        return {"Retry-After": str(max(1, int(-(-retry_after // 1))))}
-    return {}
-
-
-STATUS = {
-    ErrorCode.UNAUTHORIZED: 401,
-    ErrorCode.FORBIDDEN: 403,
-    ErrorCode.PAYLOAD_TOO_LARGE: 413,
-    ErrorCode.RATE_LIMITED: 429,
-}
-
-
-async def send_http_error(send: Send, exc: TokenwireError, path: str = "") -> None:
-    """A complete JSON error response on a plain ASGI ``send`` (``path``: the request's, for
-    the body's shape)."""
-    body = error_body(exc, path)
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    headers += [(k.lower().encode(), v.encode()) for k, v in http_headers(exc).items()]
-    await send({"type": "http.response.start", "status": STATUS[exc.code], "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def deny_websocket(scope: Scope, send: Send, exc: TokenwireError) -> None:
-    """Refuse a WebSocket handshake before accept: the JSON error with its HTTP status where
-    the server supports the ASGI WebSocket Denial Response extension, else a close before
-    accept, which the server turns into HTTP 403."""
-    if "websocket.http.response" in scope.get("extensions", {}):
-        handshake_denied_var.set(True)  # see tokenwire.logs.DeniedHandshakeFilter
-        body = error_body(exc)
-        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-        headers += [(k.lower().encode(), v.encode()) for k, v in http_headers(exc).items()]
-        await send(
-            {
-                "type": "websocket.http.response.start",
-                "status": STATUS[exc.code],
-                "headers": headers,
-            }
-        )
-        await send({"type": "websocket.http.response.body", "body": body})
-    else:
-        await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
 
 
 def _client(scope: Scope) -> str:
@@ -330,7 +266,7 @@ class SecurityMiddleware:
         token = request_id_var.set(request_id)
         try:
             if scope["type"] == "http":
-                await self._http(scope, headers, receive, _with_request_id(send, request_id))
+                await self._http(scope, headers, receive, with_request_id(send, request_id))
             else:
                 await self._websocket(scope, headers, receive, send)
         finally:
@@ -341,7 +277,7 @@ class SecurityMiddleware:
             scope["tokenwire.auth"] = self._check(scope, headers)
         except TokenwireError as exc:
             self.refused(scope, exc)
-            await send_http_error(send, exc, scope["path"])
+            await send_error(send, exc, scope["path"])
             return
         await self.app(scope, receive, send)
 
@@ -424,22 +360,6 @@ async def _accept_and_close(receive: Receive, send: Send, code: int, reason: str
     if message["type"] == "websocket.connect":
         await send({"type": "websocket.accept"})
         await send({"type": "websocket.close", "code": code, "reason": reason[:120]})
-
-
-def _with_request_id(send: Send, request_id: str) -> Send:
-    """``send`` that adds ``X-Request-Id`` to the response's start. A plain function that
-    returns ``send``'s awaitable, with no coroutine frame of its own under each write. (A
-    stream's body frames do not pass through it at all: see
-    :func:`tokenwire.transports.base.server_send`.)"""
-
-    def wrapped(message: Message) -> Awaitable[None]:
-        if message["type"] == "http.response.start":
-            headers = list(message.get("headers", []))
-            headers.append((b"x-request-id", request_id.encode()))
-            message = {**message, "headers": headers}
-        return send(message)
-
-    return wrapped
 
 
 class _FirstMessageAuth:

@@ -1,6 +1,6 @@
 """The app's protection and observation layer, wired in one place: authentication and Origin
-checks (:mod:`tokenwire.security`), limits (:mod:`tokenwire.limits`) and metrics
-(:mod:`tokenwire.metrics`).
+checks (:mod:`tokenwire.edge.security`), limits (:mod:`tokenwire.edge.limits`) and metrics
+(:mod:`tokenwire.edge.metrics`).
 
 :class:`Guards` gives the app its middleware (outermost first: CORS, connection metrics,
 security, sizes), its extra routes (``POST /v1/tokens``, ``GET /metrics``) and
@@ -18,18 +18,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.websockets import WebSocket
 
-from tokenwire.errors import InvalidRequest, TokenwireError, Unauthorized
-from tokenwire.keys import TOKEN_PREFIX
-from tokenwire.limits import ConnectionLimiter, LimitsMiddleware, ScopedRegistry, StreamGuard
-from tokenwire.metrics import Metrics
-from tokenwire.security import (
-    STATUS,
-    Authenticator,
-    OriginPolicy,
-    SecurityMiddleware,
-    auth_state,
-    error_body,
-)
+from tokenwire.edge.keys import TOKEN_PREFIX
+from tokenwire.edge.limits import ConnectionLimiter, LimitsMiddleware, ScopedRegistry, StreamGuard
+from tokenwire.edge.metrics import Metrics
+from tokenwire.edge.responses import error_response
+from tokenwire.edge.security import Authenticator, OriginPolicy, SecurityMiddleware, auth_state
+from tokenwire.errors import InvalidField, InvalidRequest, TokenwireError, Unauthorized
 from tokenwire.settings import Settings
 from tokenwire.streams.registry import StreamRegistry
 
@@ -38,7 +32,7 @@ class Guards:
     """Security, limits and metrics of one app (one per process).
 
     Raises ``ValueError`` at construction for settings that cannot work (see
-    :func:`tokenwire.security.check_settings`).
+    :func:`tokenwire.edge.security.check_settings`).
     """
 
     def __init__(self, settings: Settings, registry: StreamRegistry) -> None:
@@ -49,13 +43,14 @@ class Guards:
         self.metrics = Metrics()
         self.streams = StreamGuard(settings, self.auth, self.metrics)
         self.metrics.live = self.streams.live
+        registry.observer = self.metrics  # every generation of the registry reports here
         self.connections = ConnectionLimiter(
             settings.max_ws_connections, settings.max_ws_connections_per_key
         )
 
     def scoped(self, connection: Request | WebSocket) -> ScopedRegistry:
         """The registry as the caller of ``connection`` may use it: stream limits, and its own
-        streams only (see :class:`tokenwire.limits.ScopedRegistry`)."""
+        streams only (see :class:`tokenwire.edge.limits.ScopedRegistry`)."""
         return self.streams.scoped(self.registry, connection.scope)
 
     def routes(self) -> list[Route]:
@@ -100,6 +95,7 @@ class Guards:
                 LimitsMiddleware,
                 max_body_size=settings.max_body_size,
                 max_message_size=settings.ws_max_message_size,
+                messages_per_minute=settings.ws_messages_per_minute,
             ),
         ]
         return stack
@@ -117,8 +113,7 @@ class Guards:
             if header.partition(" ")[2].strip().startswith(TOKEN_PREFIX + "."):
                 raise Unauthorized("mint tokens with an API key, not with a token")
         except TokenwireError as exc:
-            status = 422 if isinstance(exc, _BadField) else STATUS.get(exc.code, 400)
-            return Response(error_body(exc), status, media_type="application/json")
+            return error_response(exc)
         principal = auth_state(request.scope).principal
         key_id = principal.key_id if principal is not None and principal.key_id else "anonymous"
         token, expires_at = self.auth.signer.mint(key_id, ttl)
@@ -127,10 +122,6 @@ class Guards:
             status_code=201,
             headers={"Cache-Control": "no-store"},
         )
-
-
-class _BadField(InvalidRequest):
-    """A field with a value out of its range (HTTP 422, as elsewhere)."""
 
 
 def _requested_ttl(raw: bytes, limit: float) -> float:
@@ -142,10 +133,10 @@ def _requested_ttl(raw: bytes, limit: float) -> float:
     except ValueError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict) or set(body) - {"ttl"}:
-        raise _BadField("body: expected {'ttl': seconds} or nothing")
+        raise InvalidField("body: expected {'ttl': seconds} or nothing")
     ttl = body.get("ttl", limit)
     if isinstance(ttl, bool) or not isinstance(ttl, int | float):
-        raise _BadField("ttl: must be a number of seconds")
+        raise InvalidField("ttl: must be a number of seconds")
     if not 0 < ttl <= limit:
-        raise _BadField(f"ttl: must be in (0, {limit}]")
+        raise InvalidField(f"ttl: must be in (0, {limit}]")
     return ttl

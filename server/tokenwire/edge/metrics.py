@@ -4,11 +4,11 @@ Each app has its own :class:`Metrics` (its own ``CollectorRegistry``), so severa
 process (tests) do not mix their numbers. With ``--workers N`` every worker process counts its
 own streams: a scrape sees the worker that answered it.
 
-The stream layer feeds the numbers through two small hooks, so that it knows nothing of
-Prometheus: every :class:`~tokenwire.streams.generation.Generation` has a ``metrics`` attribute
-(a :class:`StreamObserver`; the no-op :data:`NO_METRICS` until :meth:`Metrics.attach`), which
-it calls once at its end, and :func:`tokenwire.transports.base.pump` asks it for a
-:class:`DeliveryObserver` that sees every write. Metric names and labels::
+The stream layer feeds the numbers through the observer interfaces of
+:mod:`tokenwire.streams.observe`, so that it knows nothing of Prometheus: :class:`Metrics` is
+the registry's :class:`~tokenwire.streams.observe.StreamObserver` (set when the app is wired),
+and every delivery loop asks it for a :class:`~tokenwire.streams.observe.DeliveryObserver`
+that sees every write. Metric names and labels::
 
     tokenwire_connections_open{transport}            open WebSockets / SSE responses
     tokenwire_streams_active{transport}              live streams
@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -45,57 +45,16 @@ from prometheus_client.utils import floatToGoString
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tokenwire.protocol.events import ErrorEvent, TextDelta
+from tokenwire.protocol.events import Event, TextDelta
+from tokenwire.streams.observe import DeliveryObserver, StreamObserver
 
 if TYPE_CHECKING:
     from tokenwire.streams.generation import Generation
-    from tokenwire.streams.registry import Attachment
-    from tokenwire.streams.subscription import Subscription
 
 # seconds; TTFT of a small local model is 10 ms .. seconds, inter-token 1 ms .. 1 s
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 INTER_TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
-
-
-class DeliveryObserver:
-    """Sees one subscriber's writes (:func:`~tokenwire.transports.base.pump`). No-op base."""
-
-    def sent(self, events: list[Any]) -> None:
-        """``events`` were just written to the client."""
-
-    def sent_text(self) -> None:
-        """One text delta, alone, was just written (``sent([delta])``, the common write)."""
-
-    def evicted(self) -> None:
-        """The subscriber was cut off as a slow consumer."""
-
-
-class StreamObserver:
-    """What the stream layer reports. The base class ignores everything (:data:`NO_METRICS`)."""
-
-    def stream_ended(self, generation: Generation, error: ErrorEvent | None) -> None:
-        """The generation published its ``stream.end`` (after ``error`` when given)."""
-
-    def delivery(
-        self, generation: Generation, subscription: Subscription, *, resumed: bool = False
-    ) -> DeliveryObserver:
-        """An observer for one subscriber's delivery loop (``resumed``: after a catch-up, so
-        its first text is no TTFT)."""
-        return _NO_DELIVERY
-
-
-_NO_DELIVERY = DeliveryObserver()
-NO_METRICS = StreamObserver()
-
-
-def delivery_observer(attachment: Attachment) -> DeliveryObserver:
-    """The observer of an attachment's live delivery: its generation's, when the stream runs
-    in this process (a stream read from another worker's log is counted by that worker)."""
-    generation, subscription = attachment.generation, attachment.subscription
-    if generation is None or subscription is None:
-        return _NO_DELIVERY
-    return generation.metrics.delivery(generation, subscription, resumed=bool(attachment.catch_up))
 
 
 class Metrics(StreamObserver):
@@ -164,33 +123,35 @@ class Metrics(StreamObserver):
         r.register(_QueueDepth(self))
         r.register(self.tallies)
 
-    # -- hooks ------------------------------------------------------------------------------
+    # -- the stream layer's observer ----------------------------------------------------------
 
-    def attach(self, generation: Generation) -> None:
-        """Count a new generation and have it report here."""
-        generation.metrics = self
-        self.streams_started.labels(generation.transport).inc()
-        self.streams_active.labels(generation.transport).inc()
+    def stream_started(self, transport: str) -> None:
+        self.streams_started.labels(transport).inc()
+        self.streams_active.labels(transport).inc()
 
-    def stream_ended(self, generation: Generation, error: ErrorEvent | None) -> None:
-        transport = generation.transport
+    def stream_ended(
+        self,
+        transport: str,
+        finish_reason: str,
+        completion_tokens: int,
+        error_code: str | None,
+    ) -> None:
         self.streams_active.labels(transport).dec()
-        self.streams_ended.labels(transport, str(generation.finish_reason)).inc()
-        self.tokens.labels(transport).inc(generation.completion_tokens)
-        if error is not None:
-            self.provider_errors.labels(str(error.code)).inc()
+        self.streams_ended.labels(transport, finish_reason).inc()
+        self.tokens.labels(transport).inc(completion_tokens)
+        if error_code is not None:
+            self.provider_errors.labels(error_code).inc()
 
-    def delivery(
-        self, generation: Generation, subscription: Subscription, *, resumed: bool = False
-    ) -> DeliveryObserver:
-        return _Delivery(self, generation, subscription, resumed=resumed)
+    def delivery(self, transport: str, started_at: float, *, resumed: bool) -> DeliveryObserver:
+        return _Delivery(self, transport, started_at, resumed=resumed)
 
-    def cancel_requested(self, generation: Generation) -> None:
-        self.cancels.labels(generation.transport).inc()
+    def cancel_requested(self, transport: str) -> None:
+        self.cancels.labels(transport).inc()
 
     def resumed(self, transport: str) -> None:
-        """A client resumed a stream (called by the resume paths of the transports)."""
         self.resumes.labels(transport).inc()
+
+    # -- the edge's own counts --------------------------------------------------------------
 
     def refused(self, code: str, scope: str) -> None:
         self.refusals.labels(code, scope).inc()
@@ -215,35 +176,28 @@ class _Delivery(DeliveryObserver):
     :class:`_Tallies`), whatever the number of events in it."""
 
     def __init__(
-        self,
-        metrics: Metrics,
-        generation: Generation,
-        subscription: Subscription,
-        *,
-        resumed: bool = False,
-    ):
+        self, metrics: Metrics, transport: str, started_at: float, *, resumed: bool
+    ) -> None:
         self.metrics = metrics
-        self.generation = generation
-        self.subscription = subscription
-        self.transport = transport = generation.transport
+        self.transport = transport
+        self.started_at = started_at
         self.last_text: float | None = time.monotonic() if resumed else None
         self.coalesced = 0
         self._tally = metrics.tallies.of(transport)
         self._ttft = metrics.ttft.labels(transport)
 
-    def sent(self, events: list[Any]) -> None:
+    def sent(self, events: Sequence[Event], coalesced: int) -> None:
         tally = self._tally
         tally.batch.observe(len(events))
         deltas = 0
         for event in events:
-            if event.__class__ is TextDelta:
+            if isinstance(event, TextDelta):
                 deltas += 1
             else:
                 tally.delivered(event.type)
         if deltas:
             tally.deltas += deltas
             self._text_written()
-        coalesced = self.subscription.coalesced
         if coalesced > self.coalesced:
             self.metrics.coalesced.labels(self.transport).inc(coalesced - self.coalesced)
             self.coalesced = coalesced
@@ -259,7 +213,7 @@ class _Delivery(DeliveryObserver):
     def _text_written(self) -> None:
         now = time.monotonic()
         if self.last_text is None:
-            self._ttft.observe(now - self.generation.started_at)
+            self._ttft.observe(now - self.started_at)
         else:
             self._tally.inter_token.observe(now - self.last_text)
         self.last_text = now
@@ -288,10 +242,11 @@ class _Buckets:
         self.sum += 1
 
     def cumulative(self) -> list[tuple[str, float]]:
-        total, buckets = 0, []
+        total, buckets = 0, list[tuple[str, float]]()
         for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
             total += count
-            buckets.append((floatToGoString(bound), total))
+            bound_text: str = floatToGoString(bound)  # type: ignore[no-untyped-call]  # prometheus_client.utils is unannotated
+            buckets.append((bound_text, total))
         return buckets
 
 

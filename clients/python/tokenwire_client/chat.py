@@ -139,7 +139,7 @@ def run_chat(
 ) -> int:
     """Run the chat loop on this terminal until Ctrl-D or ``/exit``; returns the exit status."""
     console = console or Console(highlight=False)
-    client = AsyncClient(url, transport=transport)  # type: ignore[arg-type]
+    client = AsyncClient(url, transport="websocket" if transport == "websocket" else "sse")
     chat = TerminalChat(console, client, model=model, max_tokens=max_tokens, system=system)
     console.print(
         f"[bold]tokenwire chat[/] · {url} · {transport}\n"

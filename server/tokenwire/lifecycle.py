@@ -1,0 +1,103 @@
+"""The server process's life around the app: the SIGTERM drain, the garbage collector's
+tuning, and the short path that a stream's frames take to the ASGI server.
+
+**Drain on SIGTERM** (:func:`drain_on_sigterm`): SIGTERM starts a drain (see
+:meth:`~tokenwire.streams.registry.StreamRegistry.drain`) before the server's own handler
+(uvicorn's) begins its shutdown, so the running generations outlive their connections.
+
+**GC** (:func:`gc_young_threshold`): Python's young-generation threshold while the app runs
+(``TOKENWIRE_GC_YOUNG_THRESHOLD``, off by default), put back at shutdown.
+
+**The send path** (:class:`ServerSendApp`, :func:`server_send`, :func:`with_request_id`):
+Starlette wraps ``send`` three times on the way to a route (its error and exception middleware
+and the route itself), and each wrapper only watches for ``http.response.start``, to know that
+a response has begun; so do tokenwire's own (``X-Request-Id``, CORS). A response's start still
+goes through them; its body frames, a coroutine frame per wrapper under every token, need not.
+So the app keeps the ASGI server's own ``send`` in the scope before any middleware wraps it
+(:class:`ServerSendApp`), the transports write their frames there (:func:`server_send`), and
+tokenwire's own wrapper of the start (:func:`with_request_id`) returns ``send``'s awaitable
+with no frame of its own. Middleware wrapped around tokenwire's app from outside still sees
+every frame: what the app keeps is the ``send`` it was given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import signal
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+from starlette.applications import Starlette
+from starlette.types import Message, Receive, Scope, Send
+
+SERVER_SEND = "tokenwire.server_send"
+"""The scope key under which :class:`ServerSendApp` keeps the ASGI server's own ``send``."""
+
+
+class ServerSendApp(Starlette):
+    """Starlette that keeps the ASGI server's own ``send`` in the scope (see the module
+    docstring)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[SERVER_SEND] = send
+        await super().__call__(scope, receive, send)
+
+
+def server_send(scope: Scope, send: Send) -> Send:
+    """Where a stream's frames go: the ASGI server's own ``send`` when the app kept it in the
+    scope, else ``send``."""
+    send_: Send = scope.get(SERVER_SEND, send)
+    return send_
+
+
+def with_request_id(send: Send, request_id: str) -> Send:
+    """``send`` that adds ``X-Request-Id`` to the response's start. A plain function that
+    returns ``send``'s awaitable, with no coroutine frame of its own under each write."""
+
+    def wrapped(message: Message) -> Awaitable[None]:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", []))
+            headers.append((b"x-request-id", request_id.encode()))
+            message = {**message, "headers": headers}
+        return send(message)
+
+    return wrapped
+
+
+def drain_on_sigterm(drain: Callable[[], None]) -> None:
+    """Make SIGTERM call ``drain`` on the running loop, then the previous handler. Only
+    possible in the main thread (a server run by ``tokenwire serve`` or uvicorn; elsewhere
+    nothing happens); uvicorn restores the previous handler when it exits."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    loop = asyncio.get_running_loop()
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        loop.call_soon_threadsafe(drain)
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+@contextmanager
+def gc_young_threshold(threshold: int | None) -> Iterator[None]:
+    """Run with Python's young-generation GC threshold (threshold0 of :func:`gc.set_threshold`)
+    set to ``threshold`` (``None``: leave it), and put the previous thresholds back after.
+
+    Each young collection promotes what is alive at that moment (a stream's pending sleep,
+    in-flight writes) towards the old generation, whose full collections stop every stream
+    for ~0.1 s at 1000 open streams; fewer young collections promote fewer of them."""
+    if threshold is None:
+        yield
+        return
+    previous = gc.get_threshold()
+    gc.set_threshold(threshold, *previous[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*previous)

@@ -1,0 +1,248 @@
+"""The route handlers of tokenwire's own API (wire protocol v1) and the OpenAI-compatible one,
+over one :class:`TokenwireApp` (the process's state). Routes parse and check the request, ask
+the registry (through the edge's scoped view) for a stream, and hand it to a transport; every
+error answer comes from :mod:`tokenwire.edge.responses`.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.websockets import WebSocket
+
+from tokenwire import __version__
+from tokenwire.edge.guards import Guards
+from tokenwire.edge.limits import ScopedRegistry, check_request
+from tokenwire.edge.responses import error_response
+from tokenwire.errors import InvalidField, InvalidRequest, TokenwireError
+from tokenwire.logs import request_id_var
+from tokenwire.protocol import openai as oai
+from tokenwire.protocol import sse
+from tokenwire.protocol.events import FinishReason, ResetReason, StreamEnd, StreamReset
+from tokenwire.protocol.requests import GenerateParams, describe_validation_error
+from tokenwire.providers import Provider
+from tokenwire.settings import DisconnectPolicy, Settings
+from tokenwire.streams.generation import Generation
+from tokenwire.streams.log import CursorExpired, StreamLog, UnknownStream
+from tokenwire.streams.registry import Attachment, StreamRegistry
+from tokenwire.transports.collect import collect
+from tokenwire.transports.sse import EventStreamResponse
+from tokenwire.transports.websocket import WebSocketSession
+
+
+async def _json_body(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
+
+
+M = TypeVar("M", bound=BaseModel)
+
+Answer = Response | EventStreamResponse
+"""What a route returns: a complete response, or an event stream (an ASGI app of its own)."""
+
+
+def _validate(model: type[M], data: Any) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidField(describe_validation_error(exc)) from exc
+
+
+class TokenwireApp:
+    """The server's state and its route handlers (one per process)."""
+
+    def __init__(self, settings: Settings, provider: Provider, stream_log: StreamLog) -> None:
+        self.settings = settings
+        self.provider = provider
+        self.stream_log = stream_log
+        self.registry = StreamRegistry(provider, settings, stream_log)
+        self.started = int(time.time())
+        self.retry = round(settings.reconnect_delay * 1000)  # SSE `retry:`, milliseconds
+        self.guards = Guards(settings, self.registry)  # security, limits, metrics
+
+    def scoped(self, connection: Request | WebSocket) -> ScopedRegistry:
+        """The registry as the caller of ``connection`` may use it: stream limits, its own
+        streams only (see :class:`tokenwire.edge.limits.ScopedRegistry`)."""
+        return self.guards.scoped(connection)
+
+    def drain(self) -> None:
+        """Begin a graceful shutdown (see :meth:`StreamRegistry.drain`)."""
+        self.registry.drain()
+
+    def event_stream(
+        self, attachment: Attachment, *, start: Generation | None = None, **options: Any
+    ) -> EventStreamResponse:
+        """The SSE response of ``attachment`` with the server's timeouts and ``retry:``."""
+        return EventStreamResponse(
+            attachment,
+            start=start,
+            heartbeat_interval=self.settings.heartbeat_interval,
+            send_timeout=self.settings.send_timeout,
+            write_delay=self.settings.write_delay,
+            draining=self.registry.draining,
+            connections=self.guards.metrics.connections_open.labels("sse"),
+            **options,
+        )
+
+    def limit_params(self, params: GenerateParams) -> GenerateParams:
+        """Apply the server's max_tokens default and limit, and the message count and size
+        limits. Raises :class:`InvalidRequest`."""
+        try:
+            check_request(params, self.settings)
+        except InvalidRequest as exc:
+            raise InvalidField(exc.message) from None
+        if params.max_tokens is None:
+            return params.model_copy(update={"max_tokens": self.settings.max_tokens})
+        if params.max_tokens > self.settings.max_tokens_limit:
+            raise InvalidField(
+                f"max_tokens: must be <= {self.settings.max_tokens_limit}, got {params.max_tokens}"
+            )
+        return params
+
+    # -- native routes --------------------------------------------------------------------
+
+    async def create_stream(self, request: Request) -> Answer:
+        detached = _wants_json(request.headers.get("accept", ""))
+        try:
+            params = self.limit_params(_validate(GenerateParams, await _json_body(request)))
+            if detached and params.on_disconnect == "cancel":
+                raise InvalidField(
+                    "on_disconnect: a detached stream (Accept: application/json) must use detach"
+                )
+            generation = self.scoped(request).create(
+                params,
+                transport="sse",
+                request_id=request_id_var.get(),  # the response's X-Request-Id
+                on_disconnect=DisconnectPolicy.DETACH if detached else None,
+            )
+        except TokenwireError as exc:
+            return error_response(exc)
+        if detached:
+            generation.start()
+            events_url = str(request.url_for("stream_events", stream_id=generation.stream_id))
+            return JSONResponse(
+                {"stream_id": generation.stream_id, "events_url": events_url},
+                status_code=201,
+                headers={"Location": events_url},
+            )
+        return self.event_stream(
+            self.registry.attach(generation),
+            start=generation,
+            retry=self.retry,
+            headers={"X-Stream-Id": generation.stream_id},
+        )
+
+    async def stream_events(self, request: Request) -> Answer:
+        """Attach to, or resume, a stream over SSE (EventSource-compatible): the cursor is the
+        ``Last-Event-ID`` header (sent by a browser's automatic reconnect, so it wins) or the
+        ``last_event_id`` query parameter; none means from the start. A stream that has ended
+        at the cursor answers 204, which makes an EventSource stop reconnecting (WHATWG HTML,
+        9.2.3); an unknown stream or expired cursor answers ``stream.reset``."""
+        stream_id = request.path_params["stream_id"]
+        raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+        try:
+            after_seq = _cursor(raw)
+            attachment = await self.scoped(request).resume(stream_id, after_seq)
+        except (UnknownStream, CursorExpired) as exc:
+            reason: ResetReason = "expired" if isinstance(exc, CursorExpired) else "unknown_stream"
+            reset = StreamReset(stream_id=stream_id, reason=reason)
+            return Response(sse.encode_event(reset), media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
+        except TokenwireError as exc:
+            return error_response(exc)
+        if attachment.subscription is None and not any(
+            isinstance(event, StreamEnd) for event in attachment.catch_up
+        ):
+            attachment.detach("ended")
+            return Response(status_code=204)
+        return self.event_stream(attachment, retry=self.retry)
+
+    async def cancel_stream(self, request: Request) -> Response:
+        stream_id = request.path_params["stream_id"]
+        try:
+            status = await self.scoped(request).cancel_anywhere(stream_id)
+        except TokenwireError as exc:
+            return error_response(exc)
+        return JSONResponse({"stream_id": stream_id, "status": status}, status_code=202)
+
+    async def websocket(self, websocket: WebSocket) -> None:
+        session = WebSocketSession(
+            websocket,
+            self.scoped(websocket),
+            self.settings,
+            limit_params=self.limit_params,
+            connections=self.guards.metrics.connections_open.labels("websocket"),
+        )
+        await session.run()
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse(
+            {
+                "status": "ok",
+                "version": __version__,
+                "provider": self.provider.name,
+                "live_streams": len(self.registry),
+            }
+        )
+
+    # -- OpenAI-compatible routes ---------------------------------------------------------
+
+    async def chat_completions(self, request: Request) -> Answer:
+        try:
+            body = _validate(oai.ChatCompletionRequest, await _json_body(request))
+            params = self.limit_params(body.to_generate_params())
+            generation = self.scoped(request).create(params, transport="openai")
+        except TokenwireError as exc:
+            return error_response(exc, openai=True)
+        completion_id = "chatcmpl-" + secrets.token_urlsafe(18)
+        created = int(generation.created)
+        attachment = self.registry.attach(generation)
+        if body.stream:
+            encoder = oai.ChunkEncoder(
+                completion_id, generation.model, created, include_usage=body.include_usage
+            )
+            return self.event_stream(attachment, start=generation, encode=encoder.encode_event)
+        collected = await collect(attachment, request.receive, start=generation)
+        if collected is None:  # the client left: nobody to answer (the generation stopped)
+            return Response(status_code=499)
+        if collected.error is not None:
+            error = collected.error
+            failure = TokenwireError(error.message, retryable=error.retryable, code=error.code)
+            return error_response(failure, openai=True)
+        return JSONResponse(
+            oai.completion_body(
+                completion_id,
+                generation.model,
+                created,
+                "".join(collected.text),
+                str(generation.finish_reason or FinishReason.STOP),
+                generation.usage,
+            )
+        )
+
+    async def models(self, request: Request) -> Response:
+        return JSONResponse(oai.models_body(self.provider.models, self.started, "tokenwire"))
+
+
+def _wants_json(accept: str) -> bool:
+    """Whether an Accept header asks for JSON rather than an event stream."""
+    types = {part.split(";")[0].strip().lower() for part in accept.split(",")}
+    return "application/json" in types and sse.MEDIA_TYPE not in types
+
+
+def _cursor(raw: str | None) -> int:
+    """A resume cursor: the last seq the client saw (a decimal integer >= 0; none: 0).
+    Raises :class:`InvalidRequest`."""
+    if raw is None or raw == "":
+        return 0
+    if not raw.isdecimal() or len(raw) > 18:
+        raise InvalidRequest(f"Last-Event-ID must be a seq (a decimal integer), got {raw[:40]!r}")
+    return int(raw)

@@ -1,0 +1,68 @@
+"""The collect transport: a non-streamed answer (``stream: false``) kept in memory.
+
+:class:`CollectTransport` is a :class:`~tokenwire.transports.base.Transport` whose writes land
+in lists; :func:`collect` runs the same :class:`~tokenwire.transports.pump.Pump` as the
+streaming transports over it while it listens for the client's ``http.disconnect``, so that a
+client that gives up stops the generation (it follows its disconnect policy, ``cancel`` by
+default) instead of leaving it to run on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.types import Receive
+
+from tokenwire.protocol.events import ErrorEvent, Event, StreamEnd, TextDelta
+from tokenwire.streams.generation import Detach, Generation, GenerationState
+from tokenwire.streams.registry import Attachment
+from tokenwire.transports.base import Transport
+from tokenwire.transports.pump import Delivery, Pump, stop_on_disconnect
+
+
+class CollectTransport(Transport):
+    """Keeps the events of one stream: its text, its ``error`` (if any) and its ``stream.end``.
+    Writes never wait and never fail."""
+
+    name = "collect"
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.error: ErrorEvent | None = None
+        self.end: StreamEnd | None = None
+
+    async def send_events(self, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, TextDelta):
+                self.text.append(event.delta)
+            elif isinstance(event, ErrorEvent):
+                self.error = event
+            elif isinstance(event, StreamEnd):
+                self.end = event
+
+    async def send_heartbeat(self) -> None:
+        """Nothing to keep alive: no byte is written until the answer is complete."""
+
+
+async def collect(
+    attachment: Attachment, receive: Receive, *, start: Generation | None = None
+) -> CollectTransport | None:
+    """Collect ``attachment``'s stream to its end (starting ``start`` once attached).
+
+    Returns the collected events, or ``None`` when the client disconnected first: the
+    attachment is then detached as ``disconnected`` and the generation follows its disconnect
+    policy. Cancelling the caller detaches likewise.
+    """
+    transport = CollectTransport()
+    delivery = Pump(attachment, transport)
+    listener = asyncio.create_task(stop_on_disconnect(receive, delivery))
+    if start is not None and start.state is GenerationState.CREATED:
+        start.start()
+    outcome: Detach = "disconnected"
+    try:
+        if await delivery.run() is Delivery.ENDED:
+            outcome = "ended"
+    finally:
+        listener.cancel()
+        attachment.detach(outcome)
+    return transport if outcome == "ended" else None
