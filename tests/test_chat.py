@@ -10,7 +10,7 @@ import sys
 
 import pexpect
 
-from tests.conftest import scripted_app, serve
+from tests.helpers import scripted_app, serve
 from tokenwire.protocol.requests import GenerateParams
 from tokenwire.providers.scripted import Script, scripted_text
 
@@ -27,7 +27,7 @@ def test_chat_exchange_then_ctrl_c_stops_the_reply_not_the_program(transport):
         return Script(tokens=12, interval=0.005)
 
     app, provider = scripted_app()
-    provider._script_for = script_for
+    provider.script_for = script_for
     with serve(app) as server:
         child = pexpect.spawn(
             sys.executable,

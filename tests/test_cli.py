@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 
 def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:

@@ -10,7 +10,7 @@ import sys
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.helpers import free_port
 from tests.security_helpers import ws_connect
 from tests.test_cli import start, stop, wait_healthy
 from tokenwire.edge.keys import KeyStore

@@ -16,7 +16,7 @@ import websockets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import UvicornThread, scripted_app, serve, wait_for
+from tests.helpers import UvicornThread, scripted_app, serve, wait_for
 from tests.protocol.test_fuzz import json_values, schema_like
 from tests.security_helpers import close_code, sse_events, ws_connect
 from tokenwire.errors import ErrorCode

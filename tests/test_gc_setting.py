@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from pydantic import ValidationError
 
-from tests.conftest import asgi_client, scripted_app
+from tests.helpers import asgi_client, scripted_app
 from tokenwire.settings import Settings
 
 

@@ -13,7 +13,7 @@ import websockets
 from httpx_ws import aconnect_ws
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 
-from tests.conftest import asgi_client, scripted_app, serve, wait_for
+from tests.helpers import asgi_client, scripted_app, serve, wait_for
 from tests.security_helpers import (
     GENERATE,
     USER,

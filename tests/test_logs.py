@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import httpx
 
-from tests.conftest import scripted_app, serve
+from tests.helpers import scripted_app, serve
 from tests.security_helpers import handshake_status, text_of, ws_connect, ws_events
 from tokenwire.logs import (
     JSONFormatter,

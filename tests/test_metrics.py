@@ -8,7 +8,7 @@ import json
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import asgi_client, scripted_app, serve, wait_for
+from tests.helpers import asgi_client, scripted_app, serve, wait_for
 from tests.security_helpers import GENERATE, USER, sse_events, ws_connect, ws_events
 from tokenwire.edge.metrics import Metrics
 from tokenwire.protocol.events import TextDelta
@@ -98,7 +98,7 @@ async def test_metrics_follow_streams_on_both_transports():
 async def test_metrics_count_cancels_errors_refusals_and_limits():
     app, _ = scripted_app(Script(tokens=500, interval=0.01), api_keys="tw_k", max_streams=1)
     auth = {"Authorization": "Bearer tw_k"}
-    app.state.tokenwire.provider._script_for = lambda params: (
+    app.state.tokenwire.provider.script_for = lambda params: (
         Script(tokens=10, error_after=2)
         if params.messages[0].content == "fail"
         else Script(tokens=500, interval=0.01)

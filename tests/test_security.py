@@ -18,7 +18,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
-from tests.conftest import asgi_client, scripted_app, serve, wait_for
+from tests.helpers import asgi_client, scripted_app, serve, wait_for
 from tests.security_helpers import (
     GENERATE,
     USER,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import asgi_client, scripted_app
+from tests.helpers import asgi_client, scripted_app
 from tokenwire.web import web_root
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import scripted_app, serve
+from tests.helpers import scripted_app, serve
 from tokenwire.protocol import sse
 from tokenwire.protocol.events import FinishReason, StreamEnd, StreamStart, TextDelta, parse_event
 from tokenwire.providers.scripted import Script, scripted_text

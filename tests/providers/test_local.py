@@ -15,7 +15,7 @@ from contextlib import aclosing
 import openai
 import pytest
 
-from tests.conftest import UvicornThread, serve
+from tests.helpers import UvicornThread, serve
 from tokenwire.app import create_app
 from tokenwire.errors import ProviderError
 from tokenwire.protocol.events import TextDelta

@@ -31,7 +31,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import free_port, serve, wait_for
+from tests.helpers import free_port, serve, wait_for
 from tokenwire.app import create_app
 from tokenwire.errors import ErrorCode, ProviderError, ProviderTimeout
 from tokenwire.protocol.events import (
@@ -527,7 +527,7 @@ async def test_end_to_end_upstream_down_is_an_error_then_the_end(upstream, trans
             AsyncClient(server.base_url, transport=transport) as client,
         ):
             events = [e async for e in client.stream(USER, max_tokens=24)]
-            health = await client._http.get(f"{server.base_url}/healthz")
+            health = await client.http.get(f"{server.base_url}/healthz")
             # the upstream comes back: the same server and provider stream again
             async with Forwarder(port, upstream.port):
                 again = [e async for e in client.stream(USER, max_tokens=24, temperature=0)]

@@ -12,7 +12,7 @@ import signal
 import httpx
 import pytest
 
-from tests.conftest import RedisServer, ServerProcess, scripted_app, serve, wait_for
+from tests.helpers import RedisServer, ServerProcess, scripted_app, serve, wait_for
 from tests.streams.test_resume import detached, forced_disconnects, resume
 from tests.streams.test_semantics import Peer, text_of
 from tokenwire.app import create_app

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import UvicornThread, scripted_app, serve, wait_for
+from tests.helpers import UvicornThread, scripted_app, serve, wait_for
 from tests.streams.test_semantics import USER, Peer, text_of
 from tokenwire.protocol.events import StreamEnd, TextDelta
 from tokenwire.providers.scripted import Script, scripted_text

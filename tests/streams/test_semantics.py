@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import Opcode
 from websockets.uri import parse_uri
 
-from tests.conftest import UvicornThread, scripted_app, serve, wait_for
+from tests.helpers import UvicornThread, scripted_app, serve, wait_for
 from tokenwire.providers.scripted import Script, scripted_text
 from tokenwire_client.sse import SSEDecoder
 
@@ -284,8 +284,8 @@ ONE = 1  # queue_maxsize
 async def live_subscription(app: Any) -> Any:
     """The subscription of the one live stream (held, so it outlives the stream's end)."""
     registry = app.state.tokenwire.registry
-    await wait_for(lambda: len(registry) == 1 and next(iter(registry._live.values())).subscriptions)
-    return next(iter(registry._live.values())).subscriptions[0]
+    await wait_for(lambda: len(registry) == 1 and registry.live()[0].subscriptions)
+    return registry.live()[0].subscriptions[0]
 
 
 async def test_block_makes_the_provider_wait_for_a_stalled_reader(transport):

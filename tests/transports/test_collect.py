@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import ServerProcess
+from tests.helpers import ServerProcess
 from tokenwire.providers.scripted import scripted_text
 
 LOCAL_MODEL = "smollm2-135m-instruct.q4_1"

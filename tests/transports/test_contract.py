@@ -14,7 +14,7 @@ from httpx_ws import aconnect_ws
 from httpx_ws.transport import ASGIWebSocketTransport
 from starlette.applications import Starlette
 
-from tests.conftest import asgi_client, scripted_app, serve, wait_for
+from tests.helpers import asgi_client, scripted_app, serve, wait_for
 from tokenwire.protocol.events import ErrorEvent, StreamEnd, StreamStart, TextDelta
 from tokenwire.providers.scripted import Script, scripted_text
 from tokenwire_client import AsyncClient, ServerError
@@ -112,7 +112,7 @@ async def test_failing_stream_does_not_disturb_others(level, transport):
         return Script(tokens=15, interval=0.002, error_after=2 if failing else None)
 
     app, _ = scripted_app()
-    app.state.tokenwire.provider._script_for = script_for
+    app.state.tokenwire.provider.script_for = script_for
     async with connect(app, level, transport) as client:
         good = [client.text(USER) for _ in range(3)]
         bad = [collect(client, [{"role": "user", "content": "fail"}])]
@@ -125,7 +125,7 @@ async def test_health_reports_live_streams(level, transport):
     app, _ = scripted_app(Script(tokens=3))
     async with connect(app, level, transport) as client:
         await collect(client)
-        response = await client._http.get(client.base_url + "/healthz")
+        response = await client.http.get(client.base_url + "/healthz")
     assert response.json()["status"] == "ok"
     assert response.json()["live_streams"] == 0
 
@@ -211,10 +211,10 @@ async def test_sse_cancel_from_another_connection():
             events.append(event)
             if len(events) == 2:
                 url = f"{client.base_url}/v1/streams/{event.stream_id}/cancel"
-                response = await client._http.post(url)
+                response = await client.http.post(url)
                 assert response.status_code == 202
                 assert response.json() == {"stream_id": event.stream_id, "status": "cancelled"}
-        missing = await client._http.post(f"{client.base_url}/v1/streams/nope/cancel")
+        missing = await client.http.post(f"{client.base_url}/v1/streams/nope/cancel")
     assert events[-1].finish_reason == "cancelled"
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
     assert provider.records[0].closed_at is not None

@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import UvicornThread, asgi_client, scripted_app, serve
+from tests.helpers import UvicornThread, asgi_client, scripted_app, serve
 from tokenwire.providers.scripted import Script, scripted_text
 
 USER = [{"role": "user", "content": "Say something"}]
@@ -22,7 +22,7 @@ def server() -> Iterator[UvicornThread]:
         return Script(tokens=30, error_after=4 if content == "fail" else None)
 
     app, provider = scripted_app()
-    provider._script_for = script_for
+    provider.script_for = script_for
     with serve(app) as running:
         yield running
 

@@ -14,7 +14,7 @@ import pytest
 from playwright.async_api import Browser, Page
 
 from tests.client.test_client import drop_connections, start_when_free
-from tests.conftest import (
+from tests.helpers import (
     ServerProcess,
     UvicornThread,
     free_port,
@@ -75,7 +75,7 @@ async def test_page_streams_a_reply_and_keeps_the_conversation(browser, artifact
         return Script(tokens=40, interval=0.01)
 
     app, provider = scripted_app()
-    provider._script_for = script_for
+    provider.script_for = script_for
     with serve(app) as server:
         page, errors = await open_page(browser, server, transport)
         await ask(page, "Hello there")

@@ -118,6 +118,12 @@ class AsyncClient:
         self._owns_http = http_client is None
         self._http = http_client or httpx.AsyncClient(timeout=httpx.Timeout(30.0, read=None))
 
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """The httpx client requests go through (the one given, or the client's own), for
+        calls this client has no method for, e.g. ``GET /healthz``."""
+        return self._http
+
     async def __aenter__(self) -> AsyncClient:
         return self
 

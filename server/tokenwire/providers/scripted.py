@@ -91,7 +91,7 @@ class ScriptedProvider(Provider):
         keep_records: bool = True,
     ) -> None:
         self.script = script or Script()
-        self._script_for = script_for
+        self.script_for = script_for  # per request (tests): overrides ``script``
         self.keep_records = keep_records  # off on servers: records grow with every token
         self.records: list[StreamRecord] = []
 
@@ -115,7 +115,7 @@ class ScriptedProvider(Provider):
         return [MODEL_ID]
 
     def script_of(self, params: GenerateParams) -> Script:
-        script = self._script_for(params) if self._script_for else self.script
+        script = self.script_for(params) if self.script_for else self.script
         if params.max_tokens is not None and params.max_tokens < script.tokens:
             script = replace(script, tokens=params.max_tokens)
         return script

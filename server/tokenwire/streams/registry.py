@@ -179,6 +179,10 @@ class StreamRegistry(Streams):
     def __len__(self) -> int:
         return len(self._live)
 
+    def live(self) -> list[Generation]:
+        """The generations running in this process, oldest first."""
+        return list(self._live.values())
+
     def create(
         self,
         params: GenerateParams,

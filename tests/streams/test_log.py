@@ -1,0 +1,55 @@
+"""The memory stream log's window: bounded by events and bytes, sliced by seq; deltas kept
+as text."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+
+from tests.helpers import delta
+from tokenwire.protocol.events import StreamStart, TextDelta
+from tokenwire.streams.log import CursorExpired, MemoryStreamLog, StreamRecord
+
+# -- stream log window ------------------------------------------------------------------------
+
+
+def test_stream_record_keeps_a_window_and_slices_it_by_seq():
+    record = StreamRecord("s")
+    for seq in range(1, 11):
+        record.add(delta(seq), max_events=4, max_bytes=1 << 20)
+    assert [e.seq for e in record.events] == [7, 8, 9, 10]
+    assert [e.seq for e in record.after("s", 8)] == [9, 10]
+    assert [e.seq for e in record.after("s", 6)] == [7, 8, 9, 10]
+    assert record.after("s", 10) == []
+    with pytest.raises(CursorExpired):
+        record.after("s", 5)
+    with pytest.raises(ValueError, match="does not follow"):
+        record.add(delta(12), max_events=4, max_bytes=1 << 20)
+
+
+def test_stream_record_rebuilds_deltas_and_keeps_no_event_objects_alive():
+    """A kept delta is its text: no object for the garbage collector to walk per token."""
+    record = StreamRecord("s-gc")
+    record.add(StreamStart(stream_id="s-gc", seq=1, model="m", created=0), 100, 1 << 20)
+    for seq in range(2, 52):
+        record.add(TextDelta(stream_id="s-gc", seq=seq, delta=f"t{seq} "), 100, 1 << 20)
+    gc.collect()
+    alive = [o for o in gc.get_objects() if isinstance(o, TextDelta) and o.stream_id == "s-gc"]
+    assert alive == []
+    events = record.after("s-gc", 40)
+    assert events == [TextDelta(stream_id="s-gc", seq=n, delta=f"t{n} ") for n in range(41, 52)]
+    assert isinstance(record.events[0], StreamStart)
+    with pytest.raises(ValueError, match="s-other"):
+        record.add(TextDelta(stream_id="s-other", seq=52, delta="x"), 100, 1 << 20)
+
+
+def test_memory_log_bounds_by_bytes_too():
+    log = MemoryStreamLog(max_events=1000, max_bytes=1024, ttl=60)
+    log.begin("s")
+    for seq in range(1, 201):
+        log.append("s", delta(seq, "word "))
+    snapshot = log.snapshot("s", 199)
+    assert snapshot is not None and [e.seq for e in snapshot[0]] == [200]
+    with pytest.raises(CursorExpired):
+        log.snapshot("s", 1)
