@@ -7,6 +7,13 @@ always followed by it.
 
 An ``error`` that answers a bad WebSocket client message belongs to no stream: it has neither
 ``stream_id`` nor ``seq``, and those keys are left out of its JSON.
+
+Between ``stream.start`` and ``stream.end`` a stream carries what the model sends, in the
+model's order: ``text.delta`` (the answer), ``reasoning.delta`` (its reasoning), and tool
+calls as ``tool_call.start`` (index, call_id, name) -> ``tool_call.delta`` (pieces of the
+arguments' JSON text) -> ``tool_call.end`` (the whole arguments string). A stream whose model
+called tools ends with finish_reason ``tool_calls``. Coalescing merges only adjacent deltas of
+the same kind (and, for tool calls, the same index), so nothing reorders.
 """
 
 from __future__ import annotations
@@ -36,16 +43,21 @@ class FinishReason(StrEnum):
     CANCELLED = "cancelled"  # explicit cancel, or a disconnect under the `cancel` policy
     ERROR = "error"  # preceded by an `error` event
     TIMEOUT = "timeout"  # a server-side deadline (stream duration) passed
+    TOOL_CALLS = "tool_calls"  # the model called tools (tool_call.* events) and waits for results
+    CONTENT_FILTER = "content_filter"  # the upstream withheld content (its own filter)
 
 
 class Usage(BaseModel):
-    """Token counts of one generation (tokens, as counted by the provider's tokenizer)."""
+    """Token counts of one generation (tokens, as counted by the provider's tokenizer).
+    ``reasoning_tokens`` (part of ``completion_tokens``) only when the upstream reports them;
+    the key is left out of the JSON otherwise."""
 
     model_config = ConfigDict(frozen=True)
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    reasoning_tokens: int | None = Field(default=None, exclude_if=lambda value: value is None)
 
     @classmethod
     def of(cls, prompt_tokens: int, completion_tokens: int) -> Usage:
@@ -103,6 +115,74 @@ class TextDelta:
         return TEXT_DELTA_JSON % (to_json(self.stream_id), self.seq, to_json(self.delta))
 
 
+REASONING_DELTA_JSON = b'{"type":"reasoning.delta","stream_id":%b,"seq":%d,"delta":%b}'
+"""The compact JSON of a reasoning delta (see :data:`TEXT_DELTA_JSON`)."""
+
+
+@dataclass(slots=True, kw_only=True)
+class ReasoningDelta:
+    """A piece of the model's reasoning ("thinking"), kept apart from the answer's text.
+    Made per token, like :class:`TextDelta` and for the same reasons a plain dataclass."""
+
+    __pydantic_config__: ClassVar[ConfigDict] = ConfigDict(extra="forbid")
+
+    type: Literal["reasoning.delta"] = "reasoning.delta"
+    stream_id: str
+    seq: int
+    delta: str
+
+    def json_bytes(self) -> bytes:
+        return REASONING_DELTA_JSON % (to_json(self.stream_id), self.seq, to_json(self.delta))
+
+
+class ToolCallStart(_Event):
+    """The model begins a call of tool ``name``. ``index`` is the call's place among this
+    turn's calls (0, 1, ... for parallel calls); ``call_id`` is the upstream's id of the call
+    (``tool_calls[].id``), which the tool's result must name."""
+
+    type: Literal["tool_call.start"] = "tool_call.start"
+    stream_id: str
+    seq: int
+    index: int
+    call_id: str
+    name: str
+
+
+@dataclass(slots=True, kw_only=True)
+class ToolCallDelta:
+    """A piece of the arguments (JSON text, as the model writes it) of the call at ``index``.
+    Made per token: a plain dataclass like :class:`TextDelta`."""
+
+    __pydantic_config__: ClassVar[ConfigDict] = ConfigDict(extra="forbid")
+
+    type: Literal["tool_call.delta"] = "tool_call.delta"
+    stream_id: str
+    seq: int
+    index: int
+    delta: str
+
+    def json_bytes(self) -> bytes:
+        return b'{"type":"tool_call.delta","stream_id":%b,"seq":%d,"index":%d,"delta":%b}' % (
+            to_json(self.stream_id),
+            self.seq,
+            self.index,
+            to_json(self.delta),
+        )
+
+
+class ToolCallEnd(_Event):
+    """The call at ``index`` is complete: ``arguments`` is the whole arguments string (the
+    deltas joined), so a client that only wants whole calls can ignore the deltas."""
+
+    type: Literal["tool_call.end"] = "tool_call.end"
+    stream_id: str
+    seq: int
+    index: int
+    call_id: str
+    name: str
+    arguments: str
+
+
 class ErrorEvent(_Event):
     """A failure. Inside a stream it is always followed by ``stream.end``."""
 
@@ -152,7 +232,16 @@ class StreamReset(_Event):
 
 
 Event = Annotated[
-    StreamStart | TextDelta | ErrorEvent | StreamEnd | StreamResumed | StreamReset,
+    StreamStart
+    | TextDelta
+    | ReasoningDelta
+    | ToolCallStart
+    | ToolCallDelta
+    | ToolCallEnd
+    | ErrorEvent
+    | StreamEnd
+    | StreamResumed
+    | StreamReset,
     Field(discriminator="type"),
 ]
 """Any server -> client event of wire protocol v1."""
@@ -176,13 +265,13 @@ def parse_event(data: str | bytes) -> Event:
 
 def event_json(event: Event) -> str:
     """Compact JSON of an event: keys in field order, no spaces, UTF-8 text unescaped."""
-    if isinstance(event, TextDelta):
+    if isinstance(event, TextDelta | ReasoningDelta | ToolCallDelta):
         return event.json_bytes().decode()
     return event.model_dump_json()
 
 
 def event_json_bytes(event: Event) -> bytes:
     """:func:`event_json`, UTF-8 encoded."""
-    if isinstance(event, TextDelta):
+    if isinstance(event, TextDelta | ReasoningDelta | ToolCallDelta):
         return event.json_bytes()
     return event.model_dump_json().encode()

@@ -1,8 +1,11 @@
 """The Provider interface: one method that streams a generation, and its event types.
 
 ``Provider.stream(params, model)`` returns an async iterator of :data:`ProviderEvent`:
-an optional :class:`Prompt` (the prompt's size, once known), any number of :class:`Delta`, and
-at most one :class:`Finish` as the last item. Closing the iterator early (``aclose()``, or
+an optional :class:`Prompt` (the prompt's size, once known), any number of :class:`Delta`
+(answer text), :class:`Reasoning` (reasoning text), :class:`ToolCall` (a call begins) and
+:class:`ToolArguments` (a piece of a begun call's arguments), in the model's order, and at most
+one :class:`Finish` as the last item. A call's arguments may interleave with other calls'
+(parallel calls), never precede its :class:`ToolCall`. Closing the iterator early (``aclose()``, or
 cancelling the task that iterates it) must stop the upstream work within one token: the HTTP
 response closed, the llama.cpp loop stopped. Failures are raised as
 :class:`tokenwire.errors.ProviderError` (or a subclass), never as an SDK's own exception.
@@ -39,6 +42,35 @@ class Delta:
     tokens: int = 1
 
 
+@dataclass(slots=True)
+class Reasoning:
+    """Reasoning ("thinking") text, kept apart from the answer; ``tokens`` as in
+    :class:`Delta`."""
+
+    text: str
+    tokens: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """The model begins calling tool ``name``: ``index`` is the call's place among this turn's
+    calls (from 0), ``call_id`` the upstream's id for it."""
+
+    index: int
+    call_id: str
+    name: str
+
+
+@dataclass(slots=True)
+class ToolArguments:
+    """A piece of the arguments (JSON text) of the call at ``index``; ``tokens`` as in
+    :class:`Delta`."""
+
+    index: int
+    text: str
+    tokens: int = 1
+
+
 @dataclass(frozen=True, slots=True)
 class Finish:
     """The provider's own end: why it stopped and, when it reports one, the usage."""
@@ -47,7 +79,7 @@ class Finish:
     usage: Usage | None = None
 
 
-ProviderEvent = Prompt | Delta | Finish
+ProviderEvent = Prompt | Delta | Reasoning | ToolCall | ToolArguments | Finish
 
 
 class Provider(ABC):
