@@ -20,8 +20,6 @@ import os
 import platform
 import resource
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,11 +28,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
+from common import BENCHMARKS_DIR, child_env, tokenwire_server
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-BENCHMARKS_DIR = Path(__file__).resolve().parent.parent
 
 SCHEMA = "tokenwire.bench.transport/1"
 
@@ -271,71 +268,18 @@ PROFILES = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def child_env(extra: dict[str, str]) -> dict[str, str]:
-    """This environment, with benchmarks/ importable (``transport``, ``measure``)."""
-    path = os.pathsep.join(p for p in (str(BENCHMARKS_DIR), os.environ.get("PYTHONPATH")) if p)
-    return {**os.environ, "PYTHONPATH": path, **extra}
-
-
 @contextlib.contextmanager
 def running_server(
     server: ServerUnderTest, log_dir: Path, tokenwire_env: dict[str, str]
 ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     """Start ``server`` under uvicorn on a free port and wait for ``GET /healthz``; stop it
     (SIGINT, then SIGKILL after 5 s) on exit. Raises RuntimeError if it does not start."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    for _attempt in range(3):
-        port = free_port()
-        command = [sys.executable, "-m", "uvicorn", "--factory", server.factory]
-        command += ["--host", "127.0.0.1", "--port", str(port), *UVICORN_FLAGS]
-        env = child_env({**TOKENWIRE_ENV, **tokenwire_env})
-        log = (log_dir / f"{server.name}.log").open("ab")
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            if _wait_healthy(process, port):
-                break
-        except BaseException:
-            _stop(process)
-            raise
-        finally:
-            log.close()
-        _stop(process)
-    else:
-        raise RuntimeError(f"{server.name} did not start; see {log_dir / server.name}.log")
-    try:
-        yield process, port
-    finally:
-        _stop(process)
-
-
-def _wait_healthy(process: subprocess.Popen[bytes], port: int, timeout: float = 60) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            return False
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    return False
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    env = {**TOKENWIRE_ENV, **tokenwire_env}
+    log = log_dir / f"{server.name}.log"
+    with tokenwire_server(
+        log, env, factory=server.factory, flags=UVICORN_FLAGS, name=server.name
+    ) as started:
+        yield started
 
 
 def run_loadgen(
@@ -349,7 +293,7 @@ def run_loadgen(
         stderr,
         subprocess.Popen(
             [sys.executable, "-m", "transport.loadgen"],
-            env=child_env({}),
+            env=child_env(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=stderr,

@@ -42,12 +42,9 @@ requests, ``GET /active``) and follow one stream across its connections
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
 import json
 import math
-import os
 import random
 import resource
 import socket
@@ -61,6 +58,7 @@ import httptools
 import psutil
 import uvloop
 
+from common import cdf, quantiles, slope, summary, ws_accept, ws_frame, ws_key
 from tokenwire.providers.scripted import scripted_text
 from transport.control import Follow, StopWatch, http_request
 from transport.source import Schedule, request_fields
@@ -81,7 +79,6 @@ CLIENTS: dict[str, dict[str, Any]] = {
 
 IDLE_TTFT = 3600.0  # seconds: an "idle" SSE stream waits this long for its first token
 VERIFY_EVERY = 50  # keep and check the full text of every 50th stream
-_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455, section 1.3
 
 
 class Recorder:
@@ -305,7 +302,7 @@ class WSStream(Stream):
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self.key = base64.b64encode(os.urandom(16))
+        self.key = ws_key()
         self.upgraded = False
         self.tokenwire: bool = self.gen.client["json"]
 
@@ -350,7 +347,7 @@ class WSStream(Stream):
         self.buffer = buffer[position:]
 
     def handshake(self, head: bytes) -> None:
-        accept = base64.b64encode(hashlib.sha1(self.key + _WS_GUID).digest())
+        accept = ws_accept(self.key)
         if not head.startswith(b"HTTP/1.1 101") or accept not in head:
             raise ValueError(f"upgrade refused: {head.splitlines()[0]!r}")
         self.upgraded = True
@@ -384,20 +381,6 @@ class WSStream(Stream):
                 self.fail(f"closed by the server with code {code}")
         elif opcode == 0x9 and self.transport is not None:  # ping -> pong
             self.transport.write(ws_frame(0xA, payload))
-
-
-def ws_frame(opcode: int, payload: bytes) -> bytes:
-    """One final, masked client frame (RFC 6455, section 5.2 and 5.3)."""
-    size = len(payload)
-    if size < 126:
-        head = bytes([0x80 | opcode, 0x80 | size])
-    elif size < 1 << 16:
-        head = bytes([0x80 | opcode, 0x80 | 126]) + size.to_bytes(2)
-    else:
-        head = bytes([0x80 | opcode, 0x80 | 127]) + size.to_bytes(8)
-    mask = os.urandom(4)
-    key = int.from_bytes((mask * (size // 4 + 1))[:size])
-    return head + mask + (int.from_bytes(payload) ^ key).to_bytes(size)
 
 
 def followed_event(stream: Stream, event: dict[str, Any], now: float) -> None:
@@ -1053,49 +1036,6 @@ PHASES: dict[str, Callable[[Generator, dict[str, Any]], Awaitable[dict[str, Any]
     "isolation": phase_isolation,
     "resume": phase_resume,
 }
-
-
-# -- statistics -----------------------------------------------------------------------------
-
-
-def quantiles(values: array[float], qs: list[float]) -> list[float]:
-    import numpy
-
-    return [float(v) for v in numpy.quantile(numpy.frombuffer(values, dtype="d"), qs)]
-
-
-def summary(values: array[float]) -> dict[str, float | int | None]:
-    """Count and p50/p99/p99.9/max in milliseconds (None without samples)."""
-    if not values:
-        return {"count": 0, "p50": None, "p99": None, "p999": None, "max": None}
-    p50, p99, p999, top = quantiles(values, [0.5, 0.99, 0.999, 1.0])
-    return {
-        "count": len(values),
-        "p50": 1e3 * p50,
-        "p99": 1e3 * p99,
-        "p999": 1e3 * p999,
-        "max": 1e3 * top,
-    }
-
-
-def cdf(values: array[float], points: int = 200) -> list[list[float]]:
-    """``[latency_ms, fraction]`` pairs for plotting: evenly spaced quantiles, plus the tail."""
-    if not values:
-        return []
-    qs = sorted({*(i / points for i in range(points + 1)), 0.995, 0.999, 0.9995, 0.9999})
-    return [[1e3 * v, q] for v, q in zip(quantiles(values, qs), qs, strict=True)]
-
-
-def slope(points: list[list[int]]) -> float | None:
-    """Least-squares slope of ``[x, y]`` points (None for fewer than two distinct x)."""
-    xs = [p[0] for p in points]
-    if len(set(xs)) < 2:
-        return None
-    mean_x = sum(xs) / len(xs)
-    mean_y = sum(p[1] for p in points) / len(points)
-    num = sum((x - mean_x) * (y - mean_y) for x, y in points)
-    den = sum((x - mean_x) ** 2 for x in xs)
-    return num / den
 
 
 # -- entry point ----------------------------------------------------------------------------
