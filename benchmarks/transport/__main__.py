@@ -14,8 +14,19 @@ from typing import Any
 from rich.console import Console
 from rich.markdown import Markdown
 
-from transport.harness import BENCHMARKS_DIR, OPTIONS, PROFILES, SERVERS, run
+from common import BENCHMARKS_DIR
+from transport.harness import OPTIONS, PROFILES, SERVERS, run
 from transport.report import _num, summary_row
+
+RESUME_LOG_HELP = (
+    "the resume phase's stream log (default: memory); redis: two tokenwire processes share a "
+    "redis-server of the run's own, resumes go to either, and the phase reports Redis "
+    "commands per token (needs redis-server and pip install -e '.[redis]')"
+)
+CANCEL_STALL_HELP = (
+    "the cancel phase also drops tokenwire streams whose first token is still far off "
+    "(after stream.start): how soon a stalled provider is stopped"
+)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -57,17 +68,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--phases", default=None,
         help=f"comma-separated subset of the phases: {', '.join(phase_names)}",
     )  # fmt: skip
-    parser.add_argument(
-        "--resume-log", choices=("memory", "redis"), default=OPTIONS["resume_log"],
-        help="the resume phase's stream log; redis: two tokenwire processes share a "
-        "redis-server of the run's own, resumes go to either, and the phase reports Redis "
-        "commands per token (needs redis-server and pip install -e '.[redis]')",
-    )  # fmt: skip
-    parser.add_argument(
-        "--cancel-stall", action="store_true",
-        help="the cancel phase also drops tokenwire streams whose first token is still "
-        "far off (after stream.start): how soon a stalled provider is stopped",
-    )  # fmt: skip
+    extra = parser.add_argument_group("beyond the profile (off by default)")
+    extra.add_argument("--resume-log", choices=("memory", "redis"), help=RESUME_LOG_HELP)
+    extra.add_argument("--cancel-stall", action="store_true", help=CANCEL_STALL_HELP)
+    parser.set_defaults(**OPTIONS)
     args = parser.parse_args(argv)
     if args.phases is not None:
         args.phases = frozenset(name.strip() for name in args.phases.split(",") if name.strip())

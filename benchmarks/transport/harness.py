@@ -28,10 +28,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import BENCHMARKS_DIR, child_env, redis_server, tokenwire_server
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from common import child_env, redis_server, tokenwire_server
 
 SCHEMA = "tokenwire.bench.transport/1"
 
