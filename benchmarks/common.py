@@ -66,8 +66,9 @@ def launched(
     name: str | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``command`` (output appended to ``log``) until ``ready()`` is true, and yield the
-    process; stop it on exit (:func:`stop`). Raises RuntimeError, naming the log, if the
-    process exits or is not ready within ``within`` seconds."""
+    process; stop it on exit (:func:`stop`, ``grace`` seconds). Raises RuntimeError, naming
+    ``name`` (default: the program) and the log, if the process exits or is not ready within
+    ``within`` seconds; the process is stopped then too."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as output:
         process = subprocess.Popen(list(command), env=env, stdout=output, stderr=subprocess.STDOUT)
