@@ -40,8 +40,6 @@ import contextlib
 import json
 import os
 import platform
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,11 +48,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 from rich.console import Console
 from rich.table import Table
 
-from measure import percentile  # noqa: E402 - a sibling module of this script
+from common import free_port, http_ready, launched, percentile
 from tokenwire.protocol.requests import GenerateParams
 from tokenwire.providers.base import Delta
 from tokenwire.providers.local import LocalProvider, bundled_model_path
@@ -126,59 +123,19 @@ def baseline_run(llama: Any, max_tokens: int, seed: int) -> Run:
 # -- 2. through the server, in a separate process ---------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
-def server_process(port: int, startup_timeout: float = 120.0) -> Iterator[str]:
-    """Run ``tokenwire serve`` in a child process; yield its base URL once /healthz is ok.
-
-    Its uvicorn options are the CLI's own (uvloop and httptools when installed).
-    """
+def server_process(startup_timeout: float = 120.0) -> Iterator[str]:
+    """Run ``tokenwire serve --provider local`` (the CLI's own uvicorn options: uvloop and
+    httptools when installed) on a free port; yield its base URL once /healthz is ok."""
+    port = free_port()
+    command = [sys.executable, "-c", "from tokenwire.cli import app; app()", "serve"]
+    command += ["--provider", "local", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--log-level", "warning"]
     env = {**os.environ, "TOKENWIRE_PROVIDER": "local"}
-    command = [
-        sys.executable,
-        "-c",
-        "from tokenwire.cli import app; app()",  # `tokenwire serve`, with this interpreter
-        "serve",
-        "--provider",
-        "local",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-    ]
-    base_url = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + startup_timeout
-            while True:
-                if process.poll() is not None:
-                    log.seek(0)
-                    output = log.read().decode(errors="replace")
-                    raise RuntimeError(f"the server exited with {process.returncode}:\n{output}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the server did not answer /healthz in {startup_timeout}s")
-                try:
-                    if httpx.get(f"{base_url}/healthz", timeout=1.0).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.1)
-            yield base_url
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "server.log"
+        with launched(command, log, http_ready(port), env=env, within=startup_timeout):
+            yield f"http://127.0.0.1:{port}"
 
 
 async def server_run(client: AsyncClient, max_tokens: int, seed: int) -> Run:
@@ -298,9 +255,8 @@ async def measure_stall(llama: Any, max_tokens: int, seed: int, runs: int) -> di
 
 async def throughput(llama: Any, max_tokens: int, seed: int, runs: int) -> dict[str, Any]:
     results: dict[str, list[Run]] = {mode: [] for mode in MODES}
-    port = free_port()
-    console.print(f"starting the server on 127.0.0.1:{port} (provider local)")
-    with server_process(port) as base_url:
+    console.print("starting the server (provider local)")
+    with server_process() as base_url:
         sse = AsyncClient(base_url, transport="sse")
         ws = AsyncClient(base_url, transport="websocket")
         async with sse, ws:

@@ -22,12 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -38,51 +33,18 @@ import websockets
 from rich.console import Console
 from rich.table import Table
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import percentile  # noqa: E402
-from tokenwire.edge.keys import key_file_line, new_api_key  # noqa: E402
+from common import percentile, tokenwire_server
+from tokenwire.edge.keys import key_file_line, new_api_key
 
 BODY = {"messages": [{"role": "user", "content": "hi"}]}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start(port: int, extra_env: dict[str, str]) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "TOKENWIRE_PROVIDER": "scripted",
-        "TOKENWIRE_SCRIPTED_TOKENS": "4",
-        "TOKENWIRE_LOG_LEVEL": "warning",
-        "TOKENWIRE_WS_MESSAGES_PER_MINUTE": "1000000",  # one socket sends every generate
-        **extra_env,
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "tokenwire.app:create_app_from_env",
-        "--factory",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        "--no-access-log",
-    ]
-    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
-
-
-def wait_healthy(base_url: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"{base_url} did not start")
+SERVER_ENV = {
+    "TOKENWIRE_PROVIDER": "scripted",
+    "TOKENWIRE_SCRIPTED_TOKENS": "4",
+    "TOKENWIRE_LOG_LEVEL": "warning",
+    "TOKENWIRE_WS_MESSAGES_PER_MINUTE": "1000000",  # one socket sends every generate
+}
 
 
 Probe = Callable[[], Awaitable[None]]
@@ -159,20 +121,14 @@ def main() -> None:
         keys = Path(tmp) / "keys"
         lines = [key_file_line(new_api_key()) for _ in range(99)] + [key_file_line(key)]
         keys.write_text("\n".join(lines) + "\n")
-        off_port, on_port = free_port(), free_port()
-        servers = [
-            start(off_port, {"TOKENWIRE_AUTH": "off"}),
-            start(on_port, {"TOKENWIRE_API_KEYS_FILE": str(keys), "TOKENWIRE_TOKEN_TTL": "3600"}),
-        ]
-        try:
-            off_url, on_url = f"http://127.0.0.1:{off_port}", f"http://127.0.0.1:{on_port}"
-            wait_healthy(off_url)
-            wait_healthy(on_url)
+        tmp_path = Path(tmp)
+        on_env = {"TOKENWIRE_API_KEYS_FILE": str(keys), "TOKENWIRE_TOKEN_TTL": "3600"}
+        with (
+            tokenwire_server(tmp_path / "off.log", {**SERVER_ENV, "TOKENWIRE_AUTH": "off"}) as off,
+            tokenwire_server(tmp_path / "on.log", {**SERVER_ENV, **on_env}) as on,
+        ):
+            off_url, on_url = f"http://127.0.0.1:{off[1]}", f"http://127.0.0.1:{on[1]}"
             results = asyncio.run(run(args.runs, off_url, on_url, key))
-        finally:
-            for server in servers:
-                server.terminate()
-                server.wait(timeout=30)
     table = Table(title=f"authentication off vs on ({args.runs} runs each, ms)")
     for column in ("case", "off p50", "off p99", "on p50", "on p99", "p50 on/off", "p99 on/off"):
         table.add_column(column, justify="right" if column != "case" else "left")

@@ -30,6 +30,14 @@ p99 with and without stalled consumers, RSS per stalled consumer) and, for token
 gap with lost and duplicated tokens. Results (:mod:`transport.report`): JSON, two Markdown
 tables, PNG plots.
 
+Options beyond the profile (off by default; the results then carry ``options``):
+``--resume-log redis`` runs the resume phase on two tokenwire processes that share a Redis
+stream log (a redis-server of the run's own): each resume goes to either, the gap is reported
+per server (``gap_ms_by_server``), and so are the Redis commands per delivered token.
+``--cancel-stall`` adds a cancel kind ``stall``: tokenwire streams dropped after
+``stream.start`` while their first token is still far off. Overflow policies are compared with
+``--tokenwire-env TOKENWIRE_OVERFLOW=coalesce`` (or ``disconnect``) on the isolation phase.
+
 Extending it: add a phase function to :data:`transport.loadgen.PHASES`, its spec to
 :meth:`transport.harness.Profile.phases` (with ``needs`` if only servers with that feature
 have it), and its numbers to :func:`transport.report.row`.

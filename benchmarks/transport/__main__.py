@@ -9,12 +9,24 @@ import importlib.util
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.markdown import Markdown
 
-from transport.harness import BENCHMARKS_DIR, PROFILES, SERVERS, run
-from transport.report import summary_row
+from common import BENCHMARKS_DIR
+from transport.harness import OPTIONS, PROFILES, SERVERS, run
+from transport.report import _num, summary_row
+
+RESUME_LOG_HELP = (
+    "the resume phase's stream log (default: memory); redis: two tokenwire processes share a "
+    "redis-server of the run's own, resumes go to either, and the phase reports Redis "
+    "commands per token (needs redis-server and pip install -e '.[redis]')"
+)
+CANCEL_STALL_HELP = (
+    "the cancel phase also drops tokenwire streams whose first token is still far off "
+    "(after stream.start): how soon a stalled provider is stopped"
+)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -56,6 +68,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--phases", default=None,
         help=f"comma-separated subset of the phases: {', '.join(phase_names)}",
     )  # fmt: skip
+    extra = parser.add_argument_group("beyond the profile (off by default)")
+    extra.add_argument("--resume-log", choices=("memory", "redis"), help=RESUME_LOG_HELP)
+    extra.add_argument("--cancel-stall", action="store_true", help=CANCEL_STALL_HELP)
+    parser.set_defaults(**OPTIONS)
     args = parser.parse_args(argv)
     if args.phases is not None:
         args.phases = frozenset(name.strip() for name in args.phases.split(",") if name.strip())
@@ -78,6 +94,31 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         env[key] = value
     args.tokenwire_env = env
     return args
+
+
+def option_lines(results: dict[str, Any]) -> list[str]:
+    """What ``--resume-log redis`` and ``--cancel-stall`` measured, a line per server (first
+    round)."""
+    lines = []
+    for name, server in results["servers"].items():
+        resume = server["phases"].get("resume") or {}
+        if "redis_commands_per_token" in resume:
+            per_token = resume["redis_commands_per_token"]
+            gaps = resume["gap_ms_by_server"]
+            lines.append(
+                f"{name}: redis stream log, {resume['redis_commands']} Redis commands for "
+                f"{resume['tokens_delivered']} tokens ({_num(per_token, 3)} per token); resume "
+                f"gap p50 same server {_num(gaps['same']['p50'])} ms, other "
+                f"{_num(gaps['other']['p50'])} ms"
+            )
+        stall = (server["phases"].get("cancel") or {}).get("stall")
+        if stall:
+            lines.append(
+                f"{name}: stalled first token, disconnect -> stopped p50 "
+                f"{_num(stall['stop_ms']['p50'])} / p99 {_num(stall['stop_ms']['p99'])} ms, "
+                f"not stopped {stall['not_stopped']}"
+            )
+    return lines
 
 
 def missing_packages() -> list[str]:
@@ -114,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         args.py_spy,
         args.repeat,
         args.phases,
+        {"resume_log": args.resume_log, "cancel_stall": args.cancel_stall},
     )
     console.print(Markdown((out / "results.md").read_text()))
     for name, server in results["servers"].items():
@@ -126,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"(client/server {client_cpu / server_cpu:.2f}, client busy "
                 f"{100 * (r['client_busy'] or 0):.0f} %): {verdict}"
             )
+    for line in option_lines(results):
+        console.print(line)
     console.print(f"results: {out}")
     return 0
 

@@ -20,8 +20,6 @@ import os
 import platform
 import resource
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,13 +28,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-BENCHMARKS_DIR = Path(__file__).resolve().parent.parent
+from common import child_env, redis_server, tokenwire_server
 
 SCHEMA = "tokenwire.bench.transport/1"
+
+# The options beyond the profile, and their defaults (see :func:`run`).
+OPTIONS: dict[str, Any] = {"resume_log": "memory", "cancel_stall": False}
 
 
 @dataclass(frozen=True)
@@ -271,71 +271,20 @@ PROFILES = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def child_env(extra: dict[str, str]) -> dict[str, str]:
-    """This environment, with benchmarks/ importable (``transport``, ``measure``)."""
-    path = os.pathsep.join(p for p in (str(BENCHMARKS_DIR), os.environ.get("PYTHONPATH")) if p)
-    return {**os.environ, "PYTHONPATH": path, **extra}
-
-
 @contextlib.contextmanager
 def running_server(
-    server: ServerUnderTest, log_dir: Path, tokenwire_env: dict[str, str]
+    server: ServerUnderTest, log_dir: Path, tokenwire_env: dict[str, str], name: str = ""
 ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     """Start ``server`` under uvicorn on a free port and wait for ``GET /healthz``; stop it
-    (SIGINT, then SIGKILL after 5 s) on exit. Raises RuntimeError if it does not start."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    for _attempt in range(3):
-        port = free_port()
-        command = [sys.executable, "-m", "uvicorn", "--factory", server.factory]
-        command += ["--host", "127.0.0.1", "--port", str(port), *UVICORN_FLAGS]
-        env = child_env({**TOKENWIRE_ENV, **tokenwire_env})
-        log = (log_dir / f"{server.name}.log").open("ab")
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            if _wait_healthy(process, port):
-                break
-        except BaseException:
-            _stop(process)
-            raise
-        finally:
-            log.close()
-        _stop(process)
-    else:
-        raise RuntimeError(f"{server.name} did not start; see {log_dir / server.name}.log")
-    try:
-        yield process, port
-    finally:
-        _stop(process)
-
-
-def _wait_healthy(process: subprocess.Popen[bytes], port: int, timeout: float = 60) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            return False
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    return False
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    (SIGINT, then SIGKILL after 5 s) on exit. ``name``: its log's (default: the server's).
+    Raises RuntimeError if it does not start."""
+    env = {**TOKENWIRE_ENV, **tokenwire_env}
+    name = name or server.name
+    log = log_dir / f"{name}.log"
+    with tokenwire_server(
+        log, env, factory=server.factory, flags=UVICORN_FLAGS, name=name
+    ) as started:
+        yield started
 
 
 def run_loadgen(
@@ -349,7 +298,7 @@ def run_loadgen(
         stderr,
         subprocess.Popen(
             [sys.executable, "-m", "transport.loadgen"],
-            env=child_env({}),
+            env=child_env(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=stderr,
@@ -449,6 +398,7 @@ def run(
     py_spy: bool = False,
     repeat: int = 1,
     only: frozenset[str] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark; write results.json, results.md and the plots into ``out``; return
     the results. With ``py_spy``, also profile each server during the latency phase's window
@@ -460,7 +410,10 @@ def run(
     machine's speed drifts over minutes. ``repeat`` rounds run it all that many times; each
     server's first round is its ``phases``, the others its ``repeats`` (the report takes
     medians, :func:`transport.report.summary_row`). ``only`` names the phases to run (None:
-    all of them)."""
+    all of them). ``options`` (:data:`OPTIONS`, recorded in the results when given):
+    ``resume_log="redis"`` runs the resume phase on two servers that share a Redis stream log
+    (a redis-server of the run's own) and counts Redis commands per token;
+    ``cancel_stall=True`` adds the cancel phase's ``stall`` kind (tokenwire)."""
     from transport import report
 
     if repeat < 1:
@@ -471,6 +424,7 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by the servers
+    options = {key: value for key, value in (options or {}).items() if value != OPTIONS[key]}
     results: dict[str, Any] = {
         "schema": SCHEMA,
         "profile": profile_name,
@@ -487,8 +441,17 @@ def run(
             for s in chosen
         },
     }
+    if options:
+        results["options"] = options
     rounds: dict[str, list[dict[str, Any]]] = {s.name: [] for s in chosen}
     began = time.monotonic()
+    needs_redis = options.get("resume_log") == "redis" and any(
+        any(spec["name"] == "resume" for spec in profile.phases_for(s, only)) for s in chosen
+    )
+    stack = contextlib.ExitStack()
+    if needs_redis:
+        redis_port = stack.enter_context(redis_server(out / "logs" / "redis.log"))
+        options = {**options, "redis_port": redis_port}
     columns = [
         TextColumn("[bold]{task.fields[server]:<24}"),
         BarColumn(),
@@ -496,7 +459,7 @@ def run(
         TimeElapsedColumn(),
         TextColumn("{task.description}"),
     ]
-    with Progress(*columns, console=console, transient=False) as progress:
+    with stack, Progress(*columns, console=console, transient=False) as progress:
         tasks = {
             s.name: progress.add_task(
                 "waiting", total=repeat * profile.progress_steps(s, only), server=s.name
@@ -522,6 +485,7 @@ def run(
                         progress,
                         tasks[server.name],
                         entry,
+                        options,
                     )
                     rounds[server.name][number].update(result["phases"])
         for server in chosen:
@@ -549,17 +513,27 @@ def _run_phase(
     progress: Progress,
     task: Any,
     entry: dict[str, Any],
+    options: dict[str, Any],
 ) -> dict[str, Any]:
     """One phase of one server, in a fresh server process; the load generator's result.
     Records in ``entry`` the server's start-up time before this phase (``startup_s``, the
-    longest over the rounds) and adds the phase's time to ``elapsed_s``."""
+    longest over the rounds) and adds the phase's time to ``elapsed_s``. With a
+    ``redis_port`` in ``options``, the resume phase runs on two processes of the server that
+    share that Redis as their stream log."""
     progress.update(task, description=f"starting ({spec['name']})")
 
     def on_progress(message: dict[str, Any]) -> None:
         progress.update(task, advance=1, description=message.get("detail", ""))
 
     began = time.monotonic()
-    with running_server(server, out / "logs", tokenwire_env or {}) as (process, port):
+    env = dict(tokenwire_env or {})
+    redis_port = options.get("redis_port") if spec["name"] == "resume" else None
+    if redis_port:
+        env["TOKENWIRE_STREAM_LOG"] = f"redis://127.0.0.1:{redis_port}/0"
+    with (
+        running_server(server, out / "logs", env) as (process, port),
+        contextlib.ExitStack() as others,
+    ):
         startup = time.monotonic() - began
         entry["startup_s"][spec["name"]] = max(entry["startup_s"].get(spec["name"], 0), startup)
         job = {
@@ -571,6 +545,12 @@ def _run_phase(
             "quiesce_within": profile.quiesce_within,
             "phases": [spec],
         }
+        if spec["name"] == "cancel" and options.get("cancel_stall"):
+            job["cancel_stall"] = True
+        if redis_port:
+            second = running_server(server, out / "logs", env, f"{server.name}-b")
+            _, other = others.enter_context(second)
+            job.update(resume_ports=[port, other], redis_port=redis_port)
         spy = PySpy(process.pid, out / "profiles" / server.name) if py_spy else None
         result = run_loadgen(job, on_progress, out / "logs", spy.on_window if spy else None)
         if spy is not None:

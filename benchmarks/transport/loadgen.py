@@ -28,11 +28,13 @@ extend the benchmark, e.g. cancel latency or resume gap):
 - ``outpace``: streams whose tokens are all due at once, read by a client that reads each
   socket at most once per ``read_every`` seconds: tokens delivered per server CPU-second;
 - ``cancel``: client cancel -> the server's token generator stopped (every server: a
-  disconnect; tokenwire also its explicit cancel, timed to ``stream.end`` as well);
+  disconnect; tokenwire also its explicit cancel, timed to ``stream.end`` as well, and with
+  the job's ``cancel_stall`` a disconnect while the first token is still far off);
 - ``isolation``: healthy streams' inter-token latency with and without stalled consumers on the
   same server, and the server's RSS per stalled consumer;
 - ``resume`` (tokenwire): forced disconnects mid-stream, then a resume after the last seq seen:
-  the gap, and tokens lost or duplicated.
+  the gap, and tokens lost or duplicated; with the job's ``resume_ports`` (servers sharing a
+  Redis stream log) resumed on any of them, and ``redis_port``: Redis commands per token.
 
 The cancel and resume phases steer streams from outside (:mod:`transport.control`: plain HTTP
 requests, ``GET /active``) and follow one stream across its connections
@@ -42,12 +44,9 @@ requests, ``GET /active``) and follow one stream across its connections
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
 import json
 import math
-import os
 import random
 import resource
 import socket
@@ -61,6 +60,16 @@ import httptools
 import psutil
 import uvloop
 
+from common import (
+    cdf,
+    quantiles,
+    redis_command_calls,
+    slope,
+    summary,
+    ws_accept,
+    ws_frame,
+    ws_key,
+)
 from tokenwire.providers.scripted import scripted_text
 from transport.control import Follow, StopWatch, http_request
 from transport.source import Schedule, request_fields
@@ -81,7 +90,6 @@ CLIENTS: dict[str, dict[str, Any]] = {
 
 IDLE_TTFT = 3600.0  # seconds: an "idle" SSE stream waits this long for its first token
 VERIFY_EVERY = 50  # keep and check the full text of every 50th stream
-_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455, section 1.3
 
 
 class Recorder:
@@ -305,7 +313,7 @@ class WSStream(Stream):
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self.key = base64.b64encode(os.urandom(16))
+        self.key = ws_key()
         self.upgraded = False
         self.tokenwire: bool = self.gen.client["json"]
 
@@ -350,7 +358,7 @@ class WSStream(Stream):
         self.buffer = buffer[position:]
 
     def handshake(self, head: bytes) -> None:
-        accept = base64.b64encode(hashlib.sha1(self.key + _WS_GUID).digest())
+        accept = ws_accept(self.key)
         if not head.startswith(b"HTTP/1.1 101") or accept not in head:
             raise ValueError(f"upgrade refused: {head.splitlines()[0]!r}")
         self.upgraded = True
@@ -384,20 +392,6 @@ class WSStream(Stream):
                 self.fail(f"closed by the server with code {code}")
         elif opcode == 0x9 and self.transport is not None:  # ping -> pong
             self.transport.write(ws_frame(0xA, payload))
-
-
-def ws_frame(opcode: int, payload: bytes) -> bytes:
-    """One final, masked client frame (RFC 6455, section 5.2 and 5.3)."""
-    size = len(payload)
-    if size < 126:
-        head = bytes([0x80 | opcode, 0x80 | size])
-    elif size < 1 << 16:
-        head = bytes([0x80 | opcode, 0x80 | 126]) + size.to_bytes(2)
-    else:
-        head = bytes([0x80 | opcode, 0x80 | 127]) + size.to_bytes(8)
-    mask = os.urandom(4)
-    key = int.from_bytes((mask * (size // 4 + 1))[:size])
-    return head + mask + (int.from_bytes(payload) ^ key).to_bytes(size)
 
 
 def followed_event(stream: Stream, event: dict[str, Any], now: float) -> None:
@@ -547,16 +541,21 @@ class Generator:
         await asyncio.gather(*attempts)
 
     async def connect(
-        self, stream: Stream, rcvbuf: int | None = None, mss: int | None = None
+        self,
+        stream: Stream,
+        rcvbuf: int | None = None,
+        mss: int | None = None,
+        *,
+        port: int | None = None,
     ) -> None:
         """Connect ``stream`` to the server. ``rcvbuf``: its socket's SO_RCVBUF and ``mss``:
         its TCP_MAXSEG (bytes), both set before connecting so that they hold from the start
         (the server's side then sees that segment size: Linux sizes a send buffer by
         congestion window x segment size, so loopback's 64 KiB segments would give a stalled
         socket megabytes of kernel buffer, an Ethernet path's ~1,448 bytes a few dozen KiB).
-        A failed connect fails the stream."""
+        ``port``: another server's (default: the job's). A failed connect fails the stream."""
         self.streams.append(stream)
-        address = ("127.0.0.1", self.port)
+        address = ("127.0.0.1", port or self.port)
         try:
             if rcvbuf is None and mss is None:
                 await self.loop.create_connection(lambda: stream, *address)
@@ -817,30 +816,39 @@ async def phase_cancel(gen: Generator, spec: dict[str, Any]) -> dict[str, Any]:
     ``after_tokens`` tokens have arrived. Measured from just before the cancel (milliseconds):
     ``stop_ms``, until the server's token generator stopped (the server's own clock, see
     :class:`transport.control.StopWatch`); for ``cancel`` also ``end_ms``, until ``stream.end``
-    arrived, whose finish_reason must be cancelled. A stop not seen within ``within`` seconds
-    counts in ``not_stopped``."""
+    arrived, whose finish_reason must be cancelled. With the job's ``cancel_stall`` (tokenwire),
+    also ``stall``: streams whose first token is due after ``within`` + 5 s, dropped by the
+    client once ``stream.start`` arrived (a provider stalled before its first token must stop
+    too). A stop not seen within ``within`` seconds counts in ``not_stopped``."""
     gen.recorder = Recorder(latency=False)
     rng = random.Random(spec.get("seed", 6))
     interval, within = 1 / gen.rate, spec["within"]
     tokens = spec["after_tokens"] + math.ceil(gen.rate * (within + 5))  # outlive the cancel
     watch = StopWatch(gen.port)
     kinds = ["disconnect", *(["cancel"] if "cancel" in gen.features else [])]
+    if gen.job.get("cancel_stall") and "cancel" in gen.features:
+        kinds.append("stall")
     results: dict[str, Any] = {"cancel": None}
 
     async def one(kind: str, number: int, stats: dict[str, Any]) -> None:
-        schedule = Schedule(time.monotonic(), tokens=tokens, ttft=0.0, interval=interval)
+        ttft = within + 5 if kind == "stall" else 0.0  # a stall outlives the cancel
+        schedule = Schedule(time.monotonic(), tokens=tokens, ttft=ttft, interval=interval)
         follow = Follow(schedule)
-        if kind == "cancel":
+        if kind != "disconnect":
             stream = gen.followed(number, follow)
         else:
             stream = gen.stream_class(gen, number, "active", lambda: schedule)
             stream.follow = follow
         await gen.connect(stream)
         try:
-            await follow.tokens(spec["after_tokens"], within)
-            await asyncio.sleep(rng.uniform(0, interval))
+            if kind == "stall":
+                async with asyncio.timeout(within):
+                    await follow.started
+            else:
+                await follow.tokens(spec["after_tokens"], within)
+                await asyncio.sleep(rng.uniform(0, interval))
             began = time.monotonic()
-            if kind == "disconnect":
+            if kind != "cancel":
                 stream.abandon()
             elif isinstance(stream, FollowedWS):
                 stream.send({"type": "cancel", "stream_id": follow.stream_id})
@@ -965,13 +973,20 @@ async def phase_resume(gen: Generator, spec: dict[str, Any]) -> dict[str, Any]:
     that token's due time if it was due after the disconnect. Then to ``stream.end``:
     ``lost_tokens`` (scheduled - received, each token counted once), ``duplicated_tokens``
     (in events whose seq had been seen), ``inexact_streams`` (text != the scripted text); all
-    must be 0."""
+    must be 0. With the job's ``resume_ports`` (the first runs the streams; all share a Redis
+    stream log), each resume goes to one of them at random: ``gap_ms_by_server`` (``same``,
+    ``other``). With its ``redis_port``: ``redis_commands`` (``INFO commandstats``, over the
+    phase) and ``redis_commands_per_token`` (per token delivered, ``tokens_delivered``)."""
     tokens, disconnects, within = spec["tokens"], spec["disconnects"], spec["within"]
     interval = 1 / gen.rate
     rng = random.Random(spec.get("seed", 6))
     gen.recorder = Recorder(latency=False)
     gaps, added = array("d"), array("d")
-    counts = {"lost": 0, "duplicated": 0, "inexact": 0, "unfinished": 0}
+    ports = gen.job.get("resume_ports") or [gen.port]  # the first one runs the generations
+    by_port = {port: array("d") for port in ports}
+    redis_port = gen.job.get("redis_port")
+    redis_before = await redis_command_calls(redis_port) if redis_port else 0
+    counts = {"lost": 0, "duplicated": 0, "inexact": 0, "unfinished": 0, "delivered": 0}
     finish_reasons: dict[str, int] = {}
 
     async def one(number: int) -> None:
@@ -1000,6 +1015,7 @@ async def phase_resume(gen: Generator, spec: dict[str, Any]) -> dict[str, Any]:
                 await follow.tokens(point, within)
                 await asyncio.sleep(rng.uniform(0, interval))
                 before, began = follow.received, time.monotonic()
+                port = rng.choice(ports) if len(ports) > 1 else gen.port
                 stream.abandon()
                 assert follow.stream_id is not None
                 if websocket:
@@ -1008,9 +1024,10 @@ async def phase_resume(gen: Generator, spec: dict[str, Any]) -> dict[str, Any]:
                 else:
                     request = gen.events_request(follow.stream_id, follow.last_seq)
                     stream = gen.followed(number, follow, request)
-                await gen.connect(stream)
+                await gen.connect(stream, port=port)
                 first = await follow.tokens(before + 1, within)
                 gaps.append(first - began)
+                by_port[port].append(first - began)
                 added.append(first - max(began, schedule.due(before)))
             async with asyncio.timeout(tokens * interval + within):
                 await follow.ended
@@ -1027,11 +1044,28 @@ async def phase_resume(gen: Generator, spec: dict[str, Any]) -> dict[str, Any]:
         counts["lost"] += tokens - follow.received
         counts["duplicated"] += follow.duplicated
         counts["inexact"] += "".join(follow.text) != scripted_text(tokens)
+        counts["delivered"] += follow.received
 
     await asyncio.gather(*(one(number) for number in range(spec["streams"])))
     gen.progress(phase="resume", detail=f"{len(gaps)} resumes")
     await gen.close_all(spec["settle"])
+    extra: dict[str, Any] = {}
+    if len(ports) > 1:  # resumed on the server that runs the stream, or on another one
+        extra["gap_ms_by_server"] = {
+            "same": summary(by_port[ports[0]]),
+            "other": summary(array("d", (g for p in ports[1:] for g in by_port[p]))),
+        }
+    if redis_port:  # everything the servers sent to Redis over the phase, settle included
+        commands = await redis_command_calls(redis_port) - redis_before
+        delivered = counts["delivered"]
+        extra.update(
+            stream_log="redis",
+            redis_commands=commands,
+            tokens_delivered=delivered,
+            redis_commands_per_token=commands / delivered if delivered else None,
+        )
     return {
+        **extra,
         "streams": spec["streams"],
         "resumes": len(gaps),
         "gap_ms": summary(gaps),
@@ -1053,49 +1087,6 @@ PHASES: dict[str, Callable[[Generator, dict[str, Any]], Awaitable[dict[str, Any]
     "isolation": phase_isolation,
     "resume": phase_resume,
 }
-
-
-# -- statistics -----------------------------------------------------------------------------
-
-
-def quantiles(values: array[float], qs: list[float]) -> list[float]:
-    import numpy
-
-    return [float(v) for v in numpy.quantile(numpy.frombuffer(values, dtype="d"), qs)]
-
-
-def summary(values: array[float]) -> dict[str, float | int | None]:
-    """Count and p50/p99/p99.9/max in milliseconds (None without samples)."""
-    if not values:
-        return {"count": 0, "p50": None, "p99": None, "p999": None, "max": None}
-    p50, p99, p999, top = quantiles(values, [0.5, 0.99, 0.999, 1.0])
-    return {
-        "count": len(values),
-        "p50": 1e3 * p50,
-        "p99": 1e3 * p99,
-        "p999": 1e3 * p999,
-        "max": 1e3 * top,
-    }
-
-
-def cdf(values: array[float], points: int = 200) -> list[list[float]]:
-    """``[latency_ms, fraction]`` pairs for plotting: evenly spaced quantiles, plus the tail."""
-    if not values:
-        return []
-    qs = sorted({*(i / points for i in range(points + 1)), 0.995, 0.999, 0.9995, 0.9999})
-    return [[1e3 * v, q] for v, q in zip(quantiles(values, qs), qs, strict=True)]
-
-
-def slope(points: list[list[int]]) -> float | None:
-    """Least-squares slope of ``[x, y]`` points (None for fewer than two distinct x)."""
-    xs = [p[0] for p in points]
-    if len(set(xs)) < 2:
-        return None
-    mean_x = sum(xs) / len(xs)
-    mean_y = sum(p[1] for p in points) / len(points)
-    num = sum((x - mean_x) * (y - mean_y) for x, y in points)
-    den = sum((x - mean_x) ** 2 for x in xs)
-    return num / den
 
 
 # -- entry point ----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -52,6 +53,7 @@ def test_quick_profile_writes_results_for_every_server(tmp_path: Path) -> None:
     assert results["profile"] == "quick"
     assert {"cpu", "cpus", "python", "versions"} <= set(results["machine"])
     assert list(results["servers"]) == SERVERS
+    assert "options" not in results  # the default run is the profile alone
     settings = results["settings"]
     for name, server in results["servers"].items():
         phases = server["phases"]
@@ -256,3 +258,65 @@ def test_phases_runs_only_the_named_phases(tmp_path: Path) -> None:
     row = results["summary"]["rows"]["tokenwire-ws"]
     assert row["max_streams"] is None and row["idle_kib_per_connection"] is None
     assert "| tokenwire-ws |" in (out / "results.md").read_text()
+
+
+def test_resume_log_redis_resumes_on_either_server_and_counts_redis_commands(
+    tmp_path: Path,
+) -> None:
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed (apt-get install redis-server)")
+    out = tmp_path / "results"
+    servers = ["tokenwire-sse", "tokenwire-ws"]
+    run = bench(
+        "--quick", "--phases", "resume", "--servers", ",".join(servers), "--resume-log", "redis",
+        "--out", str(out),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["options"] == {"resume_log": "redis"}
+    settings = results["settings"]
+    for name, server in results["servers"].items():
+        resume = server["phases"]["resume"]
+        check_resume(name, resume, settings)
+        assert resume["stream_log"] == "redis", name
+        delivered = settings["resume_streams"] * settings["resume_tokens"]
+        assert resume["tokens_delivered"] == delivered, name
+        assert resume["redis_commands"] > 0, name
+        per_token = resume["redis_commands"] / delivered
+        assert resume["redis_commands_per_token"] == pytest.approx(per_token), name
+        by_server = resume["gap_ms_by_server"]
+        assert by_server["same"]["count"] + by_server["other"]["count"] == resume["resumes"]
+        assert by_server["other"]["count"] > 0, name  # resumed where the stream does not run
+        assert f"{name}: redis stream log" in run.stdout
+    assert (out / "logs" / "redis.log").exists()
+    assert (out / "logs" / "tokenwire-sse-b.log").exists()
+
+
+def test_cancel_stall_stops_tokenwire_streams_still_waiting_for_their_first_token(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "results"
+    servers = ["tokenwire-ws", "baseline-websocket"]
+    run = bench(
+        "--quick", "--phases", "cancel", "--servers", ",".join(servers), "--cancel-stall",
+        "--out", str(out),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["options"] == {"cancel_stall": True}
+    settings = results["settings"]
+    for name, server in results["servers"].items():
+        cancel = server["phases"]["cancel"]
+        check_cancel(name, cancel, settings)
+        assert server["phases"]["cancel"]["failures"] == 0, name
+        if name in TOKENWIRE_SERVERS:
+            stall = cancel["stall"]
+            assert stall["samples"] == settings["cancels"], name
+            assert set(stall["stop_ms"]) == STATS, name
+            assert stall["stop_ms"]["count"] + stall["not_stopped"] == settings["cancels"]
+            assert stall["stop_ms"]["count"] > 0 and stall["stop_ms"]["p50"] >= 0, name
+        else:
+            assert "stall" not in cancel, name  # no stream.start to wait for
+    assert "tokenwire-ws: stalled first token" in run.stdout

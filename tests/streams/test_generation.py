@@ -11,7 +11,7 @@ from tokenwire.protocol.requests import ChatMessage, GenerateParams
 from tokenwire.providers.scripted import Script, ScriptedProvider, scripted_text
 from tokenwire.streams.generation import Generation, GenerationState
 from tokenwire.streams.log import MemoryStreamLog
-from tokenwire.streams.observe import StreamObserver
+from tokenwire.streams.observe import StreamEnded, StreamObserver
 from tokenwire.streams.subscription import Subscription
 
 PARAMS = GenerateParams(messages=[ChatMessage(role="user", content="hi")])
@@ -109,18 +109,16 @@ async def test_the_first_token_deadline_ends_a_silent_provider_with_an_error():
     assert events[-1].finish_reason is FinishReason.ERROR  # type: ignore[union-attr]  # a StreamEnd
 
 
-async def test_the_observer_hears_the_start_free_end():
-    ended: list[tuple[str, str, int, str | None]] = []
+async def test_the_observer_hears_how_the_stream_ended():
+    ended: list[StreamEnded] = []
 
     class Recorder(StreamObserver):
-        def stream_ended(
-            self, transport: str, finish_reason: str, completion_tokens: int, error_code: str | None
-        ) -> None:
-            ended.append((transport, finish_reason, completion_tokens, error_code))
+        def stream_ended(self, summary: StreamEnded) -> None:
+            ended.append(summary)
 
     made, _ = generation(Script(tokens=3, error_after=2))
     made.observer = Recorder()
     subscription = made.subscribe()
     made.start()
     await drain(subscription)
-    assert ended == [("test", "error", 2, "provider_error")]
+    assert ended == [StreamEnded("test", "error", 2, "provider_error")]

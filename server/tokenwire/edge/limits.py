@@ -30,6 +30,7 @@ from __future__ import annotations
 import time
 import weakref
 from collections import defaultdict
+from typing import Unpack
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -47,9 +48,9 @@ from tokenwire.protocol import websocket as ws_codec
 from tokenwire.protocol.events import ErrorEvent
 from tokenwire.protocol.requests import GenerateParams
 from tokenwire.protocol.websocket import CloseCode
-from tokenwire.settings import DisconnectPolicy, Settings
+from tokenwire.settings import Settings
 from tokenwire.streams.generation import Generation
-from tokenwire.streams.registry import Attachment, StreamRegistry, Streams
+from tokenwire.streams.registry import Attachment, StreamOptions, StreamRegistry, Streams
 
 # How long a client should wait before trying again after a concurrency limit (seconds): a
 # hint only; streams end at their own pace.
@@ -350,23 +351,14 @@ class ScopedRegistry(Streams):
         principal = self._auth.principal
         return None if principal is None else principal.key_id
 
-    def create(
-        self,
-        params: GenerateParams,
-        *,
-        transport: str,
-        request_id: str | None = None,
-        on_disconnect: DisconnectPolicy | None = None,
-    ) -> Generation:
+    def create(self, params: GenerateParams, **options: Unpack[StreamOptions]) -> Generation:
         """The registry's ``create``, within the limits of the caller's key. Raises
         :class:`RateLimited`, :class:`Unauthorized`, and what ``create`` raises."""
         principal = self._auth.principal
         if principal is None or not self._guard.auth.still_valid(principal):
             raise Unauthorized("the API key of this connection was revoked")
         self._guard.admit(principal.key_id)
-        generation = self._registry.create(
-            params, transport=transport, request_id=request_id, on_disconnect=on_disconnect
-        )
+        generation = self._registry.create(params, **options)
         self._guard.track(generation, principal.key_id)
         return generation
 

@@ -46,7 +46,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tokenwire.protocol.events import Event, TextDelta
-from tokenwire.streams.observe import DeliveryObserver, StreamObserver
+from tokenwire.streams.observe import DeliveryObserver, StreamEnded, StreamObserver
 
 if TYPE_CHECKING:
     from tokenwire.streams.generation import Generation
@@ -129,18 +129,12 @@ class Metrics(StreamObserver):
         self.streams_started.labels(transport).inc()
         self.streams_active.labels(transport).inc()
 
-    def stream_ended(
-        self,
-        transport: str,
-        finish_reason: str,
-        completion_tokens: int,
-        error_code: str | None,
-    ) -> None:
-        self.streams_active.labels(transport).dec()
-        self.streams_ended.labels(transport, finish_reason).inc()
-        self.tokens.labels(transport).inc(completion_tokens)
-        if error_code is not None:
-            self.provider_errors.labels(error_code).inc()
+    def stream_ended(self, ended: StreamEnded) -> None:
+        self.streams_active.labels(ended.transport).dec()
+        self.streams_ended.labels(ended.transport, ended.finish_reason).inc()
+        self.tokens.labels(ended.transport).inc(ended.completion_tokens)
+        if ended.error_code is not None:
+            self.provider_errors.labels(ended.error_code).inc()
 
     def delivery(self, transport: str, started_at: float, *, resumed: bool) -> DeliveryObserver:
         return _Delivery(self, transport, started_at, resumed=resumed)

@@ -48,7 +48,7 @@ from tokenwire.protocol.requests import GenerateParams
 from tokenwire.providers.base import Delta, Finish, Prompt, Provider
 from tokenwire.settings import DisconnectPolicy, OverflowPolicy
 from tokenwire.streams.log import StreamLog
-from tokenwire.streams.observe import NO_OBSERVER, StreamObserver
+from tokenwire.streams.observe import NO_OBSERVER, StreamEnded, StreamObserver
 from tokenwire.streams.subscription import Subscription
 
 log = logging.getLogger("tokenwire.streams")
@@ -396,10 +396,12 @@ class Generation:
         finally:
             self._end()
             self.observer.stream_ended(
-                self.transport,
-                str(finish),
-                self.completion_tokens,
-                None if error is None else str(error.code),
+                StreamEnded(
+                    self.transport,
+                    str(finish),
+                    self.completion_tokens,
+                    None if error is None else str(error.code),
+                )
             )
         if external_cancel:
             raise asyncio.CancelledError

@@ -14,8 +14,21 @@ Methods are called on the event loop's thread, from the hot path for
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from tokenwire.protocol.events import Event
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnded:
+    """How one generation ended: the route that created it (``transport``), its
+    ``finish_reason``, the completion tokens it produced, and the code of the ``error`` that
+    preceded its end, if any."""
+
+    transport: str
+    finish_reason: str
+    completion_tokens: int
+    error_code: str | None = None
 
 
 class DeliveryObserver:
@@ -42,15 +55,8 @@ class StreamObserver:
     def stream_started(self, transport: str) -> None:
         """A generation was created."""
 
-    def stream_ended(
-        self,
-        transport: str,
-        finish_reason: str,
-        completion_tokens: int,
-        error_code: str | None,
-    ) -> None:
-        """A generation published its ``stream.end`` (after an ``error`` of ``error_code``
-        when not ``None``)."""
+    def stream_ended(self, ended: StreamEnded) -> None:
+        """A generation published its ``stream.end``."""
 
     def delivery(self, transport: str, started_at: float, *, resumed: bool) -> DeliveryObserver:
         """An observer for one subscriber's delivery loop of a stream created at

@@ -9,7 +9,7 @@ import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypedDict
+from typing import Required, TypedDict, Unpack
 
 from tokenwire.errors import ErrorCode, NotFound
 from tokenwire.protocol.events import (
@@ -122,6 +122,16 @@ class QueueSettings(TypedDict):
     evict_after: float
 
 
+class StreamOptions(TypedDict, total=False):
+    """How a stream is created: ``transport`` (required), the route's name for it (``sse``,
+    ``websocket``, ``openai``, ...); ``request_id``, echoed in ``stream.start``;
+    ``on_disconnect``, its disconnect policy when the request's own is not to be used."""
+
+    transport: Required[str]
+    request_id: str | None
+    on_disconnect: DisconnectPolicy | None
+
+
 class Streams(ABC):
     """What a route or a transport may do with streams: the registry itself
     (:class:`StreamRegistry`), or a view of it that the edge narrows to one caller's rights
@@ -131,14 +141,7 @@ class Streams(ABC):
     draining: DrainSignal
 
     @abstractmethod
-    def create(
-        self,
-        params: GenerateParams,
-        *,
-        transport: str,
-        request_id: str | None = None,
-        on_disconnect: DisconnectPolicy | None = None,
-    ) -> Generation: ...
+    def create(self, params: GenerateParams, **options: Unpack[StreamOptions]) -> Generation: ...
 
     @abstractmethod
     def attach(self, generation: Generation) -> Attachment: ...
@@ -183,14 +186,7 @@ class StreamRegistry(Streams):
         """The generations running in this process, oldest first."""
         return list(self._live.values())
 
-    def create(
-        self,
-        params: GenerateParams,
-        *,
-        transport: str,
-        request_id: str | None = None,
-        on_disconnect: DisconnectPolicy | None = None,
-    ) -> Generation:
+    def create(self, params: GenerateParams, **options: Unpack[StreamOptions]) -> Generation:
         """A new generation, registered but not started (attach first, then ``start()``).
         Its disconnect policy is ``on_disconnect``, else the request's, else the server's.
 
@@ -201,7 +197,8 @@ class StreamRegistry(Streams):
         if self.draining.is_set():
             raise StreamLogUnavailable("the server is shutting down; retry")
         model = self.provider.resolve_model(params.model)
-        policy = on_disconnect or params.on_disconnect or self.settings.on_disconnect
+        transport = options["transport"]
+        policy = options.get("on_disconnect") or params.on_disconnect or self.settings.on_disconnect
         generation = Generation(
             new_stream_id(),
             self.provider,
@@ -209,7 +206,7 @@ class StreamRegistry(Streams):
             model=model,
             log=self.log,
             transport=transport,
-            request_id=request_id,
+            request_id=options.get("request_id"),
             on_disconnect=DisconnectPolicy(policy),
             detach_grace=self.settings.detach_grace,
             first_token_timeout=self.settings.first_token_timeout,
