@@ -43,6 +43,7 @@ def bench(*args: str, cwd: Path = REPO, timeout: float = 240) -> subprocess.Comp
     )
 
 
+@pytest.mark.slow  # minutes: whole benchmark runs (still run by make test)
 def test_quick_profile_writes_results_for_every_server(tmp_path: Path) -> None:
     out = tmp_path / "results"
     run = bench("--quick", "--out", str(out))
@@ -174,6 +175,7 @@ def test_bench_rejects_a_bad_option_naming_it(args: tuple[str, ...], message: st
     assert message in run.stderr
 
 
+@pytest.mark.slow  # minutes: whole benchmark runs (still run by make test)
 def test_repeat_runs_every_phase_in_rounds_and_reports_medians(tmp_path: Path) -> None:
     out = tmp_path / "results"
     servers = ["tokenwire-sse", "baseline-streaming"]
@@ -260,6 +262,7 @@ def test_phases_runs_only_the_named_phases(tmp_path: Path) -> None:
     assert "| tokenwire-ws |" in (out / "results.md").read_text()
 
 
+@pytest.mark.slow  # minutes: whole benchmark runs (still run by make test)
 def test_resume_log_redis_resumes_on_either_server_and_counts_redis_commands(
     tmp_path: Path,
 ) -> None:
