@@ -27,6 +27,7 @@ from tokenwire_client import (
     ConnectionLost,
     Reconnect,
     ServerError,
+    StreamFailed,
     StreamReset,
 )
 
@@ -126,6 +127,27 @@ async def test_a_failing_provider_is_an_error_event_not_an_exception(transport):
     assert stream.text == scripted_text(4)
     assert stream.error is not None and stream.error.code == "provider_error"
     assert stream.end.finish_reason == "error"
+
+
+async def test_text_raises_when_the_model_fails_with_the_server_s_code(transport):
+    """``text()`` has no stream to look at afterwards: a failure must not pass as ``''``."""
+    app, _ = scripted_app(Script(tokens=10, error_after=4))
+    with serve(app) as server:
+        async with AsyncClient(server.base_url, transport=transport) as client:
+            with pytest.raises(StreamFailed) as failed:
+                await client.text(USER)
+    assert failed.value.code == "provider_error" and failed.value.message
+    assert failed.value.text == scripted_text(4)
+    assert failed.value.stream_id is not None and failed.value.stream_id.startswith("str_")
+
+
+def test_the_blocking_text_raises_too(transport):
+    app, _ = scripted_app(Script(tokens=10, error_after=4))
+    with serve(app) as server, Client(server.base_url, transport=transport) as client:
+        with pytest.raises(StreamFailed) as failed:
+            client.text(USER)
+        assert client.text(USER, max_tokens=3) == scripted_text(3)  # a good stream: its text
+    assert failed.value.code == "provider_error" and failed.value.text == scripted_text(4)
 
 
 async def test_an_unreachable_server_is_connection_lost_after_the_attempts(transport):

@@ -11,6 +11,7 @@ from tokenwire_client.errors import (
     ConnectionLost,
     ProtocolError,
     ServerError,
+    StreamFailed,
     StreamReset,
 )
 from tokenwire_client.sse import ServerSentEvent, SSEDecoder
@@ -27,6 +28,7 @@ __all__ = [
     "SSEDecoder",
     "ServerError",
     "ServerSentEvent",
+    "StreamFailed",
     "StreamReset",
     "SyncEventStream",
 ]

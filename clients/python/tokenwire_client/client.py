@@ -48,7 +48,7 @@ from tokenwire.protocol.events import (
     TextDelta,
 )
 from tokenwire_client.connections import Dropped, SSEConnection, WebSocketConnection
-from tokenwire_client.errors import ConnectionLost
+from tokenwire_client.errors import ConnectionLost, StreamFailed
 from tokenwire_client.errors import StreamReset as StreamResetError
 
 TransportName = Literal["sse", "websocket"]
@@ -153,11 +153,14 @@ class AsyncClient:
         return EventStream(self, body)
 
     async def text(self, messages: Sequence[dict[str, Any]], **params: Any) -> str:
-        """Stream and return the whole generated text."""
+        """Stream and return the whole generated text.
+
+        Raises :class:`StreamFailed` when the stream ends with an ``error`` event (its code
+        and message, and the text so far), and what :meth:`stream` raises."""
         async with self.stream(messages, **params) as stream:
             async for _ in stream:
                 pass
-        return stream.text
+        return stream.result()
 
     def _connection(self) -> SSEConnection | WebSocketConnection:
         if self.transport == "sse":
@@ -205,6 +208,19 @@ class EventStream:
 
     async def __aenter__(self) -> EventStream:
         return self
+
+    def result(self) -> str:
+        """The text of a stream iterated to its end. Raises :class:`StreamFailed` when it
+        ended with an ``error`` event (finish_reason ``error``)."""
+        if self.error is not None:
+            raise StreamFailed(
+                self.error.message,
+                code=str(self.error.code),
+                retryable=self.error.retryable,
+                stream_id=self.stream_id,
+                text=self.text,
+            )
+        return self.text
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()

@@ -6,6 +6,8 @@ Hierarchy::
     ├── ServerError              the server refused: an HTTP error answer, or a stream-less
     │                            ``error`` frame over WebSocket (``code``, ``status``,
     │                            ``retryable``)
+    ├── StreamFailed             the stream ended with an ``error`` event (raised by ``text()``;
+    │                            a stream you iterate yields the event instead)
     ├── ProtocolError            the server sent something that is not wire protocol v1
     └── ConnectionLost           the connection dropped and could not be resumed
         └── StreamReset          the server cannot serve the cursor any more
@@ -38,6 +40,30 @@ class ServerError(ClientError):
         self.code = code
         self.status = status
         self.retryable = retryable
+
+
+class StreamFailed(ClientError):
+    """A stream ended with an ``error`` event (finish_reason ``error``): the model or the
+    server failed mid-way. Raised by ``text()``, which has no stream to inspect afterwards;
+    iterating a stream yields the ``error`` event instead.
+
+    Attributes:
+        code: the protocol error code (``provider_error``, ``provider_timeout``, ...).
+        message: the server's message.
+        retryable: the server's hint that the same request may succeed later.
+        stream_id: the stream's id.
+        text: the text received before the failure.
+    """
+
+    def __init__(
+        self, message: str, *, code: str, retryable: bool, stream_id: str | None, text: str
+    ) -> None:
+        super().__init__(f"{code}: {message}")
+        self.message = message
+        self.code = code
+        self.retryable = retryable
+        self.stream_id = stream_id
+        self.text = text
 
 
 class ProtocolError(ClientError):

@@ -52,11 +52,12 @@ class Client:
         return SyncEventStream(self._runner, self._client.stream(messages, model=model, **params))
 
     def text(self, messages: Sequence[dict[str, Any]], **params: Any) -> str:
-        """Stream and return the whole generated text."""
+        """Stream and return the whole generated text. Raises :class:`StreamFailed` when the
+        stream ends with an ``error`` event (see :meth:`AsyncClient.text`)."""
         with self.stream(messages, **params) as stream:
             for _ in stream:
                 pass
-        return stream.text
+        return stream.result()
 
 
 class SyncEventStream:
@@ -126,6 +127,10 @@ class SyncEventStream:
     @property
     def text(self) -> str:
         return self._stream.text
+
+    def result(self) -> str:
+        """See :meth:`tokenwire_client.EventStream.result`."""
+        return self._stream.result()
 
     @property
     def stream_id(self) -> str | None:
