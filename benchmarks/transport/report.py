@@ -337,17 +337,25 @@ def control_table(results: dict[str, Any], rows: list[dict[str, Any]]) -> list[s
 
 
 def _table(title: str, *headers: str) -> Table:
-    """A console table: the server's name whole (never wrapped or cut), numbers right-aligned
-    in columns whose headers may wrap between words."""
+    """A console table: no cell wraps (the server's name whole, numbers right-aligned; headers
+    break where they say, at a newline); only the title wraps, between words."""
     table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
     table.add_column(headers[0], no_wrap=True)
     for header in headers[1:]:
-        table.add_column(header, justify="right", overflow="fold")
+        table.add_column(header, justify="right", no_wrap=True)
     return table
 
 
+def _fit(value: float | None) -> str:
+    """Milliseconds for a console cell: 2 decimals under 100, 1 under 1000, then none (at most
+    9 characters below 10,000 s)."""
+    if value is None:
+        return "n/a"
+    return _num(value, 2 if abs(value) < 100 else 1 if abs(value) < 1000 else 0)
+
+
 def _pair(stats: dict[str, Any]) -> str:
-    return _ms(stats, "p50", "p99")
+    return f"{_fit(stats.get('p50'))} / {_fit(stats.get('p99'))}"
 
 
 def tables(results: dict[str, Any]) -> list[Table]:
@@ -360,7 +368,7 @@ def tables(results: dict[str, Any]) -> list[Table]:
     latency = _table(
         f"Added latency, ms: time to first token (TTFT) and inter-token (ITL), "
         f"{s['latency_streams']} streams × {s['rate']:g} tokens/s",
-        "server", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99", "ITL p99.9",
+        "server", "TTFT\np50", "TTFT\np99", "ITL\np50", "ITL\np99", "ITL\np99.9",
     )  # fmt: skip
     cpu = _table(
         "CPU per delivered token (client: the load generator); max streams: the largest ramp "
@@ -369,24 +377,25 @@ def tables(results: dict[str, Any]) -> list[Table]:
         "server", "server CPU\nµs/token", "client CPU\nµs/token", "client\nbusy",
         "max\nstreams", "outpace\ntokens",
     )  # fmt: skip
-    memory = _table("Memory, KiB", "server", "per idle connection", "per active stream",
-                    "per stalled consumer")  # fmt: skip
+    memory = _table("Memory, KiB", "server", "per idle\nconnection", "per active\nstream",
+                    "per stalled\nconsumer")  # fmt: skip
     cancel = _table(
         "Cancel, ms (p50 / p99)",
-        "server", "disconnect -> stopped", "cancel -> stream.end", "cancel -> stopped",
+        "server", "disconnect\n-> stopped", "cancel\n-> stream.end", "cancel\n-> stopped",
     )  # fmt: skip
     isolation = _table(
         f"Slow consumers: {s.get('isolation_healthy')} healthy streams, "
         f"{s.get('isolation_stalled')} stalled",
-        "server", "healthy p99 ms alone / fill / steady", "p99 ratio fill / steady", "fill s",
+        "server", "healthy p99, ms\nalone / fill / steady", "p99 ratio\nfill / steady",
+        "fill s",
     )  # fmt: skip
     resume = _table("Resume, ms (p50 / p99)", "server", "gap", "added gap", "lost / duplicated")
     for r in rows:
         name = r["server"]
         itl = r["itl_ms"]
         latency.add_row(
-            name, _num(r["ttft_ms"].get("p50"), 2), _num(r["ttft_ms"].get("p99"), 2),
-            _num(itl.get("p50"), 2), _num(itl.get("p99"), 2), _num(itl.get("p999"), 2),
+            name, _fit(r["ttft_ms"].get("p50")), _fit(r["ttft_ms"].get("p99")),
+            _fit(itl.get("p50")), _fit(itl.get("p99")), _fit(itl.get("p999")),
         )  # fmt: skip
         busy = r["client_busy"]
         cpu.add_row(
@@ -405,7 +414,7 @@ def tables(results: dict[str, Any]) -> list[Table]:
         )  # fmt: skip
         p99s = (r[f"isolation_{k}_itl_ms"].get("p99") for k in ("alone", "fill", "stalled"))
         isolation.add_row(
-            name, " / ".join(_num(p99, 2) for p99 in p99s),
+            name, " / ".join(_fit(p99) for p99 in p99s),
             f"{_num(r['isolation_fill_p99_ratio'], 2)} / {_num(r['isolation_p99_ratio'], 2)}",
             _num(r["isolation_fill_s"], 2),
         )  # fmt: skip
@@ -420,7 +429,7 @@ def tables(results: dict[str, Any]) -> list[Table]:
         + (f"; median of {repeat} rounds)" if repeat > 1 else ")"),
         box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False,
     )  # fmt: skip
-    targets.add_column("ratio of", overflow="fold")
+    targets.add_column("ratio of", overflow="fold")  # words wrap; the rest stays whole
     targets.add_column("rows", no_wrap=True)
     targets.add_column("target", no_wrap=True)
     targets.add_column("measured", justify="right", no_wrap=True)
