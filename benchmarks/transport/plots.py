@@ -77,7 +77,10 @@ def latency_cdf(results: dict[str, Any], rows: dict[str, dict[str, Any]]) -> Fig
     fig = _figure(results, "Added latency (observed - due)", workload, bars=False, panels=2)
     colors = _colors(results)
     for ax, key, title in zip(
-        fig.axes, ("ttft_ms", "itl_ms"), ("time to first token", "inter-token"), strict=True
+        fig.axes,
+        ("ttft_ms", "itl_ms"),
+        ("added time to first token", "added inter-token latency"),
+        strict=True,
     ):
         for name, server in results["servers"].items():
             points = server["phases"].get("latency", {}).get("cdf", {}).get(key, [])
@@ -89,7 +92,7 @@ def latency_cdf(results: dict[str, Any], rows: dict[str, dict[str, Any]]) -> Fig
         ax.set_ylim(0, 1.01)
         ax.set_xlabel("added latency (ms, log scale)")
         ax.set_ylabel("fraction of tokens")
-        ax.set_title(f"added {title} latency")
+        ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(**LEGEND)
     return fig
@@ -112,6 +115,7 @@ def cpu_per_token(results: dict[str, Any], rows: dict[str, dict[str, Any]]) -> F
         drawn = bars.bar([x + offset for x in range(len(names))], values, 0.4, label=label)
         bars.bar_label(drawn, fmt="%.0f", fontsize=7)
     _server_ticks(bars, names)
+    bars.margins(y=0.2)  # room for the legend above the bars (bars keep 0 at the bottom)
     bars.set_ylabel("CPU µs per delivered token")
     bars.set_title(f"latency phase ({s['latency_streams']} streams)")
     bars.legend(**LEGEND)
@@ -143,12 +147,8 @@ def memory(results: dict[str, Any], rows: dict[str, dict[str, Any]]) -> Figure:
     )
     fig = _figure(results, "Server memory (RSS)", workload, bars=False, panels=2)
     colors = _colors(results)
-    for ax, mode, xlabel in zip(
-        fig.axes,
-        ("idle", "active"),
-        ("idle connections", "active streams (on top of the idle connections)"),
-        strict=True,
-    ):
+    for ax, mode, what in zip(fig.axes, ("idle", "active"), ("idle connections", "active streams"),
+                              strict=True):  # fmt: skip
         for name, server in results["servers"].items():
             points = server["phases"].get("memory", {}).get("points", {}).get(mode, [])
             ax.plot(
@@ -160,9 +160,9 @@ def memory(results: dict[str, Any], rows: dict[str, dict[str, Any]]) -> Figure:
             )
         ax.set_xlim(left=0)
         ax.set_ylim(bottom=0)
-        ax.set_xlabel(xlabel)
+        ax.set_xlabel(what if mode == "idle" else f"{what} (on top of the idle connections)")
         ax.set_ylabel("server RSS (MiB)")
-        ax.set_title(f"RSS against {mode} connections")
+        ax.set_title(f"RSS against {what}")
         ax.grid(True, alpha=0.3)
         ax.legend(**LEGEND)
     return fig
@@ -214,6 +214,7 @@ def control(results: dict[str, Any], rows: dict[str, dict[str, Any]]) -> Figure:
         drawn = cancel.bar([x + offset for x in xs], values, 0.4, label=key)
         cancel.bar_label(drawn, fmt="%.1f", fontsize=7)
     _server_ticks(cancel, names)
+    cancel.margins(y=0.2)
     cancel.set_ylabel("client disconnect -> generator stopped (ms)")
     cancel.set_title("cancel latency")
     cancel.legend(**LEGEND)
