@@ -27,8 +27,9 @@ the client. Then the stream semantics: cancel latency (client cancel -> the serv
 generator stopped; every server reports its stops on ``GET /active``, and tokenwire's explicit
 cancel is also timed to ``stream.end``), slow-consumer isolation (healthy streams' inter-token
 p99 with and without stalled consumers, RSS per stalled consumer) and, for tokenwire, the resume
-gap with lost and duplicated tokens. Results (:mod:`transport.report`): JSON, two Markdown
-tables, PNG plots.
+gap with lost and duplicated tokens. Results (:mod:`transport.report`, :mod:`transport.plots`):
+JSON, Markdown tables, console tables with each target's pass/fail, PNG plots; by default in
+``$XDG_DATA_HOME/tokenwire/bench/`` (``~/.local/share/...``), outside the source tree.
 
 Options beyond the profile (off by default; the results then carry ``options``):
 ``--resume-log redis`` runs the resume phase on two tokenwire processes that share a Redis

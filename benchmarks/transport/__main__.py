@@ -1,22 +1,25 @@
 """``python -m transport`` (with benchmarks/ on the path), or ``tokenwire bench``: run the
-transport benchmark and write its results folder. ``--help`` lists the options."""
+transport benchmark and write its results folder, outside the source tree unless ``--out``
+says otherwise (:func:`default_out`); or, with ``--report-only``, re-render a results.json's
+tables and plots. ``--help`` lists the options."""
 
 from __future__ import annotations
 
 import argparse
 import datetime
 import importlib.util
+import json
+import os
 import shlex
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markdown import Markdown
 
-from common import BENCHMARKS_DIR
 from transport.harness import OPTIONS, PROFILES, SERVERS, run
-from transport.report import _num, summary_row
+from transport.report import _num, render, summary_row, tables
 
 RESUME_LOG_HELP = (
     "the resume phase's stream log (default: memory); redis: two tokenwire processes share a "
@@ -29,11 +32,28 @@ CANCEL_STALL_HELP = (
 )
 
 
+def results_home(environ: Mapping[str, str] = os.environ) -> Path:
+    """Where runs go by default: ``$XDG_DATA_HOME/tokenwire/bench`` (``~/.local/share`` when
+    XDG_DATA_HOME is unset or empty), a user's data folder, outside any source checkout."""
+    base = environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "tokenwire" / "bench"
+
+
+def default_out(
+    profile: str, now: datetime.datetime, environ: Mapping[str, str] = os.environ
+) -> Path:
+    """A new run's folder: ``<results_home>/<profile>-<UTC time, 20261121T173653Z>``."""
+    stamp = now.astimezone(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    return results_home(environ) / f"{profile}-{stamp}"
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="tokenwire bench",
         description="SSE vs WebSocket vs the common baselines: latency, CPU per token, "
-        "concurrency, memory, throughput. Writes results.json, results.md and PNG plots.",
+        "concurrency, memory, throughput. Writes results.json, results.md and PNG plots to "
+        f"{results_home()}/<profile>-<UTC time> ($XDG_DATA_HOME/tokenwire/bench; --out to "
+        "choose) and prints the tables with each target's pass/fail.",
     )
     parser.add_argument("--profile", choices=sorted(PROFILES), default="default")
     parser.add_argument(
@@ -42,7 +62,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument(
         "--out", type=Path, default=None,
-        help="results folder (default: benchmarks/results/<profile>-<UTC time>)",
+        help="results folder (default: $XDG_DATA_HOME/tokenwire/bench/<profile>-<UTC time>, "
+        "outside the source tree); with --report-only: where to write (default: beside "
+        "the results.json)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--report-only", type=Path, default=None, metavar="RESULTS",
+        help="run nothing: re-render results.md, the plots and the tables from RESULTS "
+        "(a results.json, or the folder holding it)",
     )  # fmt: skip
     parser.add_argument(
         "--servers", default=None,
@@ -132,18 +159,62 @@ def missing_packages() -> list[str]:
     return missing
 
 
+def print_report(console: Console, results: dict[str, Any], out: Path) -> None:
+    """The tables (each with its title; the targets with pass/fail), whether the load generator
+    stayed cheaper per token than every server, the options' lines, and where the results
+    are."""
+    for table in tables(results):
+        console.print(table)
+    shares = {}  # the load generator's CPU per token over the server's
+    for name, server in results["servers"].items():
+        r = summary_row(name, server)
+        server_cpu, client_cpu = r["server_cpu_us_per_token"], r["client_cpu_us_per_token"]
+        if server_cpu and client_cpu:
+            shares[name] = client_cpu / server_cpu
+    if shares:
+        costly = [name for name, share in shares.items() if share >= 1]
+        spread = (
+            f"client/server CPU per token {min(shares.values()):.2f} to {max(shares.values()):.2f}"
+        )
+        if costly:
+            console.print(
+                f"[bold red]CLIENT IS THE BOTTLENECK[/] for {', '.join(costly)} ({spread})"
+            )
+        else:
+            console.print(f"load generator cheaper per token than every server ({spread}): ok")
+    for line in option_lines(results):
+        console.print(line)
+    console.print(f"results: {out}", soft_wrap=True)
+
+
+def report_only(source: Path, out: Path | None, console: Console) -> int:
+    """Re-render results.md and the plots of the run in ``source`` (its results.json or its
+    folder) into ``out`` (default: that folder), print its report; 2 if there is none."""
+    path = source / "results.json" if source.is_dir() else source
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        print(f"tokenwire bench --report-only: cannot read {path}: {exc}", file=sys.stderr)
+        return 2
+    out = out or path.parent
+    render(results, out)
+    print_report(console, results, out)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    console = Console()
+    if args.report_only is not None:
+        return report_only(args.report_only, args.out, console)
     if missing := missing_packages():
         print(
             f"tokenwire bench needs {', '.join(missing)}: pip install -e '.[bench]'",
             file=sys.stderr,
         )
         return 2
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = args.out or BENCHMARKS_DIR / "results" / f"{args.profile}-{stamp}"
-    console = Console()
+    out = args.out or default_out(args.profile, datetime.datetime.now(datetime.UTC))
     command = shlex.join(["tokenwire", "bench", *argv])
     results = run(
         args.profile,
@@ -157,20 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         args.phases,
         {"resume_log": args.resume_log, "cancel_stall": args.cancel_stall},
     )
-    console.print(Markdown((out / "results.md").read_text()))
-    for name, server in results["servers"].items():
-        r = summary_row(name, server)
-        server_cpu, client_cpu = r["server_cpu_us_per_token"], r["client_cpu_us_per_token"]
-        if server_cpu and client_cpu:
-            verdict = "ok" if client_cpu < server_cpu else "CLIENT IS THE BOTTLENECK"
-            console.print(
-                f"{name}: client {client_cpu:.1f} µs/token vs server {server_cpu:.1f} µs/token "
-                f"(client/server {client_cpu / server_cpu:.2f}, client busy "
-                f"{100 * (r['client_busy'] or 0):.0f} %): {verdict}"
-            )
-    for line in option_lines(results):
-        console.print(line)
-    console.print(f"results: {out}")
+    print_report(console, results, out)
     return 0
 
 

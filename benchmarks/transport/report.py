@@ -1,13 +1,8 @@
-"""Results of a run: ``results.json`` (everything measured), ``results.md`` (the table, the
-target ratios and the machine) and PNG plots drawn with matplotlib's Agg backend:
-
-- ``latency_cdf.png``: CDFs of added TTFT and added inter-token latency (latency phase);
-- ``cpu_per_token.png``: server and client CPU microseconds per delivered token (latency
-  phase), and server CPU per token at each ramp step;
-- ``memory.png``: server RSS against idle connections and against active streams;
-- ``ramp.png``: added inter-token p99 at each ramp step, with the 50 ms line;
-- ``control.png``: cancel latency (client cancel -> generator stopped, p50 and p99) and the
-  healthy streams' added inter-token p99 without and with stalled consumers.
+"""Results of a run: ``results.json`` (everything measured), ``results.md`` (the tables, the
+targets with pass/fail, the machine), the console's tables (:func:`tables`, rich, each fitting
+80 columns) and the PNG plots (:mod:`transport.plots`). :func:`write` writes a finished run;
+:func:`render` re-renders results.md and the plots from a results.json
+(``tokenwire bench --report-only``).
 
 A run of several rounds (``--repeat``): the table, the bars and the ratios are medians over the
 rounds (:func:`summary_row`, :func:`ratios`); the curves (CDFs, ramp, memory) are the first
@@ -17,15 +12,20 @@ round's.
 from __future__ import annotations
 
 import json
+import operator
 import statistics
 from pathlib import Path
 from typing import Any
 
+from rich import box
+from rich.table import Table
+
+from transport.plots import PLOTS, save
+
 KIB = 1024
 
-PLOTS = ("latency_cdf.png", "cpu_per_token.png", "memory.png", "ramp.png", "control.png")
-
-# The issue's targets, as ratios of two rows measured in the same run.
+# The issue's targets, as ratios of two rows measured in the same run: (label, top row, bottom
+# row, metric, target as "<op> <bound>", see :func:`met`).
 RATIOS = [
     (
         "server CPU/token: tokenwire-sse / baseline-streaming",
@@ -170,8 +170,33 @@ def ratios(servers: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             values.append(a / b if a and b else None)
         known = [v for v in values if v is not None]
         value = statistics.median(known) if known else None
-        out.append({"label": label, "target": target, "value": value, "rounds": values})
+        out.append(
+            {
+                "label": label,
+                "target": target,
+                "value": value,
+                "met": met(value, target),
+                "rounds": values,
+            }
+        )
     return out
+
+
+COMPARISONS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
+
+
+def met(value: float | None, target: str) -> bool | None:
+    """Whether ``value`` meets ``target`` (``"<= 1.0"``: an operator of :data:`COMPARISONS`,
+    a space, a number); None when there is no value (a row of the ratio did not run)."""
+    if value is None:
+        return None
+    op, bound = target.split()
+    return bool(COMPARISONS[op](value, float(bound)))
+
+
+def verdict(ok: bool | None) -> str:
+    """The pass/fail mark beside a target: readable without colour (NO_COLOR, Markdown)."""
+    return {True: "✓ pass", False: "✗ FAIL", None: "n/a"}[ok]
 
 
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
@@ -190,7 +215,8 @@ def _ms(stats: dict[str, Any], *keys: str) -> str:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    summary = results.get("summary") or summarize(results)
+    """results.md: what ran where, the tables, the targets with pass/fail, the warnings."""
+    summary = summarize(results)
     rows = list(summary["rows"].values())
     settings = results["settings"]
     repeat = results.get("repeat", 1)
@@ -235,12 +261,14 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {_num(r['outpace_tokens_per_cpu_s'], 0)} |"
         )
     lines += ["", *control_table(results, rows)]
-    lines += ["", "| ratio (same run) | target | measured |", "|---|---|---|"]
+    lines += ["", "| ratio (same run) | target | measured | result |", "|---|---|---|---|"]
     for ratio in summary["ratios"]:
         measured = _num(ratio["value"], 2)
         if len(ratio["rounds"]) > 1:
             measured += f" (rounds: {', '.join(_num(v, 2) for v in ratio['rounds'])})"
-        lines.append(f"| {ratio['label']} | {ratio['target']} | {measured} |")
+        lines.append(
+            f"| {ratio['label']} | {ratio['target']} | {measured} | {verdict(ratio['met'])} |"
+        )
     problems = [r for r in rows if r["failures"] or r["text_mismatches"]]
     costly = [r["server"] for r in rows if r["client_cheaper"] is False]
     lines.append("")
@@ -308,141 +336,132 @@ def control_table(results: dict[str, Any], rows: list[dict[str, Any]]) -> list[s
     return lines
 
 
-def plots(results: dict[str, Any], out: Path) -> list[Path]:
-    import matplotlib
+def _table(title: str, *headers: str) -> Table:
+    """A console table: no cell wraps (the server's name whole, numbers right-aligned; headers
+    break where they say, at a newline); only the title wraps, between words."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
+    table.add_column(headers[0], no_wrap=True)
+    for header in headers[1:]:
+        table.add_column(header, justify="right", no_wrap=True)
+    return table
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    servers = results["servers"]
-    names = list(servers)
-    paths = []
+def _fit(value: float | None) -> str:
+    """Milliseconds for a console cell: 2 decimals under 100, 1 under 1000, then none (at most
+    9 characters below 10,000 s)."""
+    if value is None:
+        return "n/a"
+    return _num(value, 2 if abs(value) < 100 else 1 if abs(value) < 1000 else 0)
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, key, title in zip(
-        axes, ("ttft_ms", "itl_ms"), ("added TTFT", "added inter-token latency"), strict=True
-    ):
-        for name in names:
-            points = servers[name]["phases"].get("latency", {}).get("cdf", {}).get(key, [])
-            if points:
-                ax.plot([max(p[0], 1e-3) for p in points], [p[1] for p in points], label=name)
-        ax.set_xscale("log")
-        ax.set_xlabel("milliseconds")
-        ax.set_ylabel("fraction of tokens")
-        ax.set_title(title)
-        ax.grid(True, which="both", alpha=0.3)
-    axes[1].legend(fontsize=8)
-    paths.append(_save(fig, out / "latency_cdf.png"))
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    summary = results.get("summary") or summarize(results)
-    rows = [summary["rows"][name] for name in names]
-    xs = range(len(rows))
-    axes[0].bar(
-        [x - 0.2 for x in xs],
-        [r["server_cpu_us_per_token"] or 0 for r in rows],
-        0.4,
-        label="server",
-    )
-    axes[0].bar(
-        [x + 0.2 for x in xs],
-        [r["client_cpu_us_per_token"] or 0 for r in rows],
-        0.4,
-        label="client (load generator)",
-    )
-    axes[0].set_xticks(list(xs), [r["server"] for r in rows], rotation=20, fontsize=8)
-    axes[0].set_ylabel("CPU µs per delivered token")
-    axes[0].set_title("CPU per token (latency phase)")
-    axes[0].legend(fontsize=8)
-    for name in names:
-        steps = servers[name]["phases"].get("ramp", {}).get("steps", [])
-        axes[1].plot(
-            [s["streams"] for s in steps],
-            [s["server_cpu_us_per_token"] or 0 for s in steps],
-            marker="o",
-            label=name,
+def _pair(stats: dict[str, Any]) -> str:
+    return f"{_fit(stats.get('p50'))} / {_fit(stats.get('p99'))}"
+
+
+def tables(results: dict[str, Any]) -> list[Table]:
+    """The console's view of results.md, split into tables that each fit 80 columns: added
+    latency; CPU and capacity; memory; cancel; slow consumers; resume (servers that have it);
+    the targets, each with its pass/fail mark (:func:`verdict`)."""
+    summary = summarize(results)
+    rows = list(summary["rows"].values())
+    s = results["settings"]
+    latency = _table(
+        f"Added latency, ms: time to first token (TTFT) and inter-token (ITL), "
+        f"{s['latency_streams']} streams × {s['rate']:g} tokens/s",
+        "server", "TTFT\np50", "TTFT\np99", "ITL\np50", "ITL\np99", "ITL\np99.9",
+    )  # fmt: skip
+    cpu = _table(
+        "CPU per delivered token (client: the load generator); max streams: the largest ramp "
+        f"step with added ITL p99 < {s['stop_p99_ms']:g} ms; outpace: tokens per server "
+        "CPU-second",
+        "server", "server CPU\nµs/token", "client CPU\nµs/token", "client\nbusy",
+        "max\nstreams", "outpace\ntokens",
+    )  # fmt: skip
+    memory = _table("Memory, KiB", "server", "per idle\nconnection", "per active\nstream",
+                    "per stalled\nconsumer")  # fmt: skip
+    cancel = _table(
+        "Cancel, ms (p50 / p99)",
+        "server", "disconnect\n-> stopped", "cancel\n-> stream.end", "cancel\n-> stopped",
+    )  # fmt: skip
+    isolation = _table(
+        f"Slow consumers: {s.get('isolation_healthy')} healthy streams, "
+        f"{s.get('isolation_stalled')} stalled",
+        "server", "healthy p99, ms\nalone / fill / steady", "p99 ratio\nfill / steady",
+        "fill s",
+    )  # fmt: skip
+    resume = _table("Resume, ms (p50 / p99)", "server", "gap", "added gap", "lost / duplicated")
+    for r in rows:
+        name = r["server"]
+        itl = r["itl_ms"]
+        latency.add_row(
+            name, _fit(r["ttft_ms"].get("p50")), _fit(r["ttft_ms"].get("p99")),
+            _fit(itl.get("p50")), _fit(itl.get("p99")), _fit(itl.get("p999")),
+        )  # fmt: skip
+        busy = r["client_busy"]
+        cpu.add_row(
+            name, _num(r["server_cpu_us_per_token"]), _num(r["client_cpu_us_per_token"]),
+            "n/a" if busy is None else f"{100 * busy:.0f} %",
+            "n/a" if r["max_streams"] is None else str(r["max_streams"]),
+            _num(r["outpace_tokens_per_cpu_s"], 0),
+        )  # fmt: skip
+        memory.add_row(
+            name, _num(r["idle_kib_per_connection"]), _num(r["active_kib_per_connection"]),
+            _num(r["isolation_kib_per_stalled"]),
+        )  # fmt: skip
+        cancel.add_row(
+            name, _pair(r["disconnect_stop_ms"]), _pair(r["cancel_end_ms"]),
+            _pair(r["cancel_stop_ms"]),
+        )  # fmt: skip
+        p99s = (r[f"isolation_{k}_itl_ms"].get("p99") for k in ("alone", "fill", "stalled"))
+        isolation.add_row(
+            name, " / ".join(_fit(p99) for p99 in p99s),
+            f"{_num(r['isolation_fill_p99_ratio'], 2)} / {_num(r['isolation_p99_ratio'], 2)}",
+            _num(r["isolation_fill_s"], 2),
+        )  # fmt: skip
+        if r["resume_lost_tokens"] is not None:
+            resume.add_row(
+                name, _pair(r["resume_gap_ms"]), _pair(r["resume_added_gap_ms"]),
+                f"{r['resume_lost_tokens']} / {r['resume_duplicated_tokens']}",
+            )  # fmt: skip
+    repeat = results.get("repeat", 1)
+    targets = Table(
+        title="Targets (ratios of two rows of the same run"
+        + (f"; median of {repeat} rounds)" if repeat > 1 else ")"),
+        box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False,
+    )  # fmt: skip
+    targets.add_column("ratio of", overflow="fold")  # words wrap; the rest stays whole
+    targets.add_column("rows", no_wrap=True)
+    targets.add_column("target", no_wrap=True)
+    targets.add_column("measured", justify="right", no_wrap=True)
+    targets.add_column("result", no_wrap=True)
+    for ratio in summary["ratios"]:
+        style = {True: "green", False: "bold red", None: "dim"}[ratio["met"]]
+        measured = _num(ratio["value"], 2)
+        metric, _, pair = ratio["label"].rpartition(": ")
+        targets.add_row(
+            metric, pair, ratio["target"], measured, f"[{style}]{verdict(ratio['met'])}[/]"
         )
-    axes[1].set_xlabel("concurrent streams")
-    axes[1].set_ylabel("server CPU µs per token")
-    axes[1].set_title("server CPU per token (ramp)")
-    axes[1].legend(fontsize=8)
-    paths.append(_save(fig, out / "cpu_per_token.png"))
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, mode in zip(axes, ("idle", "active"), strict=True):
-        for name in names:
-            points = servers[name]["phases"].get("memory", {}).get("points", {}).get(mode, [])
-            ax.plot(
-                [p[0] for p in points], [p[1] / KIB / KIB for p in points], marker="o", label=name
-            )
-        ax.set_xlabel(f"{mode} connections" if mode == "idle" else "active streams (on top)")
-        ax.set_ylabel("server RSS (MiB)")
-        ax.set_title(f"memory vs {mode} connections")
-        ax.grid(True, alpha=0.3)
-    axes[0].legend(fontsize=8)
-    paths.append(_save(fig, out / "memory.png"))
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name in names:
-        steps = servers[name]["phases"].get("ramp", {}).get("steps", [])
-        ax.plot(
-            [s["streams"] for s in steps],
-            [s["itl_ms"]["p99"] or 0 for s in steps],
-            marker="o",
-            label=name,
-        )
-    ax.axhline(results["settings"]["stop_p99_ms"], color="grey", linestyle="--")
-    ax.set_yscale("log")
-    ax.set_xlabel("concurrent streams")
-    ax.set_ylabel("added inter-token p99 (ms)")
-    ax.set_title("ramp")
-    ax.legend(fontsize=8)
-    paths.append(_save(fig, out / "ramp.png"))
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for offset, key, label in ((-0.2, "p50", "p50"), (0.2, "p99", "p99")):
-        axes[0].bar(
-            [x + offset for x in xs],
-            [r["disconnect_stop_ms"].get(key) or 0 for r in rows],
-            0.4,
-            label=f"disconnect -> stopped {label}",
-        )
-    axes[0].set_xticks(list(xs), [r["server"] for r in rows], rotation=20, fontsize=8)
-    axes[0].set_ylabel("milliseconds")
-    axes[0].set_title("cancel latency (client disconnect -> generator stopped)")
-    axes[0].legend(fontsize=8)
-    bars = (
-        (-0.27, "isolation_alone_itl_ms", "alone"),
-        (0.0, "isolation_fill_itl_ms", "stalled consumers filling"),
-        (0.27, "isolation_stalled_itl_ms", "stalled consumers, steady"),
-    )
-    for offset, key, label in bars:
-        p99s = [max(r[key].get("p99") or 0, 1e-2) for r in rows]  # log scale: floor 0.01 ms
-        axes[1].bar([x + offset for x in xs], p99s, 0.27, label=label)
-    axes[1].set_yscale("log")
-    axes[1].set_xticks(list(xs), [r["server"] for r in rows], rotation=20, fontsize=8)
-    axes[1].set_ylabel("healthy streams' added inter-token p99 (ms)")
-    axes[1].set_title("slow-consumer isolation")
-    axes[1].legend(fontsize=8)
-    paths.append(_save(fig, out / "control.png"))
-    return paths
+    chosen = [latency, cpu, memory]
+    if "cancels" in s:  # results from before the cancel, isolation and resume phases have none
+        chosen += [cancel, isolation]
+    if resume.row_count:
+        chosen.append(resume)
+    return [*chosen, targets]
 
 
-def _save(fig: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+def render(results: dict[str, Any], out: Path) -> list[Path]:
+    """Write results.md and the PNG plots into ``out`` from ``results`` (a finished run's, or
+    one read back from its results.json); return the paths written."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(markdown(results))
+    return [out / "results.md", *save(results, summarize(results)["rows"], out)]
 
 
 def write(results: dict[str, Any], out: Path) -> None:
     """Write results.json, results.md and the PNG plots into ``out``."""
     results["summary"] = summarize(results)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    (out / "results.md").write_text(markdown(results))
-    plots(results, out)
+    render(results, out)
 
 
 def hot_spots(raw: Path, title: str, top: int = 25) -> str:

@@ -164,10 +164,13 @@ def chat(
 def bench(ctx: typer.Context) -> None:
     """Run the transport benchmark (SSE vs WebSocket vs common baselines) of a source checkout.
 
-    The harness is benchmark code, not part of the installed package: it lives in the
-    repository's benchmarks/transport, found in the current directory or a parent. Every option
-    is the harness's own (``tokenwire bench --help``; ``--quick`` for the 2-minute profile). Exit
-    status 2 when no checkout is found, else the harness's.
+    Results go to $XDG_DATA_HOME/tokenwire/bench/<profile>-<UTC time> (~/.local/share when
+    unset), outside the source tree; --out chooses another folder, --report-only re-renders
+    the tables and plots of an earlier run's results.json. The harness is benchmark code, not
+    part of the installed package: it lives in the repository's benchmarks/transport, found in
+    the current directory or a parent. Every option is the harness's own (tokenwire bench
+    --help; --quick for the 2-minute profile). Exit status 2 when no checkout is found, else
+    the harness's.
     """
     import subprocess
     import sys

@@ -31,12 +31,13 @@ STATS = {"count", "p50", "p99", "p999", "max"}
 PLOTS = ("latency_cdf.png", "cpu_per_token.png", "memory.png", "ramp.png", "control.png")
 
 
-def bench(*args: str, cwd: Path = REPO, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+def bench(
+    *args: str, cwd: Path = REPO, timeout: float = 240, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(TOKENWIRE), "bench", *args],
         cwd=cwd,
-        env=env,
+        env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1", **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -91,7 +92,7 @@ def test_quick_profile_writes_results_for_every_server(tmp_path: Path) -> None:
     main, control_table = table.split("| server | disconnect -> stopped", 1)
     for name in SERVERS:
         assert sum(line.startswith(f"| {name} |") for line in main.splitlines()) == 1, name
-    assert "| ratio (same run) | target | measured |" in table
+    assert "| ratio (same run) | target | measured | result |" in table
     control = control_table.split("| ratio (same run)", 1)[0].splitlines()
     for name in SERVERS:  # one row each in the cancel / slow-consumer / resume table
         (line,) = [line for line in control if line.startswith(f"| {name} |")]
@@ -245,12 +246,25 @@ def test_a_round_s_failures_add_up_rather_than_vanish_in_a_median(
     assert row["rounds"] == 3
 
 
-def test_phases_runs_only_the_named_phases(tmp_path: Path) -> None:
-    out = tmp_path / "results"
+def git_status() -> str:
+    status = ["git", "status", "--porcelain", "--untracked-files=all"]
+    return subprocess.run(status, cwd=REPO, capture_output=True, text=True, check=True).stdout
+
+
+def test_phases_runs_only_the_named_phases_into_the_data_folder_not_the_checkout(
+    tmp_path: Path,
+) -> None:
+    before = git_status()
     run = bench(
-        "--quick", "--phases", "latency,outpace", "--servers", "tokenwire-ws", "--out", str(out)
-    )
+        "--quick", "--phases", "latency,outpace", "--servers", "tokenwire-ws",
+        env={"XDG_DATA_HOME": str(tmp_path)},
+    )  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
+    (out,) = (tmp_path / "tokenwire" / "bench").iterdir()  # no --out: the default folder
+    assert out.name.startswith("quick-") and out.name.endswith("Z"), out
+    assert f"results: {out}" in run.stdout
+    assert "logs" in {p.name for p in out.iterdir()}
+    assert git_status() == before  # nothing new in the source tree
 
     results = json.loads((out / "results.json").read_text())
     assert results["phases_run"] == ["latency", "outpace"]
