@@ -128,7 +128,7 @@ async def test_a_provider_function_passes_every_check():
     finish = report.events[-1]
     assert isinstance(finish, Finish) and finish.reason is FinishReason.LENGTH
     assert finish.usage == Usage.of(7, 16)  # counted: seven words of prompt, 16 tokens
-    assert len(closed) == 3  # the normal stream (max_tokens), aclose() and the cancel
+    assert len(closed) == 4  # warm-up and normal stream (max_tokens), aclose(), the cancel
 
 
 async def test_a_provider_that_ignores_close_fails_the_close_check():

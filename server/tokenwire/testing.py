@@ -149,6 +149,7 @@ async def check_provider(
     close_timeout: float = 5.0,
     stream_timeout: float = 60.0,
     raise_on_failure: bool = True,
+    warm_up: bool = True,
 ) -> ConformanceReport:
     """Check ``provider`` against the Provider contract (see the module docstring).
 
@@ -169,6 +170,9 @@ async def check_provider(
             threads, get to stop.
         stream_timeout: seconds that each stream gets to end.
         raise_on_failure: raise :class:`ConformanceError` when a check fails.
+        warm_up: run the normal request (and the failing provider's) once, unchecked, before
+            the checks, so that one-time costs (lazy imports, the first connection) do not
+            count as blocking the loop.
 
     Returns the :class:`ConformanceReport`. Raises :class:`ConformanceError`. Cancelling the
     call cancels the stream under check and leaves the loop's debug setting as it was.
@@ -183,8 +187,10 @@ async def check_provider(
             if start:
                 await stack.enter_async_context(backend)
             model = backend.resolve_model(params.model)
-            slow.active = True
             tasks, threads = _tasks(), _thread_ids()
+            if warm_up:  # one-time costs: lazy imports, the first connection, caches
+                await _warm_up(backend, params, model, stream_timeout)
+            slow.active = True
             report.events = await _check_events(backend, params, model, checks, stream_timeout)
             await _leftovers(checks["close"], "after its end", tasks, threads, close_timeout)
             await _check_close(backend, params, model, checks, upstream_stopped, close_timeout)
@@ -198,6 +204,8 @@ async def check_provider(
             failing = as_provider(failing_provider, settings)
             async with failing:
                 failing_model = failing.resolve_model(params.model)
+                if warm_up:
+                    await _warm_up(failing, params, failing_model, stream_timeout)
                 slow.active = True
                 await _expect_failure(
                     failing, params, failing_model, checks["errors"], stream_timeout
@@ -379,6 +387,14 @@ async def _expect_failure(
         _raw_error({"errors": errors}, "the failing request", exc)
     else:
         errors.fail("the failing request did not fail")
+
+
+async def _warm_up(provider: Provider, params: GenerateParams, model: str, within: float) -> None:
+    with contextlib.suppress(Exception):  # the checks that follow will say what is wrong
+        async with asyncio.timeout(within):
+            async with contextlib.aclosing(provider.stream(params, model)) as stream:
+                async for _ in stream:
+                    pass
 
 
 # -- what a stream leaves behind ------------------------------------------------------------
