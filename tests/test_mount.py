@@ -48,7 +48,7 @@ class Tracked(ScriptedProvider):
 
 
 def host_app(provider: Tracked, **settings: object) -> FastAPI:
-    llm = tokenwire.create_app(Settings(**settings), provider=provider)  # type: ignore[arg-type]
+    llm = tokenwire.create_app(Settings(**settings), provider=provider)  # type: ignore[arg-type]  # Settings fields given as objects
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -162,7 +162,7 @@ async def test_mounted_without_the_lifespan_helper_in_process():
     """The in-process client runs the host's lifespan, which enters tokenwire's."""
     provider = Tracked(Script(tokens=4))
     host = host_app(provider)
-    async with asgi_client(host) as client:  # type: ignore[arg-type]
+    async with asgi_client(host) as client:  # type: ignore[arg-type]  # a FastAPI app: a Starlette subclass
         response = await client.post(
             "/llm/v1/streams",
             json={"messages": MESSAGES},

@@ -231,7 +231,7 @@ def test_only_async_generator_functions_are_wrapped():
         return "text"
 
     with pytest.raises(TypeError, match="is not an async generator function"):
-        FunctionProvider(returns)  # type: ignore[arg-type]
+        FunctionProvider(returns)  # type: ignore[arg-type]  # the misuse under test
     with pytest.raises(ProviderLoadError, match="an `async def` that returns; it must `yield`"):
         as_provider(returns, Settings())
 
