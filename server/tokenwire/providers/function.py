@@ -136,7 +136,9 @@ class FunctionProvider(Provider):
             async with aclosing(self.function(params)) as items:  # type: ignore[type-var]  # an async generator (checked in __init__), typed as its iterator
                 async for item in items:
                     if finish is not None:
-                        raise ProviderError(f"{self.label} yielded {item!r} after its Finish")
+                        raise ProviderError(
+                            f"{self.label} yielded a {type(item).__name__} after its Finish"
+                        )
                     if isinstance(item, str):
                         if not item:
                             continue
