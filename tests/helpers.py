@@ -185,9 +185,19 @@ class ServerProcess:
     ``TOKENWIRE_*`` variables; its log goes to a file that the test can read."""
 
     def __init__(
-        self, tmp_path: Any, name: str, *, port: int | None = None, **settings: Any
+        self,
+        tmp_path: Any,
+        name: str,
+        *,
+        port: int | None = None,
+        cwd: Any = None,
+        **settings: Any,
     ) -> None:
+        """``settings`` become ``TOKENWIRE_<NAME>`` variables (``provider="mod:fn"`` serves a
+        module found in ``cwd``, the process's working directory, as ``tokenwire serve`` puts
+        it on ``sys.path``)."""
         self.port = port or free_port()  # a fixed port: a restart behind the same address
+        self.cwd = cwd
         self.log_path = tmp_path / f"{name}.log"
         self.env = {**os.environ, **{f"TOKENWIRE_{k.upper()}": str(v) for k, v in settings.items()}}
         self.env.update(TOKENWIRE_PORT=str(self.port), TOKENWIRE_HOST="127.0.0.1")
@@ -202,6 +212,7 @@ class ServerProcess:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "tokenwire.cli", "serve"],
                 env=self.env,
+                cwd=self.cwd,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: stop() reaches its workers

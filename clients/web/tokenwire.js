@@ -44,7 +44,9 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 export class TokenwireClient {
   /**
    * @param {object} options
-   * @param {string} [options.baseUrl] server origin, "" for the page's own.
+   * @param {string} [options.baseUrl] the tokenwire app's URL, with the path it is mounted at
+   *   (e.g. "https://example.com/llm"); "" (the default) for the app that served this module,
+   *   so the demo page and any page importing /llm/web/tokenwire.js reach /llm/v1/....
    * @param {"sse"|"websocket"} [options.transport]
    * @param {{attempts:number, initial:number, maximum:number, jitter:number}} [options.reconnect]
    *   backoff in milliseconds; attempts per outage (the count restarts after new events).
@@ -65,8 +67,12 @@ export class TokenwireClient {
     return new Kind(this, body);
   }
 
+  /** The URL of `path` ("/v1/streams") under the app's base; an absolute URL (an
+   * `events_url` from the server) is used as it is. */
   url(path) {
-    return new URL(this.baseUrl + path, window.location.href);
+    if (/^[a-z][a-z0-9+.-]*:/i.test(path)) return new URL(path);
+    const base = this.baseUrl ? `${this.baseUrl}/` : new URL("..", import.meta.url).href;
+    return new URL(path.replace(/^\//, ""), new URL(base, window.location.href));
   }
 
   async cancel(streamId) {

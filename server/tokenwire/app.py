@@ -35,33 +35,49 @@ from starlette.routing import Route, WebSocketRoute
 from tokenwire.edge.responses import http_exception, internal_error
 from tokenwire.lifecycle import ServerSendApp, drain_on_sigterm, gc_young_threshold
 from tokenwire.logs import configure_logging, install_log_filters
-from tokenwire.providers import Provider, create_provider
+from tokenwire.providers import ProviderSpec, as_provider, create_provider
 from tokenwire.routes import TokenwireApp
 from tokenwire.settings import Settings
 from tokenwire.streams.log import create_stream_log
 from tokenwire.web import web_routes
 
 
-def create_app(settings: Settings | None = None, *, provider: Provider | None = None) -> Starlette:
-    """Build the ASGI app. ``provider`` overrides the one ``settings.provider`` names (tests).
+def create_app(
+    settings: Settings | None = None, *, provider: ProviderSpec | None = None
+) -> Starlette:
+    """Build the ASGI app: tokenwire as a library.
+
+    Args:
+        settings: default ``Settings()``, i.e. from the ``TOKENWIRE_*`` environment.
+        provider: the model code to serve, instead of the one ``settings.provider`` names: a
+            :class:`~tokenwire.providers.Provider` instance, a ``Provider`` subclass (built
+            with ``from_settings(settings)``), or an async generator function
+            ``(params: GenerateParams) -> AsyncIterator[str | ProviderEvent]`` (wrapped in a
+            :class:`~tokenwire.providers.FunctionProvider`: closing a stream closes the
+            generator, an exception becomes a ``provider_error``, usage is counted).
+
+    Raises:
+        ProviderLoadError: ``provider`` (or ``settings.provider``) is not a provider.
 
     The stream log and the provider are started in the app's lifespan (the local model is
     loaded then, in a worker thread; Redis must answer, else startup fails with
     :class:`~tokenwire.streams.log.StreamLogUnavailable`). At shutdown the live generations get
     the drain timeout to finish (when draining), are cancelled, and the provider and the log are
-    closed.
+    closed. Mounted in another app (``host.mount("/llm", app)``), its lifespan is not run by the
+    host: enter :func:`tokenwire.lifespan` in the host's own lifespan. Every URL it returns
+    (``events_url``, ``Location``) and the demo page's calls carry the mount path.
     """
     settings = settings or Settings()
-    provider = provider or create_provider(settings)
+    backend = create_provider(settings) if provider is None else as_provider(provider, settings)
     stream_log = create_stream_log(settings)
-    state = TokenwireApp(settings, provider, stream_log)
+    state = TokenwireApp(settings, backend, stream_log)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await stream_log.start()
         drain_on_sigterm(state.drain)
         try:
-            async with provider:
+            async with backend:
                 with gc_young_threshold(settings.gc_young_threshold):
                     try:
                         yield

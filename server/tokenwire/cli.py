@@ -2,9 +2,12 @@
 ``tokenwire chat`` is a terminal chat with a running server; ``tokenwire new-key`` makes an API
 key and its ``api_keys_file`` line.
 
-Every flag mirrors a ``TOKENWIRE_*`` setting; a flag given on the command line wins over the
-environment. Flags are passed to worker processes through the environment, so
-``--workers N`` runs N identical workers.
+``--provider`` takes a built-in name, a name that an installed package registers in the
+entry-point group ``tokenwire.providers``, or ``module:attribute`` naming an async generator
+function, a ``Provider`` subclass or instance (the current directory is on ``sys.path``, as
+with uvicorn). Every flag mirrors a ``TOKENWIRE_*`` setting; a flag given on the command
+line wins over the environment. Flags are passed to worker processes through the environment,
+so ``--workers N`` runs N identical workers.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import secrets
+import sys
 from enum import StrEnum
 from typing import Annotated
 
@@ -21,7 +25,7 @@ from pydantic import ValidationError
 
 from tokenwire.edge.keys import key_file_line, new_api_key
 from tokenwire.edge.security import check_settings
-from tokenwire.providers import PROVIDERS
+from tokenwire.providers import ProviderLoadError, create_provider, provider_names
 from tokenwire.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -38,7 +42,10 @@ def serve(
     port: Annotated[int | None, typer.Option(help="TCP port [env TOKENWIRE_PORT].")] = None,
     provider: Annotated[
         str | None,
-        typer.Option(help=f"One of: {', '.join(PROVIDERS)} [env TOKENWIRE_PROVIDER]."),
+        typer.Option(
+            help=f"One of: {', '.join(provider_names())}; or module:attribute, an async "
+            "generator function or a Provider [env TOKENWIRE_PROVIDER]."
+        ),
     ] = None,
     model: Annotated[
         str | None,
@@ -63,16 +70,17 @@ def serve(
     for name, value in flags.items():
         if value is not None:
             os.environ[f"TOKENWIRE_{name.upper()}"] = str(value)
+    if os.getcwd() not in sys.path:  # `--provider mymodule:generate` from where mymodule is
+        sys.path.insert(0, os.getcwd())
     try:
         settings = Settings()
         check_settings(settings)
-        if settings.provider not in PROVIDERS:
-            raise typer.BadParameter(
-                f"unknown provider {settings.provider!r}; choose one of: {', '.join(PROVIDERS)}",
-                param_hint="--provider",
-            )
     except (ValidationError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from exc
+    try:
+        create_provider(settings)  # fails here, not in each worker; it is built again there
+    except ProviderLoadError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--provider") from exc
     _check_stream_log(settings)
     if settings.token_secret is None:  # one signing secret for every worker of this server
         os.environ["TOKENWIRE_TOKEN_SECRET"] = secrets.token_urlsafe(32)

@@ -18,6 +18,11 @@ So the app keeps the ASGI server's own ``send`` in the scope before any middlewa
 tokenwire's own wrapper of the start (:func:`with_request_id`) returns ``send``'s awaitable
 with no frame of its own. Middleware wrapped around tokenwire's app from outside still sees
 every frame: what the app keeps is the ``send`` it was given.
+
+**Mounted in another app** (:func:`lifespan`, :func:`route_path`): Starlette and FastAPI run
+only the outermost app's lifespan, never a mounted app's, so a host app enters tokenwire's in
+its own; inside a mount, ``scope["path"]`` still holds the mount path (``root_path``), which
+:func:`route_path` takes off.
 """
 
 from __future__ import annotations
@@ -26,11 +31,12 @@ import asyncio
 import gc
 import signal
 import threading
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from types import FrameType
 
 from starlette.applications import Starlette
+from starlette.routing import Mount
 from starlette.types import Message, Receive, Scope, Send
 
 SERVER_SEND = "tokenwire.server_send"
@@ -101,3 +107,62 @@ def gc_young_threshold(threshold: int | None) -> Iterator[None]:
         yield
     finally:
         gc.set_threshold(*previous)
+
+
+def route_path(scope: Scope) -> str:
+    """The request's path inside the app: ``scope["path"]`` without the mount path
+    (``scope["root_path"]``) that a host app or a proxy put in front (``/llm/healthz`` mounted at
+    ``/llm`` -> ``/healthz``)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("", "/"):
+        return path[len(root) :] or "/"
+    return path
+
+
+def _tokenwire_apps(app: object, depth: int = 0) -> list[Starlette]:
+    if isinstance(app, Starlette) and hasattr(app.state, "tokenwire"):
+        return [app]
+    found: list[Starlette] = []
+    if depth < 8:
+        for route in getattr(app, "routes", ()):
+            if isinstance(route, Mount):
+                found.extend(_tokenwire_apps(route.app, depth + 1))
+    return found
+
+
+@asynccontextmanager
+async def lifespan(app: object) -> AsyncIterator[None]:
+    """Run the lifespan of a tokenwire app that another app mounts (``async with``): the stream
+    log and the provider start on entry and, on exit, the live generations are cancelled and the
+    provider and the log closed, as when tokenwire runs on its own.
+
+    ``app`` is the host app (Starlette or FastAPI; every tokenwire app mounted in it, at any
+    depth of ``Mount``, is entered in route order and left in reverse) or the tokenwire app
+    itself. Use it in the host's lifespan::
+
+        llm = create_app(provider=generate)
+
+        @asynccontextmanager
+        async def host_lifespan(host: FastAPI) -> AsyncIterator[None]:
+            async with tokenwire.lifespan(host):
+                yield
+
+        host = FastAPI(lifespan=host_lifespan)
+        host.mount("/llm", llm)
+
+    Raises:
+        ValueError: ``app`` is no tokenwire app and mounts none.
+        Whatever a tokenwire app's startup raises (e.g. ``StreamLogUnavailable``); the apps
+        already started are stopped first.
+    """
+    apps = _tokenwire_apps(app)
+    if not apps:
+        raise ValueError(
+            f"no tokenwire app in {type(app).__qualname__}: mount one first "
+            "(host.mount('/llm', tokenwire.create_app(...))) or pass the tokenwire app itself"
+        )
+    async with AsyncExitStack() as stack:
+        for tokenwire_app in apps:
+            await stack.enter_async_context(tokenwire_app.router.lifespan_context(tokenwire_app))
+        yield

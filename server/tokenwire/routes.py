@@ -128,7 +128,7 @@ class TokenwireApp:
             return error_response(exc)
         if detached:
             generation.start()
-            events_url = str(request.url_for("stream_events", stream_id=generation.stream_id))
+            events_url = _url_for(request, "stream_events", stream_id=generation.stream_id)
             return JSONResponse(
                 {"stream_id": generation.stream_id, "events_url": events_url},
                 status_code=201,
@@ -230,6 +230,14 @@ class TokenwireApp:
 
     async def models(self, request: Request) -> Response:
         return JSONResponse(oai.models_body(self.provider.models, self.started, "tokenwire"))
+
+
+def _url_for(request: Request, name: str, **path_params: str) -> str:
+    """The absolute URL of this app's route ``name``, under its mount path: a host app or a
+    proxy that mounts tokenwire at ``/llm`` (``root_path``) gets ``http://host/llm/v1/...``.
+    Looked up in tokenwire's own router, so a host route of the same name cannot shadow it."""
+    path = request.app.router.url_path_for(name, **path_params)
+    return str(request.url.replace(path=request.scope.get("root_path", "") + path, query=""))
 
 
 def _wants_json(accept: str) -> bool:

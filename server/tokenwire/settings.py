@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     log_level: str = "info"
 
     # provider
-    provider: str = "local"
+    provider: str = "local"  # built-in name, tokenwire.providers entry point, or module:attribute
     model: str | None = None  # local: a GGUF path (default: the bundled SmolLM2); openai: model id
     max_tokens: Annotated[int, Field(ge=1)] = 512  # default when a request gives none
     max_tokens_limit: Annotated[int, Field(ge=1)] = 4096  # upper bound a request may ask for

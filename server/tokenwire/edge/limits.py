@@ -44,6 +44,7 @@ from tokenwire.errors import (
     RateLimited,
     Unauthorized,
 )
+from tokenwire.lifecycle import route_path
 from tokenwire.protocol import websocket as ws_codec
 from tokenwire.protocol.events import ErrorEvent
 from tokenwire.protocol.requests import GenerateParams
@@ -117,7 +118,7 @@ class LimitsMiddleware:
         too_large = PayloadTooLarge(f"request body over {self.max_body_size} bytes")
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > self.max_body_size:
-                await send_error(send, too_large, scope["path"])
+                await send_error(send, too_large, route_path(scope))
                 return
         chunks: list[bytes] = []
         size = 0
@@ -128,7 +129,7 @@ class LimitsMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_size:
-                await send_error(send, too_large, scope["path"])
+                await send_error(send, too_large, route_path(scope))
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):

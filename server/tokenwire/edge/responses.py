@@ -26,6 +26,7 @@ from starlette.responses import Response
 from starlette.types import Scope, Send
 
 from tokenwire.errors import ErrorCode, InternalError, NotFound, RateLimited, TokenwireError
+from tokenwire.lifecycle import route_path
 from tokenwire.logs import handshake_denied_var
 from tokenwire.protocol import openai as oai
 from tokenwire.protocol.websocket import CloseCode
@@ -99,14 +100,14 @@ async def http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = ErrorCode.NOT_FOUND if exc.status_code == 404 else ErrorCode.INVALID_REQUEST
     error = TokenwireError(str(exc.detail), code=code)
-    body = error_body(error, openai=is_openai_path(request.url.path))
+    body = error_body(error, openai=is_openai_path(route_path(request.scope)))
     return Response(body, status_code=exc.status_code, headers=exc.headers, media_type=_JSON)
 
 
 async def internal_error(request: Request, exc: Exception) -> Response:
     """Any other exception: logged with its traceback; the client gets a 500 with no detail."""
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(InternalError(), openai=is_openai_path(request.url.path))
+    return error_response(InternalError(), openai=is_openai_path(route_path(request.scope)))
 
 
 def not_found(message: str) -> Response:

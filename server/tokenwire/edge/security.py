@@ -44,7 +44,7 @@ from tokenwire.edge.keys import (
 )
 from tokenwire.edge.responses import deny_websocket, send_error
 from tokenwire.errors import ErrorCode, Forbidden, TokenwireError, Unauthorized
-from tokenwire.lifecycle import with_request_id
+from tokenwire.lifecycle import route_path, with_request_id
 from tokenwire.logs import request_id_var
 from tokenwire.protocol.websocket import CloseCode
 from tokenwire.settings import Settings
@@ -277,7 +277,7 @@ class SecurityMiddleware:
             scope["tokenwire.auth"] = self._check(scope, headers)
         except TokenwireError as exc:
             self.refused(scope, exc)
-            await send_error(send, exc, scope["path"])
+            await send_error(send, exc, route_path(scope))
             return
         await self.app(scope, receive, send)
 
@@ -310,7 +310,7 @@ class SecurityMiddleware:
     def _check(self, scope: Scope, headers: Headers) -> AuthState:
         if not self.origins.allows(headers.get("origin"), scope):
             raise Forbidden("this Origin is not allowed; see allowed_origins")
-        path = scope["path"]
+        path = route_path(scope)  # inside a mount too: /llm/healthz -> /healthz
         if not self.auth.enabled or path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
             return AuthState(ANONYMOUS)
         credential = self.auth.credential_of(scope)
