@@ -281,9 +281,6 @@ class GenerateParams(BaseModel):
 
 
 OPTIONAL_FIELDS = (
-    "temperature",
-    "top_p",
-    "seed",
     "tools",
     "tool_choice",
     "parallel_tool_calls",
@@ -301,8 +298,15 @@ OPTIONAL_FIELDS = (
     "prompt_cache_key",
     "safety_identifier",
 )
-"""The fields of :class:`GenerateParams` that a provider may not honour (``messages`` text,
-``model``, ``max_tokens``, ``stop`` and ``on_disconnect`` every provider honours)."""
+"""The fields of :class:`GenerateParams` that a provider may not honour. The core ones every
+provider honours: ``messages`` as text turns, ``model``, ``max_tokens``, ``temperature``,
+``top_p``, ``stop``, ``seed`` and ``on_disconnect``."""
+
+CAPABILITIES = frozenset(
+    OPTIONAL_FIELDS + ("extra_body", "tool_calls", "tool_messages", "image_url", "name", "refusal")
+)
+"""Every capability :meth:`GenerateParams.requested_fields` names: what a provider declares it
+honours (``Provider.honours``)."""
 
 
 def check_conversation(params: GenerateParams) -> None:
