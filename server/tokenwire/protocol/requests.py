@@ -93,6 +93,8 @@ class ChatMessage(_Strict):
     @model_validator(mode="wrap")
     @classmethod
     def _content_forms(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        if isinstance(data, ChatMessage):  # already parsed: keep what it holds
+            return handler(data)
         parts: list[TextPart | ImagePart] | None = None
         null = False
         if isinstance(data, dict) and "content" in data:
@@ -323,48 +325,51 @@ def check_conversation(params: GenerateParams) -> None:
         where = f"messages.{i}"
         if message.role == "tool":
             if not message.tool_call_id:
-                raise InvalidRequest(
-                    f"{where}.tool_call_id: a tool message must name the call it answers"
+                raise _refused(
+                    f"{where}.tool_call_id", "a tool message must name the call it answers"
                 )
         elif message.tool_call_id is not None:
-            raise InvalidRequest(f"{where}.tool_call_id: only a tool message has one")
+            raise _refused(f"{where}.tool_call_id", "only a tool message has one")
         if message.tool_calls is not None and message.role != "assistant":
-            raise InvalidRequest(f"{where}.tool_calls: only an assistant message has them")
+            raise _refused(f"{where}.tool_calls", "only an assistant message has them")
         if message.null_content and not (message.role == "assistant" and message.tool_calls):
-            raise InvalidRequest(
-                f"{where}.content: required (null only on an assistant message with tool_calls)"
+            raise _refused(
+                f"{where}.content", "required (null only on an assistant message with tool_calls)"
             )
         if message.parts is not None and message.role != "user":
-            raise InvalidRequest(f"{where}.content: image parts belong to user messages only")
+            raise _refused(f"{where}.content", "image parts belong to user messages only")
     names: set[str] = set()
     for i, tool in enumerate(params.tools or []):
         function = tool.function
         if function.name in names:
-            raise InvalidRequest(f"tools.{i}.function.name: {function.name!r} is offered twice")
+            raise _refused(f"tools.{i}.function.name", f"{function.name!r} is offered twice")
         names.add(function.name)
         if function.parameters is not None:
             problem = schema_problem(function.parameters)
             if problem:
-                raise InvalidRequest(
-                    f"tools.{i}.function.parameters: invalid schema for function "
-                    f"{function.name!r}: {problem}"
+                raise _refused(
+                    f"tools.{i}.function.parameters",
+                    f"invalid schema for function {function.name!r}: {problem}",
                 )
     if params.tools is None:
         for key in ("tool_choice", "parallel_tool_calls"):
             if getattr(params, key) is not None:
-                raise InvalidRequest(f"{key}: only allowed when tools are given")
+                raise _refused(key, "only allowed when tools are given")
     elif isinstance(params.tool_choice, NamedToolChoice):
         if params.tool_choice.function.name not in names:
-            raise InvalidRequest(
-                f"tool_choice.function.name: no tool named {params.tool_choice.function.name!r}"
-            )
+            name = params.tool_choice.function.name
+            raise _refused("tool_choice.function.name", f"no tool named {name!r}")
     fmt = params.response_format
     if fmt is not None and fmt.type == "json_schema":
         if fmt.json_schema is None or fmt.json_schema.schema_ is None:
-            raise InvalidRequest("response_format.json_schema.schema: required for json_schema")
+            raise _refused("response_format.json_schema.schema", "required for json_schema")
         problem = schema_problem(fmt.json_schema.schema_)
         if problem:
-            raise InvalidRequest(f"response_format.json_schema.schema: {problem}")
+            raise _refused("response_format.json_schema.schema", problem)
+
+
+def _refused(path: str, why: str) -> InvalidRequest:
+    return InvalidRequest(f"{path}: {why}", param=path)
 
 
 _SCHEMA_TYPES = {"object", "array", "string", "number", "integer", "boolean", "null"}
