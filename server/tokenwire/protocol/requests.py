@@ -57,18 +57,25 @@ ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
 class FunctionCall(_Strict):
-    """A function a model called: its name and its arguments (JSON text, as the model wrote it)."""
+    """A function a model called: its name and its arguments (JSON text, as the model wrote it).
+    ``parsed_arguments`` is what the openai SDK's parse helpers add when a client sends a
+    completion's message back as it got it: the SDK's own reading of ``arguments``, not an API
+    field, so never sent on."""
 
     name: str
     arguments: str
+    parsed_arguments: Any = Field(default=None, exclude=True)
 
 
 class MessageToolCall(_Strict):
-    """One tool call of an earlier assistant turn (OpenAI ``message.tool_calls[]``)."""
+    """One tool call of an earlier assistant turn (OpenAI ``message.tool_calls[]``). ``index``
+    is what the openai SDK's stream accumulation leaves on a call (the chunk's index, not an
+    API field of a message): accepted, never sent on."""
 
     id: Annotated[str, Field(min_length=1)]
     type: Literal["function"] = "function"
     function: FunctionCall
+    index: int | None = Field(default=None, exclude=True)
 
 
 class ChatMessage(_Strict):
@@ -78,7 +85,10 @@ class ChatMessage(_Strict):
     for a null content (allowed on an assistant turn with ``tool_calls`` only). A list that holds
     other parts (``image_url``) is kept as given in :attr:`parts`, sent as such upstream.
     ``tool_calls`` belongs to assistant turns, ``tool_call_id`` (required) to ``tool`` turns;
-    :func:`check_conversation` enforces that (HTTP 400).
+    :func:`check_conversation` enforces that (HTTP 400). An assistant turn's
+    ``reasoning_content`` / ``reasoning`` (a reasoning model's completion, sent back as it came)
+    is the ``reasoning_history`` capability: passed upstream by the ``openai`` provider,
+    refused by a provider that cannot take it.
     """
 
     role: Role
@@ -87,6 +97,15 @@ class ChatMessage(_Strict):
     tool_calls: list[MessageToolCall] | None = None
     tool_call_id: str | None = None
     refusal: str | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
+    # Fields of a completion's message that a client sends back with it (the openai SDK echoes
+    # them): output-only (``annotations``, ``audio``, ``function_call``: tokenwire never
+    # produces them, so null) or the SDK's own parse result (``parsed``); never sent on.
+    annotations: list[Any] | None = Field(default=None, exclude=True)
+    audio: None = Field(default=None, exclude=True)
+    function_call: None = Field(default=None, exclude=True)
+    parsed: Any = Field(default=None, exclude=True)
     _parts: list[TextPart | ImagePart] | None = PrivateAttr(default=None)
     _null_content: bool = PrivateAttr(default=False)
 
@@ -135,7 +154,7 @@ class ChatMessage(_Strict):
             out["content"] = None
         else:
             out["content"] = self.content
-        for key in ("name", "tool_call_id", "refusal"):
+        for key in ("name", "tool_call_id", "refusal", "reasoning_content", "reasoning"):
             value = getattr(self, key)
             if value is not None:
                 out[key] = value
@@ -279,6 +298,9 @@ class GenerateParams(BaseModel):
             for key in ("name", "refusal"):
                 if getattr(message, key) is not None:
                     wanted.append((key, f"messages.{i}.{key}"))
+            for key in ("reasoning_content", "reasoning"):
+                if getattr(message, key) is not None:
+                    wanted.append(("reasoning_history", f"messages.{i}.{key}"))
         return wanted
 
 
@@ -305,7 +327,9 @@ provider honours: ``messages`` as text turns, ``model``, ``max_tokens``, ``tempe
 ``top_p``, ``stop``, ``seed`` and ``on_disconnect``."""
 
 CAPABILITIES = frozenset(
-    OPTIONAL_FIELDS + ("extra_body", "tool_calls", "tool_messages", "image_url", "name", "refusal")
+    OPTIONAL_FIELDS
+    + ("extra_body", "tool_calls", "tool_messages", "image_url", "name", "refusal")
+    + ("reasoning_history",)
 )
 """Every capability :meth:`GenerateParams.requested_fields` names: what a provider declares it
 honours (``Provider.honours``)."""
