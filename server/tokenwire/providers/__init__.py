@@ -5,7 +5,16 @@ from __future__ import annotations
 
 import importlib
 
-from tokenwire.providers.base import Delta, Finish, Prompt, Provider, ProviderEvent
+from tokenwire.providers.base import (
+    Delta,
+    Finish,
+    Prompt,
+    Provider,
+    ProviderEvent,
+    Reasoning,
+    ToolArguments,
+    ToolCall,
+)
 from tokenwire.settings import Settings
 
 PROVIDERS: dict[str, str] = {
@@ -44,6 +53,9 @@ __all__ = [
     "Prompt",
     "Provider",
     "ProviderEvent",
+    "Reasoning",
+    "ToolArguments",
+    "ToolCall",
     "create_provider",
     "provider_class",
 ]
