@@ -162,7 +162,9 @@ async def test_a_live_resume_inside_a_call_loses_and_repeats_nothing(server, tra
     )
     try:
         async with httpx.AsyncClient(base_url=running.base_url, timeout=10) as client:
+            before = len(provider.records)
             stream_id = await _detached(client, {"on_disconnect": "detach"})
+            await wait_for(lambda: len(provider.records) > before)  # its provider call began
             record = provider.records[-1]
             await wait_for(lambda: record.produced >= 20)
             cursor = 10  # stream.start, tool_call.start, then pieces: inside the arguments
