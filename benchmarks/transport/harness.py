@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +146,9 @@ class Profile:
     resume_tokens: int = 80
     resume_disconnects: int = 4  # per stream
     quiesce_within: float = 5.0  # after each phase, wait at most this long for an idle server
+    # The workload: TOKENWIRE_* settings this profile adds for tokenwire's servers (under
+    # --tokenwire-env), e.g. RICH_WORKLOAD's reasoning and tool-call deltas.
+    tokenwire_env: dict[str, str] = field(default_factory=dict)
 
     def phases(self) -> list[dict[str, Any]]:
         """The load generator's phase specs (see :mod:`transport.loadgen`)."""
@@ -242,6 +245,17 @@ class Profile:
         return sum(count for name, count in lines.items() if only is None or name in only)
 
 
+RICH_WORKLOAD = {
+    "TOKENWIRE_SCRIPTED_REASONING_TOKENS": "8",
+    "TOKENWIRE_SCRIPTED_TOOL_CALLS": "2",
+    "TOKENWIRE_SCRIPTED_TOOL_CALL_PIECES": "8",
+    "TOKENWIRE_SCRIPTED_INTERLEAVE_TOOL_CALLS": "true",
+}
+"""The rich workload (profiles ``rich`` and ``quick-rich``): per stream, 8 reasoning deltas
+beside its first text tokens, then 2 parallel tool calls of 8 interleaved argument deltas each
+(see :class:`transport.servers.ScheduledScriptedProvider`). The load generator still counts
+and times the text tokens, so CPU per token is per text token, reasoning and calls included."""
+
 PROFILES = {
     "default": Profile(),
     "quick": Profile(  # under 2 minutes on 2 cores; what CI runs (tests/benchmarks)
@@ -269,6 +283,8 @@ PROFILES = {
         quiesce_within=0.5,
     ),
 }
+PROFILES["rich"] = replace(PROFILES["default"], tokenwire_env=RICH_WORKLOAD)
+PROFILES["quick-rich"] = replace(PROFILES["quick"], tokenwire_env=RICH_WORKLOAD)
 
 
 @contextlib.contextmanager
@@ -420,6 +436,7 @@ def run(
         raise ValueError(f"repeat must be >= 1, got {repeat}")
     console = console or Console()
     profile = PROFILES[profile_name]
+    tokenwire_env = {**profile.tokenwire_env, **(tokenwire_env or {})}
     chosen = [s for s in SERVERS if servers is None or s.name in servers]
     out.mkdir(parents=True, exist_ok=True)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

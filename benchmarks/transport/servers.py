@@ -43,7 +43,7 @@ from tokenwire.errors import ProviderError
 from tokenwire.logs import configure_logging
 from tokenwire.protocol.events import FinishReason, Usage
 from tokenwire.protocol.requests import GenerateParams
-from tokenwire.providers.base import Delta, Finish, Prompt, ProviderEvent
+from tokenwire.providers.base import Delta, Finish, Prompt, ProviderEvent, Reasoning
 from tokenwire.providers.scripted import ScriptedProvider
 from tokenwire.settings import Settings
 from transport.source import LIVE, Schedule, scheduled_tokens
@@ -57,6 +57,12 @@ class ScheduledScriptedProvider(ScriptedProvider):
     The schedule is the content of the last message (see :mod:`transport.source`); at most
     ``max_tokens`` tokens. A message that is not a schedule fails the stream with a
     non-retryable :class:`ProviderError`.
+
+    The rich workload (``TOKENWIRE_SCRIPTED_REASONING_TOKENS``, ``..._TOOL_CALLS``, see
+    ``RICH_WORKLOAD`` in :mod:`transport.harness`): each of the first ``reasoning_tokens``
+    text tokens comes right after a reasoning delta, at its deadline; after the last text
+    token, the scripted tool calls' events at once. The text tokens and their timing stay the
+    schedule's, so the load generator measures them as in the text workload.
     """
 
     def stream(self, params: GenerateParams, model: str) -> AsyncIterator[ProviderEvent]:
@@ -71,13 +77,21 @@ class ScheduledScriptedProvider(ScriptedProvider):
             schedule = Schedule(schedule.t0, params.max_tokens, schedule.ttft, schedule.interval)
         yield Prompt(1)
         produced = 0
+        rich = self.script.items(0)  # reasoning, then tool calls (no text): the rich workload
+        reasoning = [item for item in rich if isinstance(item, Reasoning)]
+        calls = [item for item in rich if not isinstance(item, Reasoning)]
         # aclosing: when tokenwire closes this provider stream, the token source stops with it
         # (the Provider contract), not later when the garbage collector finds it.
         async with aclosing(scheduled_tokens(schedule)) as tokens:
             async for text in tokens:
+                if produced < len(reasoning):
+                    yield reasoning[produced]
                 produced += 1
                 yield Delta(text)
-        yield Finish(FinishReason.STOP, Usage.of(1, produced))
+        for item in calls:
+            yield item
+        reason = FinishReason.TOOL_CALLS if calls else FinishReason.STOP
+        yield Finish(reason, Usage.of(1, produced))
 
 
 def tokenwire_app() -> Starlette:

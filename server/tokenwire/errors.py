@@ -101,9 +101,14 @@ class InternalError(TokenwireError):
 
 
 class InvalidRequest(TokenwireError):
-    """The request is malformed or names something the server does not accept."""
+    """The request is malformed or names something the server does not accept. ``param``, when
+    given, is the offending field's path (``messages.2.tool_call_id``), OpenAI's ``param``."""
 
     code = ErrorCode.INVALID_REQUEST
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class InvalidField(InvalidRequest):

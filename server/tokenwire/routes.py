@@ -25,7 +25,11 @@ from tokenwire.logs import request_id_var
 from tokenwire.protocol import openai as oai
 from tokenwire.protocol import sse
 from tokenwire.protocol.events import FinishReason, ResetReason, StreamEnd, StreamReset
-from tokenwire.protocol.requests import GenerateParams, describe_validation_error
+from tokenwire.protocol.requests import (
+    GenerateParams,
+    check_conversation,
+    describe_validation_error,
+)
 from tokenwire.providers import Provider
 from tokenwire.settings import DisconnectPolicy, Settings
 from tokenwire.streams.generation import Generation
@@ -95,11 +99,15 @@ class TokenwireApp:
 
     def limit_params(self, params: GenerateParams) -> GenerateParams:
         """Apply the server's max_tokens default and limit, and the message count and size
-        limits. Raises :class:`InvalidRequest`."""
+        limits (422); check the conversation's meaning (a tool message names its call, tool
+        schemas are objects...) and that the provider honours every field asked for (400
+        naming the field, and the provider). Raises :class:`InvalidRequest`."""
         try:
             check_request(params, self.settings)
         except InvalidRequest as exc:
             raise InvalidField(exc.message) from None
+        check_conversation(params)
+        self.provider.check_honoured(params)
         if params.max_tokens is None:
             return params.model_copy(update={"max_tokens": self.settings.max_tokens})
         if params.max_tokens > self.settings.max_tokens_limit:
@@ -198,6 +206,10 @@ class TokenwireApp:
     async def chat_completions(self, request: Request) -> Answer:
         try:
             body = _validate(oai.ChatCompletionRequest, await _json_body(request))
+            refused = body.refused()
+            if refused is not None:
+                field, why = refused
+                raise InvalidRequest(f"{field}: not supported: {why}", param=field)
             params = self.limit_params(body.to_generate_params())
             generation = self.scoped(request).create(params, transport="openai")
         except TokenwireError as exc:
@@ -225,6 +237,8 @@ class TokenwireApp:
                 "".join(collected.text),
                 str(generation.finish_reason or FinishReason.STOP),
                 generation.usage,
+                reasoning="".join(collected.reasoning) or None,
+                tool_calls=collected.tool_calls,
             )
         )
 

@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     scripted_error_after: Annotated[int | None, Field(ge=0)] = None
     scripted_stall_after: Annotated[int | None, Field(ge=0)] = None
     scripted_stall: Annotated[float, Field(ge=0)] = 0.0
+    scripted_reasoning_tokens: Annotated[int, Field(ge=0)] = 0  # before the text
+    scripted_tool_calls: Annotated[int, Field(ge=0)] = 0  # after the text; finish: tool_calls
+    scripted_tool_call_pieces: Annotated[int, Field(ge=1)] = 4  # argument deltas per call
+    scripted_interleave_tool_calls: bool = False  # parallel calls' pieces alternate
 
     # streams
     queue_maxsize: Annotated[int, Field(ge=1)] = 64

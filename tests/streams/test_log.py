@@ -8,7 +8,14 @@ import gc
 import pytest
 
 from tests.helpers import delta
-from tokenwire.protocol.events import StreamStart, TextDelta
+from tokenwire.protocol.events import (
+    ReasoningDelta,
+    StreamStart,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
+)
 from tokenwire.streams.log import CursorExpired, MemoryStreamLog, StreamRecord
 
 # -- stream log window ------------------------------------------------------------------------
@@ -53,3 +60,18 @@ def test_memory_log_bounds_by_bytes_too():
     assert snapshot is not None and [e.seq for e in snapshot[0]] == [200]
     with pytest.raises(CursorExpired):
         log.snapshot("s", 1)
+
+
+def test_the_byte_bound_counts_the_text_of_reasoning_and_tool_call_events():
+    log = MemoryStreamLog(max_events=1000, max_bytes=4096, ttl=60)
+    log.begin("s")
+    big = "x" * 1000  # 4000 bytes by the UTF-8 upper bound: one such event fills the bound
+    log.append("s", ReasoningDelta(stream_id="s", seq=1, delta=big))
+    log.append("s", ToolCallStart(stream_id="s", seq=2, index=0, call_id="c", name="f"))
+    log.append("s", ToolCallDelta(stream_id="s", seq=3, index=0, delta=big))
+    end = ToolCallEnd(stream_id="s", seq=4, index=0, call_id="c", name="f", arguments=big)
+    log.append("s", end)
+    snapshot = log.snapshot("s", 3)
+    assert snapshot is not None and snapshot[0] == [end]
+    with pytest.raises(CursorExpired):
+        log.snapshot("s", 0)

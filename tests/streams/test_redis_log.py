@@ -16,7 +16,13 @@ from tests.helpers import RedisServer, ServerProcess, scripted_app, serve, wait_
 from tests.streams.test_resume import detached, forced_disconnects, resume
 from tests.streams.test_semantics import Peer, text_of
 from tokenwire.app import create_app
-from tokenwire.providers.scripted import Script, ScriptedProvider, scripted_text
+from tokenwire.providers.scripted import (
+    Script,
+    ScriptedProvider,
+    scripted_reasoning,
+    scripted_text,
+    scripted_tool_calls,
+)
 from tokenwire.settings import Settings
 from tokenwire.streams.log import StreamLogUnavailable
 
@@ -248,3 +254,32 @@ def test_serve_refuses_to_start_when_redis_is_unreachable(tmp_path):
     assert f"cannot reach the stream log at {closed.url}" in server.log()
     assert server.wait(5) == 1
     assert "Traceback" not in server.log()
+
+
+async def test_a_rich_stream_resumes_inside_a_tool_call_on_another_server(transport, redis_server):
+    """Reasoning and tool-call events through the Redis log: resumed on B inside a call's
+    arguments, the arguments come out whole and every tool_call.end exact."""
+    script = Script(
+        tokens=3, reasoning_tokens=5, tool_calls=2, tool_call_pieces=30, interleave_tool_calls=True
+    )
+    app_a, _ = scripted_app(script, stream_log=redis_server.url)
+    app_b, _ = scripted_app(script, stream_log=redis_server.url)
+    with serve(app_a) as a, serve(app_b) as b:
+        stream_id = (await detached(a))["stream_id"]
+        async with await resume(transport, a, stream_id, 0) as peer:
+            whole = await peer.rest()
+        cursor = next(e["seq"] for e in whole if e["type"] == "tool_call.delta") + 7
+        async with await resume(transport, b, stream_id, cursor) as peer:
+            rest = [e for e in await peer.rest() if "seq" in e]
+    assert rest[0]["seq"] == cursor + 1
+    events = [e for e in whole if e.get("seq", 0) <= cursor] + rest
+    for index, (call_id, name, arguments) in enumerate(scripted_tool_calls(2)):
+        pieces = [
+            e["delta"] for e in events if e["type"] == "tool_call.delta" and e["index"] == index
+        ]
+        assert "".join(pieces) == arguments
+        (end,) = [e for e in rest if e["type"] == "tool_call.end" and e["index"] == index]
+        assert (end["call_id"], end["name"], end["arguments"]) == (call_id, name, arguments)
+    reasoning = "".join(e["delta"] for e in events if e["type"] == "reasoning.delta")
+    assert reasoning == scripted_reasoning(5)
+    assert rest[-1]["finish_reason"] == "tool_calls"

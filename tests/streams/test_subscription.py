@@ -6,6 +6,8 @@ import asyncio
 import time
 
 from tests.helpers import delta
+from tokenwire.protocol.events import ReasoningDelta, ToolCallDelta
+from tokenwire.settings import OverflowPolicy
 from tokenwire.streams.subscription import Subscription
 
 # -- subscription ---------------------------------------------------------------------------
@@ -62,3 +64,39 @@ async def test_nudge_wakes_a_waiting_consumer_with_nothing():
     await asyncio.sleep(0.01)
     subscription.nudge()
     assert await asyncio.wait_for(batch, 1) == []
+
+
+# -- coalescing by kind -----------------------------------------------------------------------
+
+
+def reasoning(seq: int, text: str) -> ReasoningDelta:
+    return ReasoningDelta(stream_id="s", seq=seq, delta=text)
+
+
+def arguments(seq: int, index: int, text: str) -> ToolCallDelta:
+    return ToolCallDelta(stream_id="s", seq=seq, index=index, delta=text)
+
+
+async def test_coalescing_merges_only_adjacent_deltas_of_one_kind_and_call():
+    subscription = Subscription("s", maxsize=1, overflow=OverflowPolicy.COALESCE)
+    subscription.offer(delta(1, "q"))  # full from here on
+    await subscription.put(reasoning(2, "th"))
+    await subscription.put(reasoning(3, "ink"))  # joins the pending reasoning
+    text = asyncio.create_task(subscription.put(delta(4, "a")))  # another kind: waits
+    await asyncio.sleep(0.01)
+    assert not text.done()
+    assert await subscription.get_batch() == [delta(1, "q")]
+    assert await subscription.get_batch() == [reasoning(3, "think")]
+    await asyncio.wait_for(text, 1)
+    await subscription.put(arguments(5, 0, '{"a"'))  # pending
+    other_call = asyncio.create_task(subscription.put(arguments(6, 1, '{"b"')))
+    await asyncio.sleep(0.01)
+    assert not other_call.done()  # another call's arguments never join call 0's
+    assert await subscription.get_batch() == [delta(4, "a")]
+    assert await subscription.get_batch() == [arguments(5, 0, '{"a"')]
+    await asyncio.wait_for(other_call, 1)
+    await subscription.put(arguments(7, 1, ":"))
+    await subscription.put(arguments(8, 1, "2}"))  # the same call: joins
+    assert await subscription.get_batch() == [arguments(6, 1, '{"b"')]
+    assert await subscription.get_batch() == [arguments(8, 1, ":2}")]
+    assert subscription.coalesced == 2

@@ -9,7 +9,17 @@ import pytest
 
 from tests.helpers import delta, end
 from tokenwire.errors import ErrorCode
-from tokenwire.protocol.events import ErrorEvent, Event, FinishReason, StreamEnd, StreamStart, Usage
+from tokenwire.protocol.events import (
+    ErrorEvent,
+    Event,
+    FinishReason,
+    ReasoningDelta,
+    StreamEnd,
+    StreamStart,
+    ToolCallDelta,
+    ToolCallStart,
+    Usage,
+)
 from tokenwire.transports.delivery import (
     CATCH_UP_BATCH,
     DeliveryState,
@@ -29,6 +39,47 @@ def test_merging_never_reorders_across_other_events():
     error = ErrorEvent(stream_id="s", seq=4, code=ErrorCode.PROVIDER_ERROR, message="x")
     batch: list[Event] = [delta(2, "a"), delta(3, "b"), error, delta(5, "c"), end(6)]
     assert merge_deltas(batch) == [delta(3, "ab"), error, delta(5, "c"), end(6)]
+
+
+def test_merging_joins_runs_of_one_kind_and_one_call_only():
+    def reasoning(seq: int, text: str) -> ReasoningDelta:
+        return ReasoningDelta(stream_id="s", seq=seq, delta=text)
+
+    def arguments(seq: int, index: int, text: str) -> ToolCallDelta:
+        return ToolCallDelta(stream_id="s", seq=seq, index=index, delta=text)
+
+    start = ToolCallStart(stream_id="s", seq=7, index=1, call_id="c1", name="f")
+    batch: list[Event] = [
+        reasoning(1, "a"),
+        reasoning(2, "b"),
+        delta(3, "c"),
+        delta(4, "d"),
+        arguments(5, 0, "{"),
+        arguments(6, 0, "}"),
+        start,
+        arguments(8, 1, "["),
+        arguments(9, 0, " "),  # call 0 again: not joined across call 1's piece
+        arguments(10, 1, "]"),
+        reasoning(11, "e"),
+    ]
+    assert merge_deltas(batch) == [
+        reasoning(2, "ab"),
+        delta(4, "cd"),
+        arguments(6, 0, "{}"),
+        start,
+        arguments(8, 1, "["),
+        arguments(9, 0, " "),
+        arguments(10, 1, "]"),
+        reasoning(11, "e"),
+    ]
+
+
+def test_the_write_window_holds_reasoning_and_arguments_like_text():
+    state = DeliveryState(write_delay=0.01)
+    reasoning = ReasoningDelta(stream_id="s", seq=1, delta="r")
+    assert state.hold([reasoning], now=1.0, room=True) == 0.0  # after a pause: at once
+    hold = state.hold([ToolCallDelta(stream_id="s", seq=2, index=0, delta="x")], 1.002, room=True)
+    assert hold == pytest.approx(0.008)
 
 
 def test_catch_up_goes_out_in_bounded_batches_in_order():

@@ -25,7 +25,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Scope, Send
 
-from tokenwire.errors import ErrorCode, InternalError, NotFound, RateLimited, TokenwireError
+from tokenwire.errors import (
+    ErrorCode,
+    InternalError,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    TokenwireError,
+)
 from tokenwire.lifecycle import route_path
 from tokenwire.logs import handshake_denied_var
 from tokenwire.protocol import openai as oai
@@ -42,7 +49,8 @@ _JSON = "application/json"
 def error_body(exc: TokenwireError, *, openai: bool = False) -> bytes:
     """The JSON body of an error answer (``openai``: OpenAI's shape)."""
     if openai:
-        return _dumps(oai.error_body(exc.code, exc.message))
+        param = exc.param if isinstance(exc, InvalidRequest) else None
+        return _dumps(oai.error_body(exc.code, exc.message, param=param))
     error = {"code": str(exc.code), "message": exc.message, "retryable": exc.retryable}
     return _dumps({"error": error})
 

@@ -18,7 +18,8 @@ the same kind (and, for tool calls, the same index), so nothing reorders.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -247,6 +248,30 @@ Event = Annotated[
 """Any server -> client event of wire protocol v1."""
 
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+AnyDelta = TextDelta | ReasoningDelta | ToolCallDelta
+"""The per-token events: the ones that coalescing and write merging join."""
+
+DELTA_TYPES = (TextDelta, ReasoningDelta, ToolCallDelta)
+
+
+def same_run(first: AnyDelta, then: AnyDelta) -> bool:
+    """Whether ``then`` may join ``first``'s run of deltas: the same kind and, for tool-call
+    arguments, the same call (``index``). Joining only such runs reorders nothing."""
+    if type(first) is not type(then):
+        return False
+    if isinstance(first, ToolCallDelta) and isinstance(then, ToolCallDelta):
+        return first.index == then.index
+    return True
+
+
+def join_run(run: Sequence[AnyDelta]) -> AnyDelta:
+    """One delta standing for a run of :func:`same_run` deltas: the texts joined, the last
+    one's seq (seqs may skip, wire protocol v1). A run of one is returned as it is."""
+    last = run[-1]
+    if len(run) == 1:
+        return last
+    return replace(last, delta="".join(event.delta for event in run))
 
 
 def seq_of(event: Event) -> int:

@@ -17,8 +17,19 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from tokenwire.errors import ErrorCode
-from tokenwire.protocol.events import ErrorEvent, Event, StreamEnd, StreamStart, TextDelta, Usage
-from tokenwire.protocol.requests import ChatMessage, GenerateParams
+from tokenwire.protocol.events import (
+    ErrorEvent,
+    Event,
+    ReasoningDelta,
+    StreamEnd,
+    StreamStart,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
+    Usage,
+)
+from tokenwire.protocol.requests import GenerateParams
 
 DONE = b"data: [DONE]\n\n"
 
@@ -34,39 +45,103 @@ _ERROR_TYPES = {
 
 
 class StreamOptions(BaseModel):
+    """``stream_options``: ``include_usage`` adds the usage chunk; ``include_obfuscation`` is
+    accepted and has nothing to turn off (tokenwire adds no obfuscation padding)."""
+
+    model_config = ConfigDict(extra="forbid")
+
     include_usage: bool = False
+    include_obfuscation: bool | None = None
 
 
-class ChatCompletionRequest(BaseModel):
-    """The body of ``POST /v1/chat/completions``. Unknown fields are ignored, as upstreams do."""
+_PASSED_ON = (
+    "temperature",
+    "top_p",
+    "stop",
+    "seed",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "reasoning_effort",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "user",
+    "metadata",
+    "store",
+    "service_tier",
+    "prediction",
+    "verbosity",
+    "prompt_cache_key",
+    "safety_identifier",
+)
 
-    model_config = ConfigDict(extra="ignore")
 
-    model: str
-    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+class ChatCompletionRequest(GenerateParams):
+    """The body of ``POST /v1/chat/completions`` (OpenAI API reference, "Create chat
+    completion"): :class:`GenerateParams` plus the fields only this API has.
+
+    Fields the reference lists that tokenwire's stream cannot carry back are refused by
+    :meth:`refused` (HTTP 400 naming the field): ``n`` above 1, ``logprobs``, ``top_logprobs``,
+    audio output (``modalities``, ``audio``), ``web_search_options`` (its annotations) and the
+    deprecated ``functions`` / ``function_call`` (use ``tools``). Fields the reference does not
+    list are kept in ``extra_body``: an ``openai`` provider passes them upstream (vLLM's
+    ``top_k``, ``chat_template_kwargs``...), any other provider refuses them.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str  # required here, optional in GenerateParams
+    on_disconnect: None = None  # not an OpenAI field
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: Annotated[int | None, Field(ge=1)] = None
     max_completion_tokens: Annotated[int | None, Field(ge=1)] = None
-    temperature: Annotated[float | None, Field(ge=0, le=2)] = None
-    top_p: Annotated[float | None, Field(gt=0, le=1)] = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    n: Annotated[int, Field(ge=1, le=1)] = 1
+    n: Annotated[int | None, Field(ge=1)] = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int | None, Field(ge=0, le=20)] = None
+    modalities: list[str] | None = None
+    audio: dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
+    functions: list[dict[str, Any]] | None = None
+    function_call: str | dict[str, Any] | None = None
 
     @property
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
 
+    def refused(self) -> tuple[str, str] | None:
+        """The first field that tokenwire cannot honour whatever the provider, and why."""
+        if self.n is not None and self.n > 1:
+            return "n", "only one choice per completion is supported (n=1)"
+        if self.logprobs:
+            return "logprobs", "tokenwire's stream carries no log probabilities"
+        if self.top_logprobs:
+            return "top_logprobs", "tokenwire's stream carries no log probabilities"
+        if self.modalities is not None and any(m != "text" for m in self.modalities):
+            return "modalities", "only text output is supported"
+        if self.audio is not None:
+            return "audio", "only text output is supported"
+        if self.web_search_options is not None:
+            return "web_search_options", "tokenwire's stream carries no annotations"
+        if self.functions is not None:
+            return "functions", "deprecated by OpenAI: use tools"
+        if self.function_call is not None:
+            return "function_call", "deprecated by OpenAI: use tool_choice"
+        return None
+
     def to_generate_params(self) -> GenerateParams:
-        return GenerateParams(
+        """The provider-neutral request (unknown fields in ``extra_body``)."""
+        fields: dict[str, Any] = {key: getattr(self, key) for key in _PASSED_ON}
+        extra = dict(self.model_extra or {})
+        if self.extra_body:
+            extra.update(self.extra_body)
+        return GenerateParams.model_construct(
             messages=self.messages,
             model=self.model,
             max_tokens=self.max_completion_tokens or self.max_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            stop=self.stop,
-            seed=self.seed,
+            extra_body=extra or None,
+            **fields,
         )
 
 
@@ -102,12 +177,30 @@ class ChunkEncoder:
     def encode_event(self, event: Event) -> bytes:
         """The frames that stand for one wire-protocol event (``b""`` for events with none).
 
-        ``stream.start`` -> the role chunk; ``text.delta`` -> a content chunk; ``error`` -> an
-        error frame; ``stream.end`` -> the finish chunk (unless an error came first), the usage
-        chunk when asked for, and ``[DONE]``.
+        ``stream.start`` -> the role chunk; ``text.delta`` -> ``delta.content``;
+        ``reasoning.delta`` -> ``delta.reasoning_content`` and ``delta.reasoning`` (both: the
+        DeepSeek / llama.cpp and the vLLM / OpenRouter spellings, clients read one or the other);
+        ``tool_call.start`` -> ``delta.tool_calls[{index, id, type, function: {name,
+        arguments: ""}}]``; ``tool_call.delta`` -> ``delta.tool_calls[{index, function:
+        {arguments}}]``; ``tool_call.end`` -> nothing (OpenAI has no such chunk); ``error`` ->
+        an error frame; ``stream.end`` -> the finish chunk (unless an error came first), the
+        usage chunk when asked for, and ``[DONE]``.
         """
         if isinstance(event, TextDelta):
             return self.delta(event.delta)
+        if isinstance(event, ReasoningDelta):
+            return self._choice({"reasoning_content": event.delta, "reasoning": event.delta}, None)
+        if isinstance(event, ToolCallDelta):
+            call = {"index": event.index, "function": {"arguments": event.delta}}
+            return self._choice({"tool_calls": [call]}, None)
+        if isinstance(event, ToolCallStart):
+            call = {
+                "index": event.index,
+                "id": event.call_id,
+                "type": "function",
+                "function": {"name": event.name, "arguments": ""},
+            }
+            return self._choice({"tool_calls": [call]}, None)
         if isinstance(event, StreamStart):
             return self.role()
         if isinstance(event, ErrorEvent):
@@ -118,7 +211,7 @@ class ChunkEncoder:
             if self.include_usage and event.usage is not None:
                 frames += self.usage(event.usage)
             return frames + DONE
-        return b""
+        return b""  # tool_call.end
 
     def _frame(self, choices: list[dict[str, Any]], usage: Usage | None = None) -> bytes:
         chunk: dict[str, Any] = {
@@ -130,7 +223,7 @@ class ChunkEncoder:
             "choices": choices,
         }
         if self.include_usage:
-            chunk["usage"] = usage.model_dump() if usage is not None else None
+            chunk["usage"] = usage_body(usage) if usage is not None else None
         return f"data: {_dumps(chunk)}\n\n".encode()
 
     def role(self) -> bytes:
@@ -155,6 +248,19 @@ class ChunkEncoder:
         return self._frame([choice])
 
 
+def usage_body(usage: Usage) -> dict[str, Any]:
+    """OpenAI's usage object: token counts, and ``completion_tokens_details.reasoning_tokens``
+    when the reasoning tokens are known."""
+    body: dict[str, Any] = {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+    if usage.reasoning_tokens is not None:
+        body["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
+    return body
+
+
 def completion_body(
     completion_id: str,
     model: str,
@@ -162,8 +268,29 @@ def completion_body(
     text: str,
     finish_reason: str,
     usage: Usage | None,
+    *,
+    reasoning: str | None = None,
+    tool_calls: list[ToolCallEnd] | None = None,
 ) -> dict[str, Any]:
-    """A non-streamed ``chat.completion`` object."""
+    """A non-streamed ``chat.completion`` object. With tool calls, ``message.tool_calls`` lists
+    them (``{id, type, function: {name, arguments}}``, in index order) and ``content`` is null
+    when there is no text, as OpenAI answers; ``reasoning`` goes in ``message.reasoning_content``
+    and ``message.reasoning`` (DeepSeek's and vLLM's names), left out when there is none."""
+    message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+    if reasoning:
+        message["reasoning_content"] = reasoning
+        message["reasoning"] = reasoning
+    if tool_calls:
+        if not text:
+            message["content"] = None
+        message["tool_calls"] = [
+            {
+                "id": call.call_id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            }
+            for call in sorted(tool_calls, key=lambda call: call.index)
+        ]
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -173,12 +300,12 @@ def completion_body(
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None},
+                "message": message,
                 "logprobs": None,
                 "finish_reason": finish_reason,
             }
         ],
-        "usage": usage.model_dump() if usage is not None else None,
+        "usage": usage_body(usage) if usage is not None else None,
     }
 
 

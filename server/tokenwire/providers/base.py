@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import ClassVar, Self
 
+from tokenwire.errors import InvalidRequest
 from tokenwire.protocol.events import FinishReason, Usage
 from tokenwire.protocol.requests import GenerateParams
 from tokenwire.settings import Settings
@@ -86,6 +87,25 @@ class Provider(ABC):
     """A model backend. Use as an async context manager (``start`` / ``aclose``)."""
 
     name: ClassVar[str]
+    honours: frozenset[str] = frozenset()
+    """The request capabilities this provider acts on (names from
+    :data:`tokenwire.protocol.requests.CAPABILITIES`: ``tools``, ``tool_calls``,
+    ``response_format``...). The core fields (text turns, ``model``, ``max_tokens``,
+    ``temperature``, ``top_p``, ``stop``, ``seed``, ``on_disconnect``) every provider honours;
+    a request that asks for anything
+    else is refused by :meth:`check_honoured` (HTTP 400 naming the field and the provider).
+    Empty by default, so that a new provider refuses what it was not written for."""
+
+    def check_honoured(self, params: GenerateParams) -> None:
+        """Refuse a request that asks for what this provider does not honour.
+
+        Raises:
+            InvalidRequest: naming the first such field (its path, e.g. ``tools`` or
+                ``messages.2.tool_calls``) and the provider.
+        """
+        for capability, path in params.requested_fields():
+            if capability not in self.honours:
+                raise InvalidRequest(f"{path}: not supported by provider {self.name!r}", param=path)
 
     @classmethod
     @abstractmethod

@@ -5,9 +5,21 @@ Control flows back: :meth:`Generation.cancel` (an explicit cancel, or a disconne
 ``cancel`` policy) cancels the task, which closes the provider's iterator and so stops the
 upstream work.
 
-Every generation publishes, in order: ``stream.start``; ``text.delta`` per provider delta;
-``error`` if the provider failed; exactly one ``stream.end`` with the finish reason and the usage
-(the provider's own when it reports one, else what was counted so far). Its end is logged once.
+Every generation publishes, in order: ``stream.start``; per provider event, in the provider's
+order, ``text.delta`` (:class:`Delta`), ``reasoning.delta`` (:class:`Reasoning`),
+``tool_call.start`` (:class:`ToolCall`) and ``tool_call.delta`` (:class:`ToolArguments`); when
+the provider finishes, one ``tool_call.end`` per call, in index order, with the call's whole
+arguments; ``error`` if the provider failed; exactly one ``stream.end`` with the finish reason
+and the usage (the provider's own when it reports one, else what was counted so far). Its end
+is logged once.
+
+When ``tool_call.end`` comes: at the provider's finish, not when a later call starts, because
+the arguments of parallel calls may interleave (OpenAI's chunks name each fragment's call by
+index, and nothing says a call is complete before ``finish_reason``). A stream that is
+cancelled, fails or times out ends no call: a call without its ``tool_call.end`` is incomplete.
+A provider that breaks the order (arguments of a call never begun, a call begun twice) fails
+the stream with ``error`` (provider_error) then ``stream.end``; what
+came before it is kept.
 
 Deadlines (seconds, ``None`` to disable), each ending the stream and closing the provider:
 ``first_token_timeout`` -> ``error`` (provider_timeout, retryable) then ``stream.end``
@@ -39,13 +51,25 @@ from tokenwire.protocol.events import (
     ErrorEvent,
     Event,
     FinishReason,
+    ReasoningDelta,
     StreamEnd,
     StreamStart,
     TextDelta,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
     Usage,
 )
 from tokenwire.protocol.requests import GenerateParams
-from tokenwire.providers.base import Delta, Finish, Prompt, Provider
+from tokenwire.providers.base import (
+    Delta,
+    Finish,
+    Prompt,
+    Provider,
+    Reasoning,
+    ToolArguments,
+    ToolCall,
+)
 from tokenwire.settings import DisconnectPolicy, OverflowPolicy
 from tokenwire.streams.log import StreamLog
 from tokenwire.streams.observe import NO_OBSERVER, StreamEnded, StreamObserver
@@ -106,6 +130,8 @@ class Generation:
         self.seq = 0
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.reasoning_tokens = 0  # part of completion_tokens
+        self.tool_calls: dict[int, _Call] = {}  # by index, in the order they began
         self.finish_reason: FinishReason | None = None
         self.usage: Usage | None = None
         self.created = time.time()
@@ -264,7 +290,12 @@ class Generation:
 
     def usage_so_far(self) -> Usage:
         """The usage counted so far (the final one once the stream has ended)."""
-        return self.usage or Usage.of(self.prompt_tokens, self.completion_tokens)
+        if self.usage is not None:
+            return self.usage
+        usage = Usage.of(self.prompt_tokens, self.completion_tokens)
+        if self.reasoning_tokens:
+            return usage.model_copy(update={"reasoning_tokens": self.reasoning_tokens})
+        return usage
 
     @property
     def ended(self) -> bool:
@@ -346,8 +377,15 @@ class Generation:
                         self.prompt_tokens = item.tokens
                     elif isinstance(item, Finish):
                         finish, provider_usage = item.reason, item.usage
+                    else:
+                        if self.first_token_at is None:
+                            self.first_token_at = time.monotonic()
+                            deadline.reschedule(end_by)
+                        await self._publish(self._rich_event(item))
                     if self._cancel_requested:  # a provider that never awaits: let it land
                         await asyncio.sleep(0)
+                for call in sorted(self.tool_calls.values(), key=_index):
+                    await self._publish(call.end(self.stream_id, self._next_seq()))
         except asyncio.CancelledError:
             finish = FinishReason.CANCELLED
             task = asyncio.current_task()
@@ -406,6 +444,35 @@ class Generation:
         if external_cancel:
             raise asyncio.CancelledError
 
+    def _rich_event(self, item: Reasoning | ToolCall | ToolArguments) -> Event:
+        """The event of a provider's reasoning or tool-call item (counted and checked).
+        Raises :class:`ProviderError` when the item breaks the provider contract."""
+        if isinstance(item, Reasoning):
+            self.completion_tokens += item.tokens
+            self.reasoning_tokens += item.tokens
+            return ReasoningDelta(stream_id=self.stream_id, seq=self._next_seq(), delta=item.text)
+        if isinstance(item, ToolArguments):
+            call = self.tool_calls.get(item.index)
+            if call is None:
+                raise ProviderError(
+                    f"provider sent arguments of tool call {item.index}, which never began"
+                )
+            self.completion_tokens += item.tokens
+            call.arguments.append(item.text)
+            return ToolCallDelta(
+                stream_id=self.stream_id, seq=self._next_seq(), index=item.index, delta=item.text
+            )
+        if item.index in self.tool_calls:
+            raise ProviderError(f"provider began tool call {item.index} twice")
+        self.tool_calls[item.index] = _Call(item.index, item.call_id, item.name)
+        return ToolCallStart(
+            stream_id=self.stream_id,
+            seq=self._next_seq(),
+            index=item.index,
+            call_id=item.call_id,
+            name=item.name,
+        )
+
     def _internal_error(self) -> tuple[FinishReason, ErrorEvent]:
         """Log the exception being handled; the client only learns "internal error"."""
         log.exception("generation %s failed", self.stream_id)
@@ -440,6 +507,32 @@ class Generation:
         )
         for callback in self._on_ended:
             callback(self)
+
+
+class _Call:
+    """A tool call under way: its identity and the pieces of its arguments so far."""
+
+    __slots__ = ("index", "call_id", "name", "arguments")
+
+    def __init__(self, index: int, call_id: str, name: str) -> None:
+        self.index = index
+        self.call_id = call_id
+        self.name = name
+        self.arguments: list[str] = []
+
+    def end(self, stream_id: str, seq: int) -> ToolCallEnd:
+        return ToolCallEnd(
+            stream_id=stream_id,
+            seq=seq,
+            index=self.index,
+            call_id=self.call_id,
+            name=self.name,
+            arguments="".join(self.arguments),
+        )
+
+
+def _index(call: _Call) -> int:
+    return call.index
 
 
 async def _put(subscriptions: list[Subscription], event: Event) -> None:

@@ -34,7 +34,14 @@ from collections.abc import AsyncIterator, Callable
 from typing import ClassVar
 
 from tokenwire.errors import ErrorCode, InvalidRequest, NotFound, TokenwireError
-from tokenwire.protocol.events import Event, StreamEnd, TextDelta
+from tokenwire.protocol.events import (
+    Event,
+    ReasoningDelta,
+    StreamEnd,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallEnd,
+)
 from tokenwire.settings import Settings
 
 EVENT_OVERHEAD = 64
@@ -65,10 +72,15 @@ class StreamLogUnavailable(TokenwireError):
 
 def kept_size(entry: Event | str | None) -> int:
     """Bytes a kept event counts for in ``max_bytes``: a text delta (kept as its text) counts
-    its text's UTF-8 upper bound plus :data:`EVENT_OVERHEAD`; any other event,
+    its text's UTF-8 upper bound plus :data:`EVENT_OVERHEAD`; so do a reasoning or tool-call
+    delta (its ``delta``) and a ``tool_call.end`` (its ``arguments``); any other event,
     :data:`EVENT_OVERHEAD` (a cleared slot: nothing)."""
     if isinstance(entry, str):
         return len(entry) * 4 + EVENT_OVERHEAD
+    if isinstance(entry, ReasoningDelta | ToolCallDelta):
+        return len(entry.delta) * 4 + EVENT_OVERHEAD
+    if isinstance(entry, ToolCallEnd):
+        return len(entry.arguments) * 4 + EVENT_OVERHEAD
     return 0 if entry is None else EVENT_OVERHEAD
 
 

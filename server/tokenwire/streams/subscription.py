@@ -7,8 +7,11 @@ waits for at least one event and then takes everything queued, so that a burst g
 one write. When the queue is full, the overflow policy decides:
 
 - ``block``: :meth:`put` waits until the consumer makes room (and so the provider waits);
-- ``coalesce``: text deltas that do not fit merge into one pending delta (lossless; its seq is
-  the last merged one's), delivered as soon as there is room; other events wait as in ``block``;
+- ``coalesce``: deltas that do not fit merge into one pending delta (lossless; its seq is the
+  last merged one's), delivered as soon as there is room. Only a delta of the pending one's
+  kind merges (text with text, reasoning with reasoning, a tool call's arguments with the same
+  call's: :func:`~tokenwire.protocol.events.same_run`), so nothing reorders; any other event,
+  and a delta of another kind, waits as in ``block``;
 - ``disconnect``: if the queue stays full for ``evict_after`` seconds, the subscription is
   evicted: :attr:`evicted` is set, ``on_evicted`` is called at once (the generation detaches
   it), and the consumer's next :meth:`get_batch` returns ``[]``, upon which its transport sends
@@ -33,7 +36,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from tokenwire.protocol.events import Event, StreamEnd, TextDelta
+from tokenwire.protocol.events import (
+    DELTA_TYPES,
+    AnyDelta,
+    Event,
+    StreamEnd,
+    TextDelta,
+    join_run,
+    same_run,
+)
 from tokenwire.settings import OverflowPolicy
 
 
@@ -76,7 +87,7 @@ class Subscription:
         self.evicted = False
         self.coalesced = 0  # deltas merged into another (for metrics)
         self._events: list[Event] = []  # taken whole by the consumer: a list suffices
-        self._pending: TextDelta | None = None  # coalesce: the merged overflow delta
+        self._pending: AnyDelta | None = None  # coalesce: the merged overflow delta
         self._getter: asyncio.Future[None] | None = None  # the consumer waits for events
         self._putter: asyncio.Future[None] | None = None  # the producer waits for room
         self._filled: asyncio.Future[None] | None = None  # the consumer waits for a full queue
@@ -122,7 +133,11 @@ class Subscription:
         """
         if self.offer(event):
             return
-        if self.overflow is OverflowPolicy.COALESCE and isinstance(event, TextDelta):
+        if (
+            self.overflow is OverflowPolicy.COALESCE
+            and isinstance(event, DELTA_TYPES)
+            and (self._pending is None or same_run(self._pending, event))
+        ):
             self._coalesce(event)
             return
         if self.overflow is OverflowPolicy.DISCONNECT:
@@ -136,13 +151,17 @@ class Subscription:
             await self._wait_for_room()
         self.offer(event)
 
-    def _coalesce(self, event: TextDelta) -> None:
-        if self._pending is None:
+    def _coalesce(self, event: AnyDelta) -> None:
+        pending = self._pending
+        if pending is None:
             self._pending = event
             return
-        self._pending = TextDelta(
-            stream_id=event.stream_id, seq=event.seq, delta=self._pending.delta + event.delta
-        )
+        if isinstance(event, TextDelta):  # the common case: no dataclasses.replace
+            self._pending = TextDelta(
+                stream_id=event.stream_id, seq=event.seq, delta=pending.delta + event.delta
+            )
+        else:
+            self._pending = join_run([pending, event])
         self.coalesced += 1
 
     async def _wait_for_room(self) -> None:

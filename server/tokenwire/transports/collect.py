@@ -13,7 +13,14 @@ import asyncio
 
 from starlette.types import Receive
 
-from tokenwire.protocol.events import ErrorEvent, Event, StreamEnd, TextDelta
+from tokenwire.protocol.events import (
+    ErrorEvent,
+    Event,
+    ReasoningDelta,
+    StreamEnd,
+    TextDelta,
+    ToolCallEnd,
+)
 from tokenwire.streams.generation import Detach, Generation, GenerationState
 from tokenwire.streams.registry import Attachment
 from tokenwire.transports.base import Transport
@@ -21,13 +28,16 @@ from tokenwire.transports.pump import Delivery, Pump, stop_on_disconnect
 
 
 class CollectTransport(Transport):
-    """Keeps the events of one stream: its text, its ``error`` (if any) and its ``stream.end``.
-    Writes never wait and never fail."""
+    """Keeps the events of one stream: its text, its reasoning, its complete tool calls (each
+    ``tool_call.end``, which holds the whole arguments: the deltas add nothing), its ``error``
+    (if any) and its ``stream.end``. Writes never wait and never fail."""
 
     name = "collect"
 
     def __init__(self) -> None:
         self.text: list[str] = []
+        self.reasoning: list[str] = []
+        self.tool_calls: list[ToolCallEnd] = []
         self.error: ErrorEvent | None = None
         self.end: StreamEnd | None = None
 
@@ -35,6 +45,10 @@ class CollectTransport(Transport):
         for event in events:
             if isinstance(event, TextDelta):
                 self.text.append(event.delta)
+            elif isinstance(event, ReasoningDelta):
+                self.reasoning.append(event.delta)
+            elif isinstance(event, ToolCallEnd):
+                self.tool_calls.append(event)
             elif isinstance(event, ErrorEvent):
                 self.error = event
             elif isinstance(event, StreamEnd):

@@ -7,10 +7,11 @@ and tests feed this object directly. Its rules:
 - **Catch-up** goes out in writes of at most :data:`CATCH_UP_BATCH` events, each under the
   send timeout.
 - **Merging**: what is queued when the loop wakes goes out in one write, and each run of
-  adjacent text deltas in it as one ``text.delta`` (texts joined, the last one's seq; seqs may
-  skip, wire protocol v1, and a resume after it loses nothing). Nothing reorders.
+  adjacent deltas of one kind in it (text, reasoning, or the arguments of one tool call) as
+  one delta (texts joined, the last one's seq; seqs may skip, wire protocol v1, and a resume
+  after it loses nothing). Nothing reorders.
 - **Write window** (``write_delay`` seconds, the role of vLLM's ``--stream-interval`` and
-  Centrifugo's ``write_delay``): a text delta less than ``write_delay`` after the previous
+  Centrifugo's ``write_delay``): a delta (of any kind) less than ``write_delay`` after the previous
   write of text waits until that much time has passed or the queue is full, and goes out with
   whatever came meanwhile. A delta after a pause, and every other event, goes out at once.
 - **Cursor**: the seq of the last event written; an evicted consumer is told ``error``
@@ -30,7 +31,18 @@ from collections.abc import Iterator, Sequence
 from enum import StrEnum
 
 from tokenwire.errors import ErrorCode
-from tokenwire.protocol.events import ErrorEvent, Event, FinishReason, StreamEnd, TextDelta, Usage
+from tokenwire.protocol.events import (
+    DELTA_TYPES,
+    AnyDelta,
+    ErrorEvent,
+    Event,
+    FinishReason,
+    StreamEnd,
+    TextDelta,
+    Usage,
+    join_run,
+    same_run,
+)
 
 CATCH_UP_BATCH = 256
 """Catch-up events per write: a long replay goes out in bounded writes, each under the send
@@ -101,7 +113,7 @@ class DeliveryState:
         """Seconds to wait for more events before writing ``batch`` (0: write now), by the
         write window; ``room``: the queue is not full (a full queue never waits). When the
         batch carries text, its write counts as the last text write from ``now`` on."""
-        if not self.write_delay or not isinstance(batch[-1], TextDelta):
+        if not self.write_delay or not isinstance(batch[-1], DELTA_TYPES):
             return 0.0
         hold = self.last_delta_write + self.write_delay - now
         self.last_delta_write = now
@@ -115,7 +127,7 @@ class DeliveryState:
         """Whether ``event``, offered while the loop waits, may be written at once, outside
         the loop: a text delta outside the write window, with no write under way. When it
         may, its write is counted as begun at ``now``."""
-        if self.writing or not isinstance(event, TextDelta):
+        if self.writing or not isinstance(event, DELTA_TYPES):
             return False
         if now < self.last_delta_write + self.write_delay:
             return False  # inside the write window: the loop gathers what comes
@@ -159,12 +171,16 @@ def eviction_events(stream_id: str, cursor: int, usage: Usage | None) -> list[Ev
 
 
 def merge_deltas(batch: list[Event]) -> list[Event]:
-    """``batch`` with each run of adjacent text deltas merged into one: the texts joined, the
-    last seq. Other events keep their place."""
+    """``batch`` with each run of adjacent deltas of one kind (:func:`same_run`: text,
+    reasoning, or one tool call's arguments) merged into one: the texts joined, the last seq.
+    Other events keep their place; nothing reorders."""
     merged: list[Event] = []
-    run: list[TextDelta] = []
+    run: list[AnyDelta] = []
     for event in batch:
-        if isinstance(event, TextDelta):
+        if isinstance(event, DELTA_TYPES):
+            if run and not same_run(run[-1], event):
+                merged.append(_joined(run))
+                run = []
             run.append(event)
             continue
         if run:
@@ -176,10 +192,15 @@ def merge_deltas(batch: list[Event]) -> list[Event]:
     return merged
 
 
-def _joined(run: list[TextDelta]) -> TextDelta:
+def _joined(run: list[AnyDelta]) -> Event:
     if len(run) == 1:
         return run[0]
-    last = run[-1]
-    return TextDelta(
-        stream_id=last.stream_id, seq=last.seq, delta="".join(event.delta for event in run)
-    )
+    first = run[0]
+    if isinstance(first, TextDelta):  # the common run: no dataclasses.replace
+        last = run[-1]
+        return TextDelta(
+            stream_id=last.stream_id,
+            seq=last.seq,
+            delta="".join(event.delta for event in run),
+        )
+    return join_run(run)

@@ -166,9 +166,10 @@ class WebSocketSession:
             await self._resume(message)
 
     def _generate(self, message: GenerateMessage) -> None:
-        params = self._limit_params(
-            GenerateParams.model_validate(message.model_dump(exclude={"type", "request_id"}))
-        )
+        # Field by field, not through a dump: a dump would lose what a message keeps beside
+        # its JSON fields (image parts, a null content).
+        fields = {name: getattr(message, name) for name in GenerateParams.model_fields}
+        params = self._limit_params(GenerateParams.model_validate(fields))
         generation = self.registry.create(
             params, transport=self.transport.name, request_id=message.request_id
         )
