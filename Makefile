@@ -9,7 +9,9 @@ ARGS ?=
 serve: $(VENV)/.installed-local  ## set up, then serve the bundled local model on 127.0.0.1:8000
 	$(BIN)/tokenwire serve $(ARGS)
 
-test: $(VENV)/.installed-dev  ## set up, then run every test (installs redis-server and chromium if missing)
+NODE_TESTS := tests/node
+
+test: $(VENV)/.installed-dev $(NODE_TESTS)/node_modules/.installed  ## set up, then run every test (installs redis-server and chromium if missing)
 	command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
 	test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium)
 	$(BIN)/python -m pytest $(ARGS)
@@ -25,6 +27,11 @@ bench: $(VENV)/.installed-dev  ## local model throughput through the server vs l
 # SSE vs WebSocket vs baselines; e.g. make bench-transport ARGS=--quick
 bench-transport: $(VENV)/.installed-dev  ## the transport benchmark (tokenwire bench)
 	$(BIN)/tokenwire bench $(ARGS)
+
+# the official JavaScript clients the tests drive (the AI SDK, the openai Node SDK), as locked
+$(NODE_TESTS)/node_modules/.installed: $(NODE_TESTS)/package-lock.json
+	cd $(NODE_TESTS) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
