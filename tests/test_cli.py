@@ -63,7 +63,7 @@ def test_serve_flags_win_over_env():
         )
     finally:
         output = stop(process)
-    assert health["provider"] == "scripted"
+    assert health["provider"] == "scripted" and health["stream_log"] == "memory"
     assert '"completion_tokens":5' in response.text  # TOKENWIRE_SCRIPTED_TOKENS applied
     # uvicorn shuts down cleanly, then re-raises the signal it caught (exit status -SIGTERM)
     assert process.returncode in (0, -signal.SIGTERM)
@@ -82,7 +82,9 @@ def test_unknown_provider_is_a_clear_cli_error():
 @pytest.mark.slow
 def test_serve_with_two_workers():
     port = free_port()
-    process = start("--provider", "scripted", "--port", str(port), "--workers", "2")
+    process = start(
+        "--provider", "scripted", "--port", str(port), "--workers", "2", "--unshared-log"
+    )
     try:
         wait_healthy(port, process)
         texts = {

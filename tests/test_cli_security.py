@@ -52,6 +52,7 @@ def test_tokens_minted_by_one_worker_work_on_every_worker():
         str(port),
         "--workers",
         "2",
+        "--unshared-log",  # streams stay on their worker; tokens must work on both
         env={"TOKENWIRE_API_KEYS": key},
     )
     try:

@@ -12,59 +12,136 @@ so ``--workers N`` runs N identical workers.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import secrets
+import socket
 import sys
-from enum import StrEnum
-from typing import Annotated
+from enum import Enum, StrEnum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
 
 import typer
 import uvicorn
 from pydantic import ValidationError
 
+from tokenwire import __version__
 from tokenwire.edge.keys import key_file_line, new_api_key
 from tokenwire.edge.security import check_settings
 from tokenwire.providers import ProviderLoadError, create_provider, provider_names
 from tokenwire.settings import Settings
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+HELP = (
+    "Stream LLM tokens over Server-Sent Events and WebSocket.\n\n"
+    "'tokenwire serve' runs the server (on the bundled local model by default); "
+    "'tokenwire chat' chats with a running server in the terminal; 'tokenwire new-key' makes "
+    "an API key; 'tokenwire bench' runs the transport benchmark of a source checkout. Every "
+    "'serve' flag mirrors a TOKENWIRE_* setting; a flag wins over the environment."
+)
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=HELP)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"tokenwire {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
-def main() -> None:
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
     """Stream LLM tokens over Server-Sent Events and WebSocket."""
+
+
+def _shown(name: str) -> str:
+    """``(env TOKENWIRE_<NAME>, default ...)`` for a setting's help (square brackets would be
+    taken for rich markup)."""
+    default = Settings.model_fields[name].default
+    if isinstance(default, Enum):
+        default = default.value
+    return f"(env TOKENWIRE_{name.upper()}, default {'none' if default is None else default})"
+
+
+def _fail(message: str) -> NoReturn:
+    """One line on stderr, exit status 2: how ``serve`` refuses to start."""
+    typer.echo(f"tokenwire serve: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _settings_error(exc: ValidationError) -> str:
+    """A settings error named as the environment variable that set it."""
+    problems = []
+    for error in exc.errors():
+        name = "TOKENWIRE_" + "_".join(str(part) for part in error["loc"]).upper()
+        given = error.get("input")
+        shown = f"={given!r}" if isinstance(given, str | int | float) else ""
+        problems.append(f"{name}{shown}: {error['msg']}")
+    return "; ".join(problems)
 
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Bind address [env TOKENWIRE_HOST].")] = None,
-    port: Annotated[int | None, typer.Option(help="TCP port [env TOKENWIRE_PORT].")] = None,
+    host: Annotated[str | None, typer.Option(help=f"Bind address. {_shown('host')}")] = None,
+    port: Annotated[int | None, typer.Option(help=f"TCP port. {_shown('port')}")] = None,
     provider: Annotated[
         str | None,
         typer.Option(
             help=f"One of: {', '.join(provider_names())}; or module:attribute, an async "
-            "generator function or a Provider [env TOKENWIRE_PROVIDER]."
+            f"generator function or a Provider. {_shown('provider')}"
         ),
     ] = None,
     model: Annotated[
         str | None,
-        typer.Option(help="local: a GGUF path; openai: a model id [env TOKENWIRE_MODEL]."),
+        typer.Option(
+            help=f"local: a GGUF path (default: the bundled SmolLM2); openai: a model id. "
+            f"{_shown('model')}"
+        ),
     ] = None,
     workers: Annotated[
-        int | None, typer.Option(help="Worker processes [env TOKENWIRE_WORKERS].")
+        int | None,
+        typer.Option(
+            help="Worker processes; more than 1 needs a shared stream log "
+            f"(TOKENWIRE_STREAM_LOG=redis://...) or --unshared-log. {_shown('workers')}"
+        ),
     ] = None,
+    stream_log: Annotated[
+        str | None,
+        typer.Option(help=f"memory, or a redis:// URL shared by workers. {_shown('stream_log')}"),
+    ] = None,
+    unshared_log: Annotated[
+        bool,
+        typer.Option(
+            "--unshared-log",
+            help="Let --workers N run with the memory log: each worker keeps its own streams, "
+            f"so a resume that lands on another worker is answered unknown_stream. "
+            f"{_shown('unshared_log')}",
+        ),
+    ] = False,
     log_level: Annotated[
-        str | None, typer.Option(help="critical..trace [env TOKENWIRE_LOG_LEVEL].")
+        str | None, typer.Option(help=f"critical..trace. {_shown('log_level')}")
     ] = None,
 ) -> None:
-    """Run the server (uvicorn, uvloop and httptools when installed)."""
-    flags = {
+    """Run the server.
+
+    Under uvicorn (with uvloop and httptools when installed). It refuses to start, with one
+    line saying why, on a bad setting, a missing model file, a port in use, an openai provider
+    with no upstream configured, or several workers on unshared memory logs."""
+    flags: dict[str, Any] = {
         "host": host,
         "port": port,
         "provider": provider,
         "model": model,
         "workers": workers,
+        "stream_log": stream_log,
+        "unshared_log": unshared_log or None,
         "log_level": log_level,
     }
     for name, value in flags.items():
@@ -75,12 +152,13 @@ def serve(
     try:
         settings = Settings()
         check_settings(settings)
-    except (ValidationError, ValueError) as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    try:
-        create_provider(settings)  # fails here, not in each worker; it is built again there
-    except ProviderLoadError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--provider") from exc
+    except ValidationError as exc:
+        _fail(_settings_error(exc))
+    except ValueError as exc:
+        _fail(str(exc))
+    _check_provider(settings)
+    _check_workers(settings)
+    _check_port(settings.host, settings.port)
     _check_stream_log(settings)
     if settings.token_secret is None:  # one signing secret for every worker of this server
         os.environ["TOKENWIRE_TOKEN_SECRET"] = secrets.token_urlsafe(32)
@@ -107,13 +185,61 @@ def new_key(
         str | None, typer.Option(help="A label for logs and metrics (no spaces).")
     ] = None,
 ) -> None:
-    """Print a new random API key (give it to the client) and, on the next line, the line to
-    append to TOKENWIRE_API_KEYS_FILE (only the key's SHA-256 digest is stored)."""
+    """Print a new API key and its TOKENWIRE_API_KEYS_FILE line.
+
+    The key (first line) goes to the client; the second line, to append to the keys file,
+    holds only the key's SHA-256 digest."""
     if name is not None and (not name or any(c.isspace() for c in name)):
         raise typer.BadParameter("a name without spaces", param_hint="--name")
     key = new_api_key()
     typer.echo(key)
     typer.echo(key_file_line(key, name))
+
+
+def _check_provider(settings: Settings) -> None:
+    """The provider can be built, its model file exists, and an openai upstream is named."""
+    if settings.provider == "local" and settings.model is not None:
+        if not Path(settings.model).is_file():
+            _fail(f"model file not found: {settings.model} (--model / TOKENWIRE_MODEL)")
+    if settings.provider == "openai" and not (
+        settings.openai_base_url or settings.openai_api_key or os.environ.get("OPENAI_API_KEY")
+    ):
+        _fail(
+            "the openai provider needs TOKENWIRE_OPENAI_BASE_URL (an OpenAI-compatible server, "
+            "e.g. http://127.0.0.1:8080/v1) or TOKENWIRE_OPENAI_API_KEY (for api.openai.com)"
+        )
+    try:
+        create_provider(settings)  # fails here, not in each worker; it is built again there
+    except ProviderLoadError as exc:
+        _fail(f"--provider: {exc}")
+
+
+def _check_workers(settings: Settings) -> None:
+    if settings.workers > 1 and settings.stream_log == "memory" and not settings.unshared_log:
+        _fail(
+            f"--workers {settings.workers} with the memory stream log would keep each stream "
+            "on one worker, and resumes landing on another would fail: share a log with "
+            "TOKENWIRE_STREAM_LOG=redis://HOST:6379/0, or accept that with --unshared-log"
+        )
+
+
+def _check_port(host: str, port: int) -> None:
+    """Bind ``host:port`` once, as uvicorn will, to say plainly when it is taken."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        _fail(f"cannot resolve --host {host}: {exc}")
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                _fail(f"{host}:{port} is in use; choose another with --port / TOKENWIRE_PORT")
+            _fail(f"cannot listen on {host}:{port}: {exc.strerror}")
 
 
 def _check_stream_log(settings: Settings) -> None:
@@ -129,12 +255,7 @@ def _check_stream_log(settings: Settings) -> None:
         with Redis.from_url(settings.stream_log, socket_connect_timeout=5) as client:
             client.ping()
     except RedisError as exc:
-        typer.secho(
-            f"tokenwire: cannot reach the stream log at {redacted(settings.stream_log)}: {exc}",
-            err=True,
-            fg=typer.colors.RED,
-        )
-        raise typer.Exit(1) from exc
+        _fail(f"cannot reach the stream log at {redacted(settings.stream_log)}: {exc}")
 
 
 class ChatTransport(StrEnum):
@@ -156,8 +277,10 @@ def chat(
     ] = None,
     system: Annotated[str | None, typer.Option(help="A system message to start with.")] = None,
 ) -> None:
-    """Chat in the terminal: replies stream token by token; Ctrl-C stops a reply (not the
-    chat); Ctrl-D or /exit quits."""
+    """Chat with a running server in the terminal.
+
+    Replies stream token by token; Ctrl-C stops a reply (not the chat); Ctrl-D or /exit
+    quits."""
     from tokenwire_client.chat import run_chat  # the client is only needed here
 
     raise typer.Exit(
@@ -170,7 +293,7 @@ def chat(
     add_help_option=False,
 )
 def bench(ctx: typer.Context) -> None:
-    """Run the transport benchmark (SSE vs WebSocket vs common baselines) of a source checkout.
+    """Run the transport benchmark of a source checkout (SSE vs WebSocket vs baselines).
 
     Results go to $XDG_DATA_HOME/tokenwire/bench/<profile>-<UTC time> (~/.local/share when
     unset), outside the source tree; --out chooses another folder, --report-only re-renders

@@ -197,6 +197,7 @@ class TokenwireApp:
                 "status": "ok",
                 "version": __version__,
                 "provider": self.provider.name,
+                "stream_log": "memory" if self.settings.stream_log == "memory" else "redis",
                 "live_streams": len(self.registry),
             }
         )

@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
     workers: Annotated[int, Field(ge=1)] = 1
+    unshared_log: bool = False  # let workers > 1 run on memory logs of their own
     log_level: str = "info"
 
     # provider

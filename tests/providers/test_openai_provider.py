@@ -326,13 +326,14 @@ async def test_closing_early_returns_at_once_and_stops_the_upstream(upstream):
     check_real_text(items)
 
 
-async def test_closed_port_is_a_retryable_provider_error():
-    async with provider_for(f"http://127.0.0.1:{free_port()}/v1") as provider:
+async def test_closed_port_is_a_retryable_provider_error_naming_the_upstream():
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    async with provider_for(url) as provider:
         items, error = await outcome(provider.stream(params(), MODEL))
     assert items == []
     assert type(error) is ProviderError
     assert error.retryable is True and error.code is ErrorCode.PROVIDER_ERROR
-    assert "unreachable" in error.message
+    assert f"upstream {url}" in error.message and "unreachable" in error.message
     assert isinstance(error.__cause__, openai.APIConnectionError)
 
 
@@ -475,10 +476,13 @@ def test_translate_error_timeout_is_provider_timeout():
     assert "timed out" in error.message
 
 
-def test_translate_error_connection_failure_is_retryable():
-    error = translate_error(openai.APIConnectionError(request=request()))
+def test_translate_error_connection_failure_is_retryable_and_names_the_upstream():
+    error = translate_error(
+        openai.APIConnectionError(request=request()), "upstream http://10.9.8.7:1/v1"
+    )
     assert type(error) is ProviderError
-    assert error.retryable is True and "unreachable" in error.message
+    assert error.retryable is True
+    assert "upstream http://10.9.8.7:1/v1 unreachable" in error.message
 
 
 def test_translate_error_error_inside_the_stream_is_not_retryable():

@@ -71,13 +71,14 @@ def _relayable(text: str, limit: int = 300) -> str:
     return message if len(message) <= limit else message[: limit - 1] + "…"
 
 
-def translate_error(exc: openai.OpenAIError) -> ProviderError:
+def translate_error(exc: openai.OpenAIError, upstream: str = "upstream") -> ProviderError:
     """Map an SDK exception to tokenwire's hierarchy, keeping the upstream's message (without
-    any traceback it carries)."""
+    any traceback it carries). ``upstream`` names it in timeouts and connection failures, e.g.
+    ``"upstream http://127.0.0.1:8080/v1"``, so that a misconfigured base URL shows."""
     if isinstance(exc, openai.APITimeoutError):
-        return ProviderTimeout(f"upstream timed out: {_relayable(str(exc))}")
+        return ProviderTimeout(f"{upstream} timed out: {_relayable(str(exc))}")
     if isinstance(exc, openai.APIConnectionError):
-        return ProviderError(f"upstream unreachable: {_relayable(str(exc))}", retryable=True)
+        return ProviderError(f"{upstream} unreachable: {_relayable(str(exc))}", retryable=True)
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         retryable = status in _RETRYABLE_STATUS or status >= 500
@@ -149,7 +150,7 @@ class OpenAIProvider(Provider):
         try:
             upstream = await client.chat.completions.create(**request)
         except openai.OpenAIError as exc:
-            raise translate_error(exc) from exc
+            raise translate_error(exc, f"upstream {client.base_url}") from exc
         finish: str | None = None
         usage: Usage | None = None
         calls = _ToolCalls()
