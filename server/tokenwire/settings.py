@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     stream_log_max_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024  # kept per stream
     stream_log_ttl: Annotated[float, Field(gt=0)] = 300.0  # an ended stream stays resumable
     stream_log_lease: Annotated[float, Field(gt=0)] = 10.0  # redis: a silent owner is gone after
+    # redis: connections readers may hold at once (the writer has its own); more: 503
+    stream_log_max_readers: Annotated[int, Field(ge=1)] = 64
     reconnect_delay: Annotated[float, Field(ge=0)] = 1.0  # SSE `retry:` sent to clients
     drain_timeout: Annotated[float, Field(ge=0)] = 30.0  # shutdown: generations may finish
 

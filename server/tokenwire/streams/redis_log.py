@@ -17,6 +17,13 @@ readers resume from memory) and wakes one writer task, which sends everything pe
 streams, in one pipeline: one XADD per stream per flush, so fewer than one command per event
 under load. A stream's local copy is dropped once its ``stream.end`` is in Redis.
 
+Connections: the writer (flushes, lease renewals, the control channel) has a client and a
+connection pool of its own, which no reader can take; readers (catch-up reads, ``XREAD
+BLOCK``, control messages) share a second pool of at most ``max_readers`` connections
+(redis-py's ``BlockingConnectionPool``). A reader that finds that pool taken waits up to
+:data:`READER_WAIT` seconds for a connection, then gets :class:`StreamLogUnavailable` (a 503
+or a retryable ``error``): a burst of readers is refused, and never starves the writer.
+
 Faults: redis-py retries each command with exponential backoff (``retries``); if a flush still
 fails, every stream with pending events is failed (``error`` unavailable, retryable, then
 ``stream.end``), new streams are refused with 503 until a flush succeeds again, and the writer
@@ -58,6 +65,10 @@ from tokenwire.streams.log import (
 log = logging.getLogger("tokenwire.streams.redis")
 
 CONTROL_CHANNEL = "tokenwire:control"
+READER_WAIT = 1.0
+"""Seconds a reader waits for one of the ``max_readers`` connections before it is refused."""
+WRITER_CONNECTIONS = 4
+"""The writer's own pool: the flush, the lease renewal and the control channel (one each)."""
 _EVENTS = TypeAdapter(list[Event])
 
 
@@ -106,6 +117,9 @@ class RedisStreamLog(StreamLog):
         retries: redis-py retries per command (exponential backoff, capped at 1 s).
         catch_up_wait: seconds a reader waits for Redis to reach its cursor (see
             :meth:`open_reader`).
+        max_readers: connections that readers may hold at once (each remote reader holds
+            one while it waits for events); more readers wait up to :data:`READER_WAIT`
+            seconds, then get :class:`StreamLogUnavailable`.
     """
 
     name = "redis"
@@ -120,19 +134,25 @@ class RedisStreamLog(StreamLog):
         lease: float = 10.0,
         retries: int = 3,
         catch_up_wait: float = 2.0,
+        max_readers: int = 64,
     ) -> None:
         super().__init__(max_events=max_events, max_bytes=max_bytes, ttl=ttl)
         self.url = url
         self.lease = lease
         self.catch_up_wait = catch_up_wait
         self.backoff = ExponentialBackoff(cap=1.0, base=0.05)
-        self.redis = redis.from_url(
-            url,
-            retry=Retry(self.backoff, retries),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-            socket_connect_timeout=5,
-            socket_timeout=lease + 5,  # above the longest XREAD BLOCK (lease / 2)
+        options: dict[str, Any] = {
+            "retry": Retry(self.backoff, retries),
+            "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+            "socket_connect_timeout": 5,
+            "socket_timeout": lease + 5,  # above the longest XREAD BLOCK (lease / 2)
+        }
+        # the writer's own client: readers can never take its connections
+        self.writer = redis.from_url(url, max_connections=WRITER_CONNECTIONS, **options)
+        readers = redis.BlockingConnectionPool.from_url(
+            url, max_connections=max_readers, timeout=READER_WAIT, **options
         )
+        self.redis = redis.Redis.from_pool(readers)  # readers and control messages
         self.healthy = True
         self.commands = 0  # Redis commands sent by the writer and the readers (for benchmarks)
         self._pending: dict[str, list[Event]] = {}
@@ -149,14 +169,16 @@ class RedisStreamLog(StreamLog):
             max_bytes=settings.stream_log_max_bytes,
             ttl=settings.stream_log_ttl,
             lease=settings.stream_log_lease,
+            max_readers=settings.stream_log_max_readers,
         )
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
         try:
-            await self.redis.ping()
+            await self.writer.ping()
         except RedisError as exc:
+            await self.writer.aclose()
             await self.redis.aclose()
             raise StreamLogUnavailable(
                 f"cannot reach the stream log at {redacted(self.url)}: {exc}"
@@ -183,6 +205,7 @@ class RedisStreamLog(StreamLog):
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=1)
         self._tasks = []
+        await self.writer.aclose()
         await self.redis.aclose()
 
     # -- writing ------------------------------------------------------------------------------
@@ -234,7 +257,7 @@ class RedisStreamLog(StreamLog):
         if not pending:
             return
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
+            async with self.writer.pipeline(transaction=False) as pipe:
                 ended: list[str] = []
                 for stream_id, events in pending.items():
                     key = _events_key(stream_id)
@@ -277,7 +300,7 @@ class RedisStreamLog(StreamLog):
             if not live:
                 continue
             try:
-                async with self.redis.pipeline(transaction=False) as pipe:
+                async with self.writer.pipeline(transaction=False) as pipe:
                     for stream_id in live:
                         pipe.set(_owner_key(stream_id), b"1", ex=self._lease_seconds())
                     self.commands += len(pipe)
@@ -309,7 +332,7 @@ class RedisStreamLog(StreamLog):
         failures = 0
         while True:
             try:
-                async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                async with self.writer.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(CONTROL_CHANNEL)
                     failures = 0
                     async for message in pubsub.listen():

