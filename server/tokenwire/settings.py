@@ -101,6 +101,11 @@ class Settings(BaseSettings):
     auth_timeout: Annotated[float, Field(gt=0)] = 5.0  # WebSocket first `auth` message within
     allowed_origins: Annotated[list[str], NoDecode] = []  # exact; same-origin always allowed
     max_body_size: Annotated[int, Field(ge=1024)] = 1048576  # bytes; larger: 413
+    # `tokenwire serve` (edge/http.py): a request head (request line + headers) over this many
+    # bytes: 431; a head not complete this many seconds after the connection opened or its
+    # previous response ended: the connection is closed; None: no limit
+    http_max_header_size: Annotated[int, Field(ge=1024)] = 65536
+    http_header_timeout: Annotated[float | None, Field(gt=0)] = 10.0
     max_messages: Annotated[int, Field(ge=1)] = 256  # per request
     max_input_chars: Annotated[int, Field(ge=1)] = 262144  # all message contents together
     max_streams: Annotated[int, Field(ge=1)] = 512  # live streams per server process

@@ -6,14 +6,12 @@ cursors past a dead worker's last write get answers a client can act on."""
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 
 import httpx
 
 from tests.helpers import scripted_app, serve
 from tests.streams.test_resume import detached, resume
-from tests.streams.test_semantics import USER, Peer
 from tokenwire.providers.scripted import Script
 
 
