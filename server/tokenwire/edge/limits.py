@@ -22,7 +22,9 @@ limit (setting)                HTTP                            WebSocket
 :class:`LimitsMiddleware` (pure ASGI) enforces the sizes before any route reads a byte;
 :class:`StreamGuard` counts live streams per key and per process, and hands each request a
 :class:`ScopedRegistry` through which it creates, finds and cancels streams: a stream is only
-visible to the key that created it.
+visible to the key that created it. The owner is kept with the stream in the stream log
+(:meth:`tokenwire.streams.log.StreamLog.owner_of`), so this holds for ended streams and for
+streams that run on another worker as well.
 """
 
 from __future__ import annotations
@@ -322,7 +324,8 @@ class StreamGuard:
         if not self._live_per_key[key_id]:
             del self._live_per_key[key_id]
 
-    def owner(self, generation: Generation) -> str | None:
+    def owner_here(self, generation: Generation) -> str | None:
+        """The key that created a generation of this process (see :meth:`track`)."""
         return self._owner.get(generation)
 
     def scoped(self, registry: StreamRegistry, scope: Scope) -> ScopedRegistry:
@@ -334,9 +337,11 @@ class ScopedRegistry(Streams):
     """A :class:`StreamRegistry` seen through one connection's credentials.
 
     ``create`` enforces the stream limits (:class:`RateLimited`) and checks that the key has not
-    been revoked since the connection authenticated (:class:`Unauthorized`); ``get`` and
-    ``cancel`` only find the caller's own streams (:class:`NotFound` otherwise, so that
-    stream ids of other keys cannot even be probed). Everything else is the registry's.
+    been revoked since the connection authenticated (:class:`Unauthorized`); ``get``,
+    ``cancel``, ``cancel_anywhere`` and ``resume`` only find the caller's own streams, live or
+    ended, here or on another worker: another key's stream raises :class:`NotFound` (404
+    not_found, or an ``error`` not_found on a WebSocket), never its events.
+    Everything else is the registry's.
     """
 
     def __init__(self, guard: StreamGuard, registry: StreamRegistry, scope: Scope) -> None:
@@ -357,15 +362,21 @@ class ScopedRegistry(Streams):
         transport: str,
         request_id: str | None = None,
         on_disconnect: DisconnectPolicy | None = None,
+        owner: str | None = None,
     ) -> Generation:
-        """The registry's ``create``, within the limits of the caller's key. Raises
-        :class:`RateLimited`, :class:`Unauthorized`, and what ``create`` raises."""
+        """The registry's ``create``, within the limits of the caller's key, which owns the
+        stream (``owner`` is ignored). Raises :class:`RateLimited`, :class:`Unauthorized`, and
+        what ``create`` raises."""
         principal = self._auth.principal
         if principal is None or not self._guard.auth.still_valid(principal):
             raise Unauthorized("the API key of this connection was revoked")
         self._guard.admit(principal.key_id)
         generation = self._registry.create(
-            params, transport=transport, request_id=request_id, on_disconnect=on_disconnect
+            params,
+            transport=transport,
+            request_id=request_id,
+            on_disconnect=on_disconnect,
+            owner=principal.key_id,
         )
         self._guard.track(generation, principal.key_id)
         return generation
@@ -375,7 +386,7 @@ class ScopedRegistry(Streams):
 
     def get(self, stream_id: str) -> Generation:
         generation = self._registry.get(stream_id)
-        if self._guard.owner(generation) != self.key_id:
+        if self._guard.owner_here(generation) != self.key_id:
             raise NotFound(f"no live stream {stream_id!r}")
         return generation
 
@@ -385,26 +396,23 @@ class ScopedRegistry(Streams):
         self._guard.metrics.cancel_requested(generation.transport)
         return generation
 
-    def _local(self, stream_id: str) -> Generation | None:
-        """The stream when it runs in this process and belongs to the caller (raises
-        :class:`NotFound` when it belongs to another key); ``None`` when it runs elsewhere.
-        Streams of other workers carry no owner yet: they are not checked."""
-        try:
-            generation = self._registry.get(stream_id)
-        except NotFound:
-            return None
-        if self._guard.owner(generation) != self.key_id:
-            raise NotFound(f"no live stream {stream_id!r}")
-        return generation
+    async def _check_owner(self, stream_id: str) -> None:
+        """Raise :class:`NotFound` unless the log says the caller owns ``stream_id``
+        (:class:`UnknownStream` when no such stream is kept, :class:`StreamLogUnavailable`
+        when the log cannot say)."""
+        if await self._registry.log.owner_of(stream_id) != self.key_id:
+            raise NotFound(f"no stream {stream_id!r}")
 
     async def cancel_anywhere(self, stream_id: str) -> str:
-        generation = self._local(stream_id)
+        await self._check_owner(stream_id)
+        generation = self._registry.live_generation(stream_id)
         if generation is not None:
             self._guard.metrics.cancel_requested(generation.transport)
         return await self._registry.cancel_anywhere(stream_id)
 
     async def resume(self, stream_id: str, after_seq: int) -> Attachment:
-        generation = self._local(stream_id)
+        await self._check_owner(stream_id)
+        generation = self._registry.live_generation(stream_id)
         attachment = await self._registry.resume(stream_id, after_seq)
         self._guard.metrics.resumed(generation.transport if generation else "unknown")
         return attachment

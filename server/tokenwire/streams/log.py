@@ -20,6 +20,11 @@ Backends, chosen by ``TOKENWIRE_STREAM_LOG`` (see :func:`create_stream_log`):
 - ``redis://...``: Redis Streams, shared by every worker and host of a deployment
   (:mod:`tokenwire.streams.redis_log`).
 
+Ownership: every stream carries its owner (the API key id that created it, ``None`` when
+anonymous), given with :meth:`StreamLog.claim` and kept with the stream's events for as long
+as they are kept, in memory and in Redis; :meth:`StreamLog.owner_of` answers it for any stream,
+live here, live elsewhere or ended, so that the edge can check it on every read and cancel.
+
 Errors raised to callers: :class:`UnknownStream`, :class:`CursorExpired` (both answered with
 ``stream.reset``), :class:`CursorAhead` (an ``invalid_request``), :class:`StreamLogUnavailable`
 (a retryable ``unavailable`` error).
@@ -89,7 +94,7 @@ class StreamRecord:
     of every stream of the process, tens of milliseconds per hundred thousand objects).
     """
 
-    __slots__ = ("stream_id", "_entries", "_first", "size", "last_seq", "ended_at")
+    __slots__ = ("stream_id", "_entries", "_first", "size", "last_seq", "ended_at", "owner")
 
     def __init__(self, stream_id: str) -> None:
         self.stream_id = stream_id
@@ -99,6 +104,7 @@ class StreamRecord:
         self.size = 0  # bytes, as counted by kept_size
         self.last_seq = 0  # the seq of the newest event ever appended
         self.ended_at: float | None = None  # time.monotonic() of stream.end
+        self.owner: str | None = None  # the API key id that created the stream (None: anonymous)
 
     @property
     def ended(self) -> bool:
@@ -231,6 +237,11 @@ class StreamLog(ABC):
         """Start keeping a new stream that runs in this process."""
         self._local[stream_id] = StreamRecord(stream_id)
 
+    def claim(self, stream_id: str, owner: str | None) -> None:
+        """Record the owner (an API key id; ``None``: anonymous) of a stream begun here, before
+        its first event is appended; it is kept with the stream's events."""
+        self._local[stream_id].owner = owner
+
     def append(self, stream_id: str, event: Event) -> None:
         """Keep ``event`` (numbered, in seq order) of a stream begun here. Never waits."""
         record = self._local[stream_id]
@@ -262,6 +273,16 @@ class StreamLog(ABC):
             UnknownStream: the log holds no such stream.
             CursorExpired: events right after the cursor are no longer kept.
             CursorAhead: the cursor is beyond the stream's newest event.
+            StreamLogUnavailable: the storage cannot be reached.
+        """
+
+    @abstractmethod
+    async def owner_of(self, stream_id: str) -> str | None:
+        """The owner given to :meth:`claim` of any stream the log holds (live here, live
+        elsewhere, or ended and kept).
+
+        Raises:
+            UnknownStream: the log holds no such stream.
             StreamLogUnavailable: the storage cannot be reached.
         """
 
@@ -314,6 +335,13 @@ class MemoryStreamLog(StreamLog):
             if not expired and len(self._ended_streams) <= self.max_streams:
                 return
             del self._ended_streams[stream_id]
+
+    async def owner_of(self, stream_id: str) -> str | None:
+        self._forget_expired()
+        record = self._local.get(stream_id) or self._ended_streams.get(stream_id)
+        if record is None:
+            raise UnknownStream(f"no stream {stream_id!r} (unknown, or forgotten after its TTL)")
+        return record.owner
 
     async def open_reader(self, stream_id: str, after_seq: int) -> LogReader:
         self._forget_expired()

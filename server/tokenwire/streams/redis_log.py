@@ -7,7 +7,9 @@ Layout (``{id}`` is the stream id)::
                             ``<seq of its last event>-0``, so that "the entries after a cursor"
                             is an XRANGE / XREAD after ``<cursor>-0``. Trimmed to about
                             ``max_events`` entries (MAXLEN ~); expires ``ttl`` seconds after the
-                            stream's end.
+                            stream's end. Field ``o`` of every entry: the stream's owner (an
+                            API key id, empty when anonymous), so that it lives and expires
+                            with the events whatever the trimming.
     tokenwire:{id}:owner    present while the process that runs the stream is alive (a lease,
                             renewed every ``lease / 3`` seconds, ``lease`` seconds long).
     tokenwire:control       pub/sub channel: ``cancel <id>``, ``attach <id>``, ``detach <id>``.
@@ -88,6 +90,13 @@ def _entry_events(fields: dict[Any, Any]) -> list[Event]:
     """The events of one log entry (a Redis stream entry's ``e`` field, a JSON array)."""
     raw = fields.get(b"e") or fields.get("e") or b"[]"
     return _EVENTS.validate_json(raw)
+
+
+def _entry_owner(fields: dict[Any, Any]) -> str | None:
+    """The owner recorded in a log entry (field ``o``; empty or absent: anonymous)."""
+    raw = fields.get(b"o") or fields.get("o") or b""
+    owner = raw.decode() if isinstance(raw, bytes) else str(raw)
+    return owner or None
 
 
 def redacted(url: str) -> str:
@@ -263,7 +272,10 @@ class RedisStreamLog(StreamLog):
                     key = _events_key(stream_id)
                     body = "[" + ",".join(event_json(event) for event in events) + "]"
                     entry_id = f"{seq_of(events[-1])}-0"
-                    pipe.xadd(key, {"e": body}, id=entry_id, maxlen=self.max_events)
+                    record = self._local.get(stream_id)
+                    owner = (record.owner if record is not None else None) or ""
+                    fields = {"e": body, "o": owner}
+                    pipe.xadd(key, fields, id=entry_id, maxlen=self.max_events)
                     if isinstance(events[-1], StreamEnd):
                         pipe.expire(key, int(self.ttl) + 1)
                         pipe.delete(_owner_key(stream_id))
@@ -354,6 +366,30 @@ class RedisStreamLog(StreamLog):
                 handler(op, stream_id)
 
     # -- reading ------------------------------------------------------------------------------
+
+    async def owner_of(self, stream_id: str) -> str | None:
+        """See :meth:`StreamLog.owner_of`. A stream that Redis does not know yet is waited for,
+        up to ``catch_up_wait`` seconds (its process may not have flushed its first event)."""
+        record = self._local.get(stream_id)
+        if record is not None:
+            return record.owner
+        key = _events_key(stream_id)
+        deadline = time.monotonic() + self.catch_up_wait
+        try:
+            while True:
+                self.commands += 1
+                last = await self.redis.xrevrange(key, count=1)
+                if last:
+                    return _entry_owner(last[0][1])
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise UnknownStream(
+                        f"no stream {stream_id!r} (unknown, or forgotten after its TTL)"
+                    )
+                self.commands += 1
+                await self.redis.xread({key: "0-0"}, block=max(1, round(remaining * 1000)))
+        except RedisError as exc:
+            raise StreamLogUnavailable(f"the stream log (Redis) is unavailable: {exc}") from exc
 
     async def open_reader(self, stream_id: str, after_seq: int) -> LogReader:
         """See :meth:`StreamLog.open_reader`. The process that runs a stream delivers to its own

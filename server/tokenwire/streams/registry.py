@@ -138,6 +138,7 @@ class Streams(ABC):
         transport: str,
         request_id: str | None = None,
         on_disconnect: DisconnectPolicy | None = None,
+        owner: str | None = None,
     ) -> Generation: ...
 
     @abstractmethod
@@ -190,9 +191,12 @@ class StreamRegistry(Streams):
         transport: str,
         request_id: str | None = None,
         on_disconnect: DisconnectPolicy | None = None,
+        owner: str | None = None,
     ) -> Generation:
         """A new generation, registered but not started (attach first, then ``start()``).
-        Its disconnect policy is ``on_disconnect``, else the request's, else the server's.
+        Its disconnect policy is ``on_disconnect``, else the request's, else the server's;
+        ``owner`` (an API key id) is kept with its events in the log (see
+        :meth:`StreamLog.claim`).
 
         Raises:
             NotFound: the provider does not serve ``params.model``.
@@ -215,6 +219,7 @@ class StreamRegistry(Streams):
             first_token_timeout=self.settings.first_token_timeout,
             max_duration=self.settings.max_stream_duration,
         )
+        self.log.claim(generation.stream_id, owner)
         generation.observer = self.observer
         self.observer.stream_started(transport)
         generation.when_ended(self._forget)
@@ -285,6 +290,10 @@ class StreamRegistry(Streams):
             "overflow": self.settings.overflow,
             "evict_after": self.settings.slow_consumer_timeout,
         }
+
+    def live_generation(self, stream_id: str) -> Generation | None:
+        """The generation ``stream_id`` when it runs in this process, else ``None``."""
+        return self._live.get(stream_id)
 
     def get(self, stream_id: str) -> Generation:
         """The live generation ``stream_id``. Raises :class:`NotFound`."""
