@@ -24,12 +24,12 @@ from tokenwire.errors import InvalidField, InvalidRequest, TokenwireError
 from tokenwire.logs import request_id_var
 from tokenwire.protocol import openai as oai
 from tokenwire.protocol import sse
-from tokenwire.protocol.events import FinishReason, ResetReason, StreamEnd, StreamReset
+from tokenwire.protocol.events import FinishReason, StreamEnd, StreamReset
 from tokenwire.protocol.requests import GenerateParams, describe_validation_error
 from tokenwire.providers import Provider
 from tokenwire.settings import DisconnectPolicy, Settings
 from tokenwire.streams.generation import Generation
-from tokenwire.streams.log import CursorExpired, StreamLog, UnknownStream
+from tokenwire.streams.log import CursorExpired, StreamLog, UnknownStream, reset_reason
 from tokenwire.streams.registry import Attachment, StreamRegistry
 from tokenwire.transports.collect import collect
 from tokenwire.transports.sse import EventStreamResponse
@@ -153,8 +153,7 @@ class TokenwireApp:
             after_seq = _cursor(raw)
             attachment = await self.scoped(request).resume(stream_id, after_seq)
         except (UnknownStream, CursorExpired) as exc:
-            reason: ResetReason = "expired" if isinstance(exc, CursorExpired) else "unknown_stream"
-            reset = StreamReset(stream_id=stream_id, reason=reason)
+            reset = StreamReset(stream_id=stream_id, reason=reset_reason(exc))
             return Response(sse.encode_event(reset), media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
         except TokenwireError as exc:
             return error_response(exc)

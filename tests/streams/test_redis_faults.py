@@ -6,13 +6,15 @@ cursors past a dead worker's last write get answers a client can act on."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 
 import httpx
 
-from tests.helpers import scripted_app, serve
+from tests.helpers import delta, scripted_app, serve
 from tests.streams.test_resume import detached, resume
 from tokenwire.providers.scripted import Script
+from tokenwire.streams.redis_log import RedisStreamLog
 
 
 async def test_a_resume_burst_cuts_no_running_stream(redis_server):
@@ -21,9 +23,12 @@ async def test_a_resume_burst_cuts_no_running_stream(redis_server):
     refused (503, retryable) or reset, never served by starving the writer."""
     script = Script(tokens=60, interval=0.05)
     app, _ = scripted_app(script, stream_log=redis_server.url, stream_log_max_readers=20)
-    with serve(app) as server:
+    async with contextlib.AsyncExitStack() as stack:
+        server = stack.enter_context(serve(app))
         streams = [await detached(server, on_disconnect="detach") for _ in range(3)]
         peers = [await resume("sse", server, s["stream_id"], 0) for s in streams]
+        for peer in peers:
+            await stack.enter_async_context(peer)
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
         async with httpx.AsyncClient(timeout=30, limits=limits) as http:
 
@@ -37,3 +42,26 @@ async def test_a_resume_burst_cuts_no_running_stream(redis_server):
         ends = [(await peer.rest())[-1] for peer in peers]
     assert [end["finish_reason"] for end in ends] == ["stop"] * 3, ends
     assert set(statuses) <= {200, 503}, statuses
+
+
+async def test_a_cursor_past_a_dead_workers_last_write_gets_stream_reset_lost(
+    transport, redis_server
+):
+    """A worker wrote seqs 1..5 of a stream and died (no end, its lease lapses); its client
+    had seen seq 8 (delivered before the write). Resuming after 8 anywhere is answered
+    ``stream.reset`` with reason ``lost``: the stream cannot continue, and nothing the client
+    can retry would change that (not a 400 invalid_request)."""
+    dead = RedisStreamLog(redis_server.url, max_events=100, max_bytes=1 << 20, ttl=60, lease=1)
+    await dead.start()
+    stream_id = "str_" + secrets.token_urlsafe(16)
+    dead.begin(stream_id)
+    dead.claim(stream_id, None)
+    for seq in range(1, 6):
+        dead.append(stream_id, delta(seq, "x", stream_id))
+    await dead.aclose()  # writes what is pending, then stops: no end, no lease renewal
+    app, _ = scripted_app(stream_log=redis_server.url)
+    with serve(app) as server:
+        async with await resume(transport, server, stream_id, 8) as peer:
+            event = await peer.event()
+    assert event is not None and event["type"] == "stream.reset", event
+    assert event["reason"] == "lost"

@@ -25,9 +25,10 @@ anonymous), given with :meth:`StreamLog.claim` and kept with the stream's events
 as they are kept, in memory and in Redis; :meth:`StreamLog.owner_of` answers it for any stream,
 live here, live elsewhere or ended, so that the edge can check it on every read and cancel.
 
-Errors raised to callers: :class:`UnknownStream`, :class:`CursorExpired` (both answered with
-``stream.reset``), :class:`CursorAhead` (an ``invalid_request``), :class:`StreamLogUnavailable`
-(a retryable ``unavailable`` error).
+Errors raised to callers: :class:`UnknownStream`, :class:`CursorExpired` and
+:class:`StreamLost` (answered with ``stream.reset``, reason :func:`reset_reason`),
+:class:`CursorAhead` (an ``invalid_request``), :class:`StreamLogUnavailable` (a retryable
+``unavailable`` error).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import ClassVar
 
 from tokenwire.errors import ErrorCode, InvalidRequest, NotFound, TokenwireError
-from tokenwire.protocol.events import Event, StreamEnd, TextDelta
+from tokenwire.protocol.events import Event, ResetReason, StreamEnd, TextDelta
 from tokenwire.settings import Settings
 
 EVENT_OVERHEAD = 64
@@ -55,6 +56,19 @@ class CursorExpired(TokenwireError):
     """The events right after the cursor were dropped from the log (its bounds)."""
 
     code = ErrorCode.INVALID_REQUEST
+
+
+class StreamLost(CursorExpired):
+    """The stream has no end in the log and the cursor is past the log's last event: the
+    events after the last write were delivered by a process that died before writing them.
+    Nothing can continue it (``stream.reset``, reason ``lost``); start a new stream."""
+
+
+def reset_reason(exc: UnknownStream | CursorExpired) -> ResetReason:
+    """The ``stream.reset`` reason that answers an unserveable cursor."""
+    if isinstance(exc, StreamLost):
+        return "lost"
+    return "expired" if isinstance(exc, CursorExpired) else "unknown_stream"
 
 
 class CursorAhead(InvalidRequest):

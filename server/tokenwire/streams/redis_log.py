@@ -60,6 +60,7 @@ from tokenwire.streams.log import (
     LogReader,
     StreamLog,
     StreamLogUnavailable,
+    StreamLost,
     StreamRecord,
     UnknownStream,
 )
@@ -395,7 +396,8 @@ class RedisStreamLog(StreamLog):
         """See :meth:`StreamLog.open_reader`. The process that runs a stream delivers to its own
         readers before its writer has flushed, so a stream or cursor that Redis does not know
         yet is waited for, up to ``catch_up_wait`` seconds, before it counts as unknown or
-        ahead."""
+        ahead; a cursor still ahead of a stream with no end is :class:`StreamLost` (its
+        process died after delivering events it had not written)."""
         key = _events_key(stream_id)
         deadline = time.monotonic() + self.catch_up_wait
         try:
@@ -421,6 +423,12 @@ class RedisStreamLog(StreamLog):
         first_kept = seq_of(_entry_events(first[0][1])[0])
         last_events = _entry_events(last[0][1])
         last_seq = seq_of(last_events[-1])
+        ended = isinstance(last_events[-1], StreamEnd)
+        if after_seq > last_seq and not ended:  # a live owner would have written it by now
+            raise StreamLost(
+                f"stream {stream_id} was lost after seq {last_seq}: its worker stopped before "
+                "writing the events after it; start a new stream"
+            )
         if after_seq > last_seq:
             raise CursorAhead(
                 f"cursor {after_seq} is ahead of stream {stream_id} (last seq {last_seq})"
@@ -436,7 +444,6 @@ class RedisStreamLog(StreamLog):
                 if seq_of(event) > seen:  # skips re-written entries
                     catch_up.append(event)
                     seen = seq_of(event)
-        ended = isinstance(last_events[-1], StreamEnd)
         reader = _RedisReader(self, stream_id, catch_up, ended, last_seq)
         if not ended:
             await self._publish("attach", stream_id)

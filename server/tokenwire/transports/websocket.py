@@ -23,7 +23,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from tokenwire.errors import ErrorCode, InvalidRequest, TokenwireError
 from tokenwire.lifecycle import server_send
 from tokenwire.protocol import websocket as codec
-from tokenwire.protocol.events import ErrorEvent, Event, ResetReason, StreamReset
+from tokenwire.protocol.events import ErrorEvent, Event, StreamReset
 from tokenwire.protocol.requests import (
     CancelMessage,
     ClientMessage,
@@ -34,7 +34,7 @@ from tokenwire.protocol.requests import (
 )
 from tokenwire.settings import Settings
 from tokenwire.streams.generation import Detach
-from tokenwire.streams.log import CursorExpired, UnknownStream
+from tokenwire.streams.log import CursorExpired, UnknownStream, reset_reason
 from tokenwire.streams.registry import Attachment, Streams
 from tokenwire.transports.base import Gauge, SendTimeout, Transport, Write, coroutine_send
 from tokenwire.transports.pump import Delivery, pump
@@ -184,8 +184,7 @@ class WebSocketSession:
         try:
             attachment = await self.registry.resume(message.stream_id, message.after_seq)
         except (UnknownStream, CursorExpired) as exc:
-            reason: ResetReason = "expired" if isinstance(exc, CursorExpired) else "unknown_stream"
-            reset = StreamReset(stream_id=message.stream_id, reason=reason)
+            reset = StreamReset(stream_id=message.stream_id, reason=reset_reason(exc))
             await self.transport.send_text(codec.encode_event(reset))
             return
         self._deliver_in_task(attachment)
