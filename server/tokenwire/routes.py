@@ -6,6 +6,8 @@ error answer comes from :mod:`tokenwire.edge.responses`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import secrets
 import time
@@ -74,9 +76,16 @@ class TokenwireApp:
         streams only (see :class:`tokenwire.edge.limits.ScopedRegistry`)."""
         return self.guards.scoped(connection)
 
-    def drain(self) -> None:
-        """Begin a graceful shutdown (see :meth:`StreamRegistry.drain`)."""
+    async def drain(self) -> None:
+        """Begin a graceful shutdown (see :meth:`StreamRegistry.drain`). With a log that no
+        other process can serve, return once the live streams have ended (at most
+        ``drain_timeout`` seconds); the server's own shutdown, which closes connections,
+        begins after that."""
         self.registry.drain()
+        if not self.stream_log.shared:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.drain_timeout):
+                    await self.registry.wait_idle()
 
     def event_stream(
         self, attachment: Attachment, *, start: Generation | None = None, **options: Any

@@ -224,6 +224,8 @@ class StreamLog(ABC):
     """
 
     name: ClassVar[str]
+    shared: ClassVar[bool] = False
+    """Whether other processes can serve this log's streams (resume them elsewhere)."""
 
     def __init__(self, *, max_events: int, max_bytes: int, ttl: float) -> None:
         self.max_events = max_events

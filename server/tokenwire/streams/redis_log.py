@@ -133,6 +133,7 @@ class RedisStreamLog(StreamLog):
     """
 
     name = "redis"
+    shared = True
 
     def __init__(
         self,

@@ -172,7 +172,8 @@ class StreamRegistry(Streams):
         self.settings = settings or Settings()
         self.log = log or MemoryStreamLog.from_settings(self.settings)
         self.log.on_control(self._on_control)
-        self.draining = DrainSignal()  # set when the server starts to shut down
+        self.draining = DrainSignal()  # set when the streams are handed off (shared log)
+        self.closing = False  # set when the server starts to shut down: no new streams
         self.observer: StreamObserver = NO_OBSERVER  # the edge's, set when the app is wired
         self._live: dict[str, Generation] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -202,7 +203,7 @@ class StreamRegistry(Streams):
             NotFound: the provider does not serve ``params.model``.
             StreamLogUnavailable: the server is shutting down (retry on another worker).
         """
-        if self.draining.is_set():
+        if self.closing:
             raise StreamLogUnavailable("the server is shutting down; retry")
         model = self.provider.resolve_model(params.model)
         policy = on_disconnect or params.on_disconnect or self.settings.on_disconnect
@@ -346,15 +347,27 @@ class StreamRegistry(Streams):
     # -- shutdown -----------------------------------------------------------------------------
 
     def drain(self) -> None:
-        """Start a graceful shutdown: refuse new streams, and let the running generations go
-        on without readers (writing to the log) for at most ``settings.drain_timeout`` seconds.
-        Transports watch :attr:`draining` and tell their clients to reconnect."""
-        if self.draining.is_set():
+        """Start a graceful shutdown: refuse new streams. With a log that other processes
+        serve (:attr:`StreamLog.shared`), hand the streams off: let the running generations go
+        on without readers (writing to the log) for at most ``settings.drain_timeout``
+        seconds, and set :attr:`draining`, which transports watch to tell their clients to
+        reconnect (elsewhere). With a log nobody else can serve, the streams stay with their
+        clients: see :meth:`wait_idle`."""
+        if self.closing:
+            return
+        self.closing = True
+        if not self.log.shared:
+            log.info("draining: serving %d live streams to their end", len(self._live))
             return
         self.draining.set()
         log.info("draining %d live streams", len(self._live))
         for generation in list(self._live.values()):
             generation.prepare_drain(self.settings.drain_timeout)
+
+    async def wait_idle(self) -> None:
+        """Wait until no generation that runs here now is running (bound it with
+        ``asyncio.timeout``; cancelling the wait is safe)."""
+        await asyncio.gather(*(generation.wait() for generation in list(self._live.values())))
 
     async def aclose(self) -> None:
         """Wait up to the drain timeout for the live generations to end (when draining), then
