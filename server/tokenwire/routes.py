@@ -39,11 +39,15 @@ from tokenwire.transports.websocket import WebSocketSession
 
 
 async def _json_body(request: Request) -> Any:
+    """The request's JSON body. Raises :class:`InvalidRequest` for invalid JSON, and for JSON
+    nested deeper than the parser's recursion limit (about 1,000 levels)."""
     raw = await request.body()
     try:
         return json.loads(raw)
     except ValueError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise InvalidRequest("request body is nested too deeply") from None
 
 
 M = TypeVar("M", bound=BaseModel)

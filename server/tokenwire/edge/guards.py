@@ -132,6 +132,8 @@ def _requested_ttl(raw: bytes, limit: float) -> float:
         body = json.loads(raw)
     except ValueError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise InvalidRequest("request body is nested too deeply") from None
     if not isinstance(body, dict) or set(body) - {"ttl"}:
         raise InvalidField("body: expected {'ttl': seconds} or nothing")
     ttl = body.get("ttl", limit)

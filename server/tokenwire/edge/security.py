@@ -416,7 +416,7 @@ class _FirstMessageAuth:
             data = (message.get("bytes") or b"").decode("utf-8", "replace")
         try:
             parsed = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deeply to parse
             parsed = None
         if not isinstance(parsed, dict) or parsed.get("type") != "auth":
             raise Unauthorized("authenticate first: {'type': 'auth', 'token': ...}")

@@ -1,0 +1,50 @@
+"""Input an attacker sends to see what breaks: deeply nested JSON in every parser (bodies,
+WebSocket messages, the pre-auth ``auth`` message), and values that only look valid. Each gets
+a clear 4xx or ``error`` frame; a WebSocket stays open."""
+
+from __future__ import annotations
+
+import json
+
+from httpx_ws import aconnect_ws
+
+from tests.helpers import asgi_client, scripted_app
+
+NESTED = "[" * 1000 + "]" * 1000  # 2 KB: past Python's recursion limit in json.loads
+NESTED_OBJECT = '{"type": "generate", "messages": ' + NESTED + "}"
+
+
+async def test_deeply_nested_json_is_a_400_on_every_body_parser():
+    app, _ = scripted_app()
+    async with asgi_client(app) as http:
+        for path in ("/v1/streams", "/v1/chat/completions", "/v1/tokens"):
+            for body in (NESTED, NESTED_OBJECT):
+                response = await http.post(
+                    path, content=body, headers={"Content-Type": "application/json"}
+                )
+                assert response.status_code in (400, 422), (path, response.text)
+                error = response.json()["error"]
+                assert error["code"] == "invalid_request", (path, error)
+
+
+async def test_deeply_nested_json_on_a_websocket_is_an_error_frame_and_the_socket_stays_open():
+    app, _ = scripted_app()
+    async with asgi_client(app) as http, aconnect_ws("/v1/ws", http) as ws:
+        for body in (NESTED, NESTED_OBJECT):
+            await ws.send_text(body)
+            frame = json.loads(await ws.receive_text())
+            assert frame["type"] == "error" and frame["code"] == "invalid_request", frame
+        await ws.send_text(json.dumps({"type": "ping", "id": 1}))
+        assert json.loads(await ws.receive_text()) == {"type": "pong", "id": 1}
+
+
+async def test_a_deeply_nested_auth_message_closes_1008():
+    app, _ = scripted_app(api_keys="tw_test-key-alice")
+    async with asgi_client(app) as http, aconnect_ws("/v1/ws", http) as ws:
+        await ws.send_text(NESTED)
+        try:
+            await ws.receive_text()
+        except Exception as exc:  # httpx-ws raises WebSocketDisconnect with the close code
+            assert getattr(exc, "code", None) == 1008, repr(exc)
+        else:
+            raise AssertionError("the socket stayed open without authentication")
