@@ -48,3 +48,28 @@ async def test_a_deeply_nested_auth_message_closes_1008():
             assert getattr(exc, "code", None) == 1008, repr(exc)
         else:
             raise AssertionError("the socket stayed open without authentication")
+
+
+async def test_dns_rebinding_a_foreign_host_is_refused_even_when_it_matches_the_origin():
+    """An attacker's page on evil.example, whose name now resolves to 127.0.0.1: the browser
+    sends Host = Origin = evil.example. A server bound to loopback only answers loopback
+    names (allowed_hosts)."""
+    app, provider = scripted_app()
+    rebound = {"Host": "evil.example", "Origin": "http://evil.example"}
+    async with asgi_client(app) as http:
+        created = await http.post(
+            "/v1/streams",
+            json={"messages": [{"role": "user", "content": "hi"}], "on_disconnect": "detach"},
+            headers={**rebound, "Accept": "application/json"},
+        )
+        assert created.status_code == 400, created.text
+        assert created.json()["error"]["code"] == "invalid_request"
+        try:
+            async with aconnect_ws("/v1/ws", http, headers=rebound):
+                accepted = True
+        except Exception:  # the handshake was refused (httpx-ws raises its upgrade error)
+            accepted = False
+        assert not accepted
+        own = await http.get("/healthz", headers={"Host": "127.0.0.1:8000"})
+        assert own.status_code == 200
+    assert provider.records == []

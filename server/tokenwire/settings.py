@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     token_ttl: Annotated[float, Field(gt=0, le=3600)] = 60.0  # longest query-token lifetime
     auth_timeout: Annotated[float, Field(gt=0)] = 5.0  # WebSocket first `auth` message within
     allowed_origins: Annotated[list[str], NoDecode] = []  # exact; same-origin always allowed
+    # Host header allowlist (DNS rebinding): exact names or `*.example.com` (Starlette's
+    # TrustedHostMiddleware); empty: loopback names when `host` is loopback, else any host
+    allowed_hosts: Annotated[list[str], NoDecode] = []
     max_body_size: Annotated[int, Field(ge=1024)] = 1048576  # bytes; larger: 413
     # `tokenwire serve` (edge/http.py): a request head (request line + headers) over this many
     # bytes: 431; a head not complete this many seconds after the connection opened or its
@@ -112,11 +115,14 @@ class Settings(BaseSettings):
     max_streams_per_key: Annotated[int, Field(ge=1)] = 32  # live streams per API key
     max_ws_connections: Annotated[int, Field(ge=1)] = 1024  # open WebSockets per process
     max_ws_connections_per_key: Annotated[int, Field(ge=1)] = 32
+    # WebSockets waiting for their first-message `auth` (at most auth_timeout s each), counted
+    # apart from max_ws_connections; more: close 1013
+    max_ws_unauthenticated: Annotated[int, Field(ge=1)] = 256
     ws_messages_per_minute: Annotated[int | None, Field(ge=1)] = 240  # per socket; None: no limit
     ws_per_message_deflate: bool = False  # RFC 7692; the size limit applies decompressed
     metrics: bool = True  # GET /metrics (behind auth like every route when auth is on)
 
-    @field_validator("api_keys", "allowed_origins", mode="before")
+    @field_validator("api_keys", "allowed_origins", "allowed_hosts", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):

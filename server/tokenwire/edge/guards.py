@@ -22,7 +22,14 @@ from tokenwire.edge.keys import TOKEN_PREFIX
 from tokenwire.edge.limits import ConnectionLimiter, LimitsMiddleware, ScopedRegistry, StreamGuard
 from tokenwire.edge.metrics import Metrics
 from tokenwire.edge.responses import error_response
-from tokenwire.edge.security import Authenticator, OriginPolicy, SecurityMiddleware, auth_state
+from tokenwire.edge.security import (
+    Authenticator,
+    HostCheck,
+    OriginPolicy,
+    SecurityMiddleware,
+    allowed_hosts,
+    auth_state,
+)
 from tokenwire.errors import InvalidField, InvalidRequest, TokenwireError, Unauthorized
 from tokenwire.settings import Settings
 from tokenwire.streams.registry import StreamRegistry
@@ -45,7 +52,9 @@ class Guards:
         self.metrics.live = self.streams.live
         registry.observer = self.metrics  # every generation of the registry reports here
         self.connections = ConnectionLimiter(
-            settings.max_ws_connections, settings.max_ws_connections_per_key
+            settings.max_ws_connections,
+            settings.max_ws_connections_per_key,
+            settings.max_ws_unauthenticated,
         )
 
     def scoped(self, connection: Request | WebSocket) -> ScopedRegistry:
@@ -60,12 +69,12 @@ class Guards:
         return routes
 
     def middleware(self) -> list[Middleware]:
-        """Outermost first: CORS (answers preflights; only with an allowlist), Origin +
-        authentication + WebSocket connection limits, sizes. (Open connections are counted by
-        the SSE response and the WebSocket session themselves, not by a wrapper of every
-        ``send``.)"""
+        """Outermost first: Host (DNS rebinding), CORS (answers preflights; only with an
+        allowlist), Origin + authentication + WebSocket connection limits, sizes. (Open
+        connections are counted by the SSE response and the WebSocket session themselves, not
+        by a wrapper of every ``send``.)"""
         settings = self.settings
-        stack = []
+        stack = [Middleware(HostCheck, allowed_hosts=allowed_hosts(settings))]
         if settings.allowed_origins:
             stack.append(
                 Middleware(
