@@ -4,6 +4,7 @@ flood beyond the limits leaves the streams already running intact."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import zlib
 
@@ -344,3 +345,28 @@ async def test_a_flood_beyond_the_limits_leaves_running_streams_intact():
             assert set(results[50:]) <= {1008, 1013}
             texts = await asyncio.gather(*running)
     assert texts == [scripted_text(tokens)] * 4
+
+
+async def test_sockets_that_never_authenticate_do_not_take_the_websocket_slots():
+    """8 sockets that never send their ``auth`` message, with 3 WebSocket slots: 3 real
+    clients (with a key in their handshake) still get in, since pre-auth sockets have their
+    own count (``max_ws_unauthenticated``); a pre-auth socket beyond it is closed 1013, and
+    one that authenticates once a pre-auth slot is free trades it for a connection slot."""
+    app, _ = scripted_app(
+        api_keys=KEY, max_ws_connections=3, max_ws_unauthenticated=8, auth_timeout=30
+    )
+    with serve(app) as server:
+        async with contextlib.AsyncExitStack() as stack:
+            for _ in range(8):
+                await stack.enter_async_context(ws_connect(server.base_url))
+            async with ws_connect(server.base_url) as ninth:
+                assert await close_code(ninth) == 1013
+            real = [
+                await stack.enter_async_context(
+                    ws_connect(server.base_url, additional_headers=AUTH)
+                )
+                for _ in range(3)
+            ]
+            for ws in real:
+                await ws.send(json.dumps({"type": "ping", "id": 1}))
+                assert json.loads(await ws.recv()) == {"type": "pong", "id": 1}

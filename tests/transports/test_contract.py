@@ -250,8 +250,13 @@ async def test_middleware_around_the_app_sees_every_frame(transport):
         await app(scope, receive, recording_send)
 
     async with app.router.lifespan_context(app):
-        http = httpx.AsyncClient(transport=ASGIWebSocketTransport(outer), base_url="http://localhost")
-        async with http, AsyncClient("http://localhost", transport=transport, http_client=http) as client:
+        http = httpx.AsyncClient(
+            transport=ASGIWebSocketTransport(outer), base_url="http://localhost"
+        )
+        async with (
+            http,
+            AsyncClient("http://localhost", transport=transport, http_client=http) as client,
+        ):
             events = await collect(client)
     assert isinstance(events[-1], StreamEnd) and len(events) >= 3
     frames = b"".join(seen)

@@ -17,7 +17,13 @@ limit (setting)                HTTP                            WebSocket
                                                                 message is dropped
 ``max_ws_connections``,        --                              accept, then close 1013
 ``max_ws_connections_per_key``
+``max_ws_unauthenticated``     --                              accept, then close 1013
 =============================  ==============================  ==============================
+
+A WebSocket that authenticates with its first message holds one of the
+``max_ws_unauthenticated`` pre-auth slots (for at most ``auth_timeout`` seconds) until it has
+authenticated, and only then takes a connection slot: sockets that never authenticate cannot
+keep real clients out.
 
 :class:`LimitsMiddleware` (pure ASGI) enforces the sizes before any route reads a byte;
 :class:`StreamGuard` counts live streams per key and per process, and hands each request a
@@ -239,16 +245,30 @@ def rate_limited_message(budget: MessageBudget) -> RateLimited:
 
 
 class ConnectionLimiter:
-    """Open WebSocket connections per process and per API key.
+    """Open WebSocket connections per process and per API key, and sockets still waiting for
+    their ``auth`` message (``max_pending``, counted apart).
 
-    ``acquire`` raises :class:`RateLimited` when full; every successful ``acquire`` must be
-    paired with one ``release`` with the same arguments."""
+    ``acquire`` and ``acquire_pending`` raise :class:`RateLimited` when full; every successful
+    one must be paired with one ``release`` (same arguments) or ``release_pending``."""
 
-    def __init__(self, max_total: int, max_per_key: int) -> None:
+    def __init__(self, max_total: int, max_per_key: int, max_pending: int = 256) -> None:
         self.max_total = max_total
         self.max_per_key = max_per_key
+        self.max_pending = max_pending
         self.total = 0
+        self.pending = 0
         self.per_key: defaultdict[str | None, int] = defaultdict(int)
+
+    def acquire_pending(self) -> None:
+        if self.pending >= self.max_pending:
+            raise RateLimited(
+                f"the server has {self.max_pending} WebSockets waiting to authenticate already",
+                retry_after=CONCURRENCY_RETRY_AFTER,
+            )
+        self.pending += 1
+
+    def release_pending(self) -> None:
+        self.pending -= 1
 
     def acquire(self, key_id: str | None, *, per_key: bool) -> None:
         if per_key:
