@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 
 import httpx
@@ -65,3 +66,21 @@ async def test_a_cursor_past_a_dead_workers_last_write_gets_stream_reset_lost(
             event = await peer.event()
     assert event is not None and event["type"] == "stream.reset", event
     assert event["reason"] == "lost"
+
+
+async def test_a_websocket_cancel_reaches_the_worker_that_runs_the_stream(redis_server):
+    """Start on A, resume on B over a WebSocket, cancel on that socket: A stops the stream
+    and B's socket gets its ``stream.end`` (cancelled), as with the HTTP cancel route."""
+    script = Script(tokens=100_000, interval=0.005)
+    app_a, provider_a = scripted_app(script, stream_log=redis_server.url)
+    app_b, _ = scripted_app(script, stream_log=redis_server.url)
+    with serve(app_a) as a, serve(app_b) as b:
+        stream_id = (await detached(a, on_disconnect="detach"))["stream_id"]
+        async with await resume("websocket", b, stream_id, 0) as peer:
+            for _ in range(5):
+                assert await peer.event() is not None
+            peer._send_ws(json.dumps({"type": "cancel", "stream_id": stream_id}))
+            rest = await peer.rest()
+    assert rest[-1]["type"] == "stream.end", rest[-3:]
+    assert rest[-1]["finish_reason"] == "cancelled"
+    assert provider_a.records[0].closed_at is not None

@@ -159,7 +159,9 @@ class WebSocketSession:
         if isinstance(message, GenerateMessage):
             self._generate(message)
         elif isinstance(message, CancelMessage):
-            self.registry.cancel(message.stream_id)
+            # wherever the stream runs (another worker: through the log's control channel);
+            # its stream.end reaches the sockets that deliver it
+            await self.registry.cancel_anywhere(message.stream_id)
         elif isinstance(message, PingMessage):
             await self.transport.send_text(codec.encode_pong(message.id))
         elif isinstance(message, ResumeMessage):
