@@ -105,6 +105,7 @@ class Guards:
                 max_body_size=settings.max_body_size,
                 max_message_size=settings.ws_max_message_size,
                 messages_per_minute=settings.ws_messages_per_minute,
+                send_timeout=settings.send_timeout,
             ),
         ]
         return stack

@@ -35,6 +35,7 @@ streams that run on another worker as well.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import weakref
 from collections import defaultdict
@@ -104,18 +105,22 @@ class LimitsMiddleware:
         max_body_size: int,
         max_message_size: int,
         messages_per_minute: int | None = None,
+        send_timeout: float | None = None,
     ) -> None:
         self.app = app
         self.max_body_size = max_body_size
         self.max_message_size = max_message_size
         self.messages_per_minute = messages_per_minute
+        self.send_timeout = send_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
             await self._http(scope, receive, send)
         elif scope["type"] == "websocket":
             budget = MessageBudget(self.messages_per_minute)
-            guard = _MessageGuard(self.max_message_size, budget, receive, send)
+            guard = _MessageGuard(
+                self.max_message_size, budget, receive, send, send_timeout=self.send_timeout
+            )
             await self.app(scope, guard, send)
         else:
             await self.app(scope, receive, send)
@@ -157,11 +162,21 @@ class _MessageGuard:
     """A WebSocket's ``receive`` with its limits: a message over ``limit`` bytes closes the
     socket with 1009 (the app sees a disconnect); a message over ``budget`` is dropped and
     answered with an ``error`` frame (rate_limited, ``retry_after`` in the message), and the
-    socket stays open."""
+    socket stays open. That answer is bounded by ``send_timeout`` seconds: a client that sends
+    but never reads is then disconnected (the app sees a disconnect, code 4008)."""
 
-    def __init__(self, limit: int, budget: MessageBudget, receive: Receive, send: Send) -> None:
+    def __init__(
+        self,
+        limit: int,
+        budget: MessageBudget,
+        receive: Receive,
+        send: Send,
+        *,
+        send_timeout: float | None = None,
+    ) -> None:
         self.limit = limit
         self.budget = budget
+        self.send_timeout = send_timeout
         self._receive = receive
         self._send = send
         self._closed: Message | None = None
@@ -197,7 +212,10 @@ class _MessageGuard:
     async def _refuse(self, exc: RateLimited) -> None:
         event = ErrorEvent(code=exc.code, message=exc.message, retryable=exc.retryable)
         try:
-            await self._send({"type": "websocket.send", "text": ws_codec.encode_event(event)})
+            async with asyncio.timeout(self.send_timeout):
+                await self._send({"type": "websocket.send", "text": ws_codec.encode_event(event)})
+        except TimeoutError:  # sends, never reads: let go of it
+            self._closed = {"type": "websocket.disconnect", "code": CloseCode.SLOW_CONSUMER}
         except (OSError, RuntimeError):
             pass  # the peer is gone: the next receive says so
 
