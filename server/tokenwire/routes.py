@@ -31,7 +31,13 @@ from tokenwire.protocol.requests import GenerateParams, describe_validation_erro
 from tokenwire.providers import Provider
 from tokenwire.settings import DisconnectPolicy, Settings
 from tokenwire.streams.generation import Generation
-from tokenwire.streams.log import CursorExpired, StreamLog, UnknownStream, reset_reason
+from tokenwire.streams.log import (
+    CursorExpired,
+    StreamLog,
+    UnknownStream,
+    check_cursor,
+    reset_reason,
+)
 from tokenwire.streams.registry import Attachment, StreamRegistry
 from tokenwire.transports.collect import collect
 from tokenwire.transports.sse import EventStreamResponse
@@ -257,4 +263,6 @@ def _cursor(raw: str | None) -> int:
         return 0
     if not raw.isdecimal() or len(raw) > 18:
         raise InvalidRequest(f"Last-Event-ID must be a seq (a decimal integer), got {raw[:40]!r}")
-    return int(raw)
+    cursor = int(raw)
+    check_cursor(cursor)
+    return cursor

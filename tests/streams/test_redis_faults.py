@@ -11,8 +11,9 @@ import json
 import secrets
 
 import httpx
+from httpx_ws import aconnect_ws
 
-from tests.helpers import delta, scripted_app, serve
+from tests.helpers import asgi_client, delta, scripted_app, serve
 from tests.streams.test_resume import detached, resume
 from tokenwire.providers.scripted import Script
 from tokenwire.streams.redis_log import RedisStreamLog
@@ -84,3 +85,21 @@ async def test_a_websocket_cancel_reaches_the_worker_that_runs_the_stream(redis_
     assert rest[-1]["type"] == "stream.end", rest[-3:]
     assert rest[-1]["finish_reason"] == "cancelled"
     assert provider_a.records[0].closed_at is not None
+
+
+async def test_a_cursor_beyond_the_logs_range_is_an_invalid_request(redis_server):
+    """``after_seq`` past any seq a stream can have (Redis stream ids are 64-bit) is refused
+    up front as invalid_request, on both transports, and no Redis key name leaks."""
+    app, _ = scripted_app(stream_log=redis_server.url)
+    stream_id = "str_" + secrets.token_urlsafe(16)
+    async with asgi_client(app) as http:
+        async with aconnect_ws("/v1/ws", http) as ws:
+            for after_seq in (2**64, 2**53):
+                message = {"type": "resume", "stream_id": stream_id, "after_seq": after_seq}
+                await ws.send_text(json.dumps(message))
+                frame = json.loads(await ws.receive_text())
+                assert frame["type"] == "error" and frame["code"] == "invalid_request", frame
+                assert "tokenwire:" not in frame["message"]
+        url = f"/v1/streams/{stream_id}/events"
+        response = await http.get(url, headers={"Last-Event-ID": str(2**53)})
+        assert response.status_code == 400, response.text

@@ -349,7 +349,9 @@ class EventStream:
             return False
         if isinstance(event, StreamEnd):
             return True
-        return isinstance(event, ErrorEvent) and (self.error is None or self.error.seq < event.seq)
+        return isinstance(event, ErrorEvent) and (
+            self.error is None or (self.error.seq or 0) < self.last_seq
+        )
 
     def _accept(self, event: Event) -> bool:
         """Update the state from one event; whether to hand it to the caller."""

@@ -58,6 +58,7 @@ from tokenwire.protocol.requests import GenerateParams
 from tokenwire.protocol.websocket import CloseCode
 from tokenwire.settings import DisconnectPolicy, Settings
 from tokenwire.streams.generation import Generation
+from tokenwire.streams.log import check_cursor
 from tokenwire.streams.registry import Attachment, StreamRegistry, Streams
 
 # How long a client should wait before trying again after a concurrency limit (seconds): a
@@ -449,6 +450,7 @@ class ScopedRegistry(Streams):
         return await self._registry.cancel_anywhere(stream_id)
 
     async def resume(self, stream_id: str, after_seq: int) -> Attachment:
+        check_cursor(after_seq)  # before the log is asked anything
         await self._check_owner(stream_id)
         generation = self._registry.live_generation(stream_id)
         attachment = await self._registry.resume(stream_id, after_seq)

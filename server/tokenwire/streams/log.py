@@ -43,6 +43,11 @@ from tokenwire.errors import ErrorCode, InvalidRequest, NotFound, TokenwireError
 from tokenwire.protocol.events import Event, ResetReason, StreamEnd, TextDelta
 from tokenwire.settings import Settings
 
+MAX_SEQ = 2**53 - 1
+"""The largest seq, and so the largest cursor, a stream can have: the largest integer that
+JSON clients hold exactly (ECMA-262 ``Number.MAX_SAFE_INTEGER``), well inside a Redis stream
+id's 64 bits. A cursor beyond it is an invalid request (:func:`check_cursor`)."""
+
 EVENT_OVERHEAD = 64
 """Bytes counted per event on top of its text, for the ``max_bytes`` bound (an estimate of the
 framing and JSON keys, so that the bound does not cost a serialization per event)."""
@@ -80,6 +85,12 @@ class StreamLogUnavailable(TokenwireError):
 
     code = ErrorCode.UNAVAILABLE
     retryable = True
+
+
+def check_cursor(after_seq: int) -> None:
+    """Raise :class:`InvalidRequest` unless ``0 <= after_seq <= MAX_SEQ``."""
+    if not 0 <= after_seq <= MAX_SEQ:
+        raise InvalidRequest(f"the cursor must be a seq in [0, {MAX_SEQ}], got {after_seq}")
 
 
 def kept_size(entry: Event | str | None) -> int:

@@ -48,6 +48,7 @@ import redis.asyncio as redis
 from pydantic import TypeAdapter
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.typing import EncodableT, FieldT
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -276,7 +277,7 @@ class RedisStreamLog(StreamLog):
                     entry_id = f"{seq_of(events[-1])}-0"
                     record = self._local.get(stream_id)
                     owner = (record.owner if record is not None else None) or ""
-                    fields = {"e": body, "o": owner}
+                    fields: dict[FieldT, EncodableT] = {"e": body, "o": owner}
                     pipe.xadd(key, fields, id=entry_id, maxlen=self.max_events)
                     if isinstance(events[-1], StreamEnd):
                         pipe.expire(key, int(self.ttl) + 1)
@@ -382,7 +383,7 @@ class RedisStreamLog(StreamLog):
                 self.commands += 1
                 last = await self.redis.xrevrange(key, count=1)
                 if last:
-                    return _entry_owner(last[0][1])
+                    return _entry_owner(last[0][1] or {})
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise UnknownStream(

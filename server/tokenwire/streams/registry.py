@@ -30,6 +30,7 @@ from tokenwire.streams.log import (
     MemoryStreamLog,
     StreamLog,
     StreamLogUnavailable,
+    check_cursor,
 )
 from tokenwire.streams.observe import NO_OBSERVER, StreamObserver
 from tokenwire.streams.subscription import Subscription
@@ -246,9 +247,10 @@ class StreamRegistry(Streams):
 
         Raises:
             UnknownStream, CursorExpired: answer with ``stream.reset``.
-            CursorAhead: an invalid request.
+            CursorAhead, InvalidRequest: an invalid request (a cursor past ``MAX_SEQ``).
             StreamLogUnavailable: the log's storage cannot be reached (retryable).
         """
+        check_cursor(after_seq)
         preamble: list[Event] = (
             [StreamResumed(stream_id=stream_id, after_seq=after_seq)] if after_seq else []
         )
