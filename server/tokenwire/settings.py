@@ -1,15 +1,17 @@
 """Server settings, read from the environment (prefix ``TOKENWIRE_``) and from CLI flags.
 
 Durations are in seconds; ``None`` disables a timeout or heartbeat where the field allows it.
+A variable set but empty (``TOKENWIRE_FIRST_TOKEN_TIMEOUT=``) means ``None`` for such a
+field ("empty: none" in the README); for any other field it is an error naming it.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -121,6 +123,16 @@ class Settings(BaseSettings):
     ws_messages_per_minute: Annotated[int | None, Field(ge=1)] = 240  # per socket; None: no limit
     ws_per_message_deflate: bool = False  # RFC 7692; the size limit applies decompressed
     metrics: bool = True  # GET /metrics (behind auth like every route when auth is on)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object, info: ValidationInfo) -> object:
+        """An empty value of a field that takes ``None`` is ``None``."""
+        if value == "" and info.field_name is not None:
+            field = cls.model_fields[info.field_name]
+            if type(None) in get_args(field.annotation):
+                return None
+        return value
 
     @field_validator("api_keys", "allowed_origins", "allowed_hosts", mode="before")
     @classmethod

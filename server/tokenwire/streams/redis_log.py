@@ -48,10 +48,10 @@ import redis.asyncio as redis
 from pydantic import TypeAdapter
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.typing import EncodableT, FieldT
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import EncodableT, FieldT
 
 from tokenwire.protocol.events import Event, StreamEnd, event_json, seq_of
 from tokenwire.settings import Settings
