@@ -73,3 +73,25 @@ async def test_dns_rebinding_a_foreign_host_is_refused_even_when_it_matches_the_
         own = await http.get("/healthz", headers={"Host": "127.0.0.1:8000"})
         assert own.status_code == 200
     assert provider.records == []
+
+
+async def test_values_that_only_look_valid_are_refused():
+    """``max_tokens`` of ``"5"`` or ``true`` (a string, a bool), a cursor of non-ASCII digits
+    (ARABIC-INDIC DIGIT THREE), a token ``ttl`` under a second (it would be minted expired)."""
+    key = "tw_test-key-alice"
+    app, provider = scripted_app(api_keys=key)
+    auth = {"Authorization": f"Bearer {key}"}
+    async with asgi_client(app) as http:
+        for max_tokens in ("5", True, 5.0):
+            body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens}
+            response = await http.post("/v1/streams", json=body, headers=auth)
+            assert response.status_code == 422, (max_tokens, response.text)
+            assert "max_tokens" in response.json()["error"]["message"]
+        cursor = await http.get(
+            "/v1/streams/str_x/events", params={"last_event_id": "\u0663"}, headers=auth
+        )
+        assert cursor.status_code == 400, cursor.text
+        minted = await http.post("/v1/tokens", json={"ttl": 0.5}, headers=auth)
+        assert minted.status_code == 422, minted.text
+        assert "ttl" in minted.json()["error"]["message"]
+    assert provider.records == []

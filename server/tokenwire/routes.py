@@ -257,11 +257,11 @@ def _wants_json(accept: str) -> bool:
 
 
 def _cursor(raw: str | None) -> int:
-    """A resume cursor: the last seq the client saw (a decimal integer >= 0; none: 0).
+    """A resume cursor: the last seq the client saw (ASCII decimal digits; none: 0).
     Raises :class:`InvalidRequest`."""
     if raw is None or raw == "":
         return 0
-    if not raw.isdecimal() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:  # not Unicode digits
         raise InvalidRequest(f"Last-Event-ID must be a seq (a decimal integer), got {raw[:40]!r}")
     cursor = int(raw)
     check_cursor(cursor)

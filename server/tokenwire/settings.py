@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[SecretStr], NoDecode] = []
     api_keys_file: Path | None = None  # lines `sha256:<hex> [name]`, re-read when it changes
     token_secret: SecretStr | None = None  # signs query tokens; None: random per process
-    token_ttl: Annotated[float, Field(gt=0, le=3600)] = 60.0  # longest query-token lifetime
+    token_ttl: Annotated[float, Field(ge=1, le=3600)] = 60.0  # longest query-token lifetime
     auth_timeout: Annotated[float, Field(gt=0)] = 5.0  # WebSocket first `auth` message within
     allowed_origins: Annotated[list[str], NoDecode] = []  # exact; same-origin always allowed
     # Host header allowlist (DNS rebinding): exact names or `*.example.com` (Starlette's

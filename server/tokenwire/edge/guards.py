@@ -111,7 +111,7 @@ class Guards:
         return stack
 
     async def mint_token(self, request: Request) -> Response:
-        """``POST /v1/tokens`` (optional JSON body ``{"ttl": seconds}``, at most ``token_ttl``):
+        """``POST /v1/tokens`` (optional JSON body ``{"ttl": seconds}``, 1 to ``token_ttl``):
         201 ``{token, expires_at, expires_in}``, a signed token for the ``token`` query
         parameter of GET requests and WebSockets (browsers' EventSource and WebSocket cannot
         send headers). Needs an API key, not a token, so that tokens cannot be renewed
@@ -149,6 +149,6 @@ def _requested_ttl(raw: bytes, limit: float) -> float:
     ttl = body.get("ttl", limit)
     if isinstance(ttl, bool) or not isinstance(ttl, int | float):
         raise InvalidField("ttl: must be a number of seconds")
-    if not 0 < ttl <= limit:
-        raise InvalidField(f"ttl: must be in (0, {limit}]")
+    if not 1 <= ttl <= limit:  # under a second, the token would be minted expired
+        raise InvalidField(f"ttl: must be in [1, {limit}] seconds")
     return ttl
