@@ -7,8 +7,10 @@ request stops it). :class:`HeadLimitedProtocol` is uvicorn's httptools protocol 
 
 - ``http_max_header_size`` (bytes, request line and headers together): a head that grows past
   it is answered ``431 Request Header Fields Too Large`` (RFC 6585 section 5) with the JSON
-  body of :mod:`tokenwire.edge.responses` (code ``payload_too_large``), and the connection is
-  closed;
+  body of :mod:`tokenwire.edge.responses` (code ``payload_too_large``); the server then closes
+  its side at once and discards what still arrives for up to :data:`LINGER` seconds before it
+  closes the connection (a lingering close, so that the client reads the 431 rather than a
+  connection reset);
 - ``http_header_timeout`` (seconds): a connection whose head is not complete that long after
   the connection opened, or after its previous response ended, is closed without an answer
   (slowloris).
@@ -30,6 +32,9 @@ from tokenwire.edge.responses import raw_http_error
 from tokenwire.errors import HeadersTooLarge
 from tokenwire.settings import Settings
 
+LINGER = 2.0
+"""Seconds a connection answered 431 is still read (and discarded) before it is closed."""
+
 
 @functools.cache
 def _bounds() -> tuple[int, float | None]:
@@ -46,6 +51,7 @@ class HeadLimitedProtocol(HttpToolsProtocol):
         self.max_head, self.head_timeout = _bounds()
         self._head_bytes: int | None = 0  # None: no head is being read (a request is running)
         self._head_timer: asyncio.TimerHandle | None = None
+        self._discarding = False  # answered 431: what still arrives is dropped
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # uvicorn's own signature
         super().connection_made(transport)
@@ -56,15 +62,26 @@ class HeadLimitedProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._discarding:
+            return
         if self._head_bytes is not None:
             self._head_bytes += len(data)
             if self._head_bytes > self.max_head:
-                self._stop_head_timer()
-                error = HeadersTooLarge(f"request head over {self.max_head} bytes")
-                self.transport.write(raw_http_error(error))
-                self.transport.close()
+                self._refuse_head()
                 return
         super().data_received(data)
+
+    def _refuse_head(self) -> None:
+        """Answer 431, close our side, drop what still comes, close after :data:`LINGER`."""
+        self._stop_head_timer()
+        self._discarding = True
+        error = HeadersTooLarge(f"request head over {self.max_head} bytes")
+        self.transport.write(raw_http_error(error))
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self.loop.call_later(LINGER, self.transport.close)
+        else:
+            self.transport.close()
 
     def on_headers_complete(self) -> None:
         self._head_bytes = None
