@@ -48,7 +48,7 @@ async def asgi_client(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
     """An httpx client wired to ``app`` in-process, with the app's lifespan running."""
     async with app.router.lifespan_context(app):
         transport = ASGIWebSocketTransport(app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             yield client
 
 

@@ -4,14 +4,19 @@ flood beyond the limits leaves the streams already running intact."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 import zlib
 
 import httpx
 import pytest
 import websockets
 from httpx_ws import aconnect_ws
+from websockets.client import ClientProtocol
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
 from tests.helpers import asgi_client, scripted_app, serve, wait_for
 from tests.security_helpers import (
@@ -344,3 +349,60 @@ async def test_a_flood_beyond_the_limits_leaves_running_streams_intact():
             assert set(results[50:]) <= {1008, 1013}
             texts = await asyncio.gather(*running)
     assert texts == [scripted_text(tokens)] * 4
+
+
+async def test_sockets_that_never_authenticate_do_not_take_the_websocket_slots():
+    """8 sockets that never send their ``auth`` message, with 3 WebSocket slots: 3 real
+    clients (with a key in their handshake) still get in, since pre-auth sockets have their
+    own count (``max_ws_unauthenticated``); a pre-auth socket beyond it is closed 1013, and
+    one that authenticates once a pre-auth slot is free trades it for a connection slot."""
+    app, _ = scripted_app(
+        api_keys=KEY, max_ws_connections=3, max_ws_unauthenticated=8, auth_timeout=30
+    )
+    with serve(app) as server:
+        async with contextlib.AsyncExitStack() as stack:
+            for _ in range(8):
+                await stack.enter_async_context(ws_connect(server.base_url))
+            async with ws_connect(server.base_url) as ninth:
+                assert await close_code(ninth) == 1013
+            real = [
+                await stack.enter_async_context(
+                    ws_connect(server.base_url, additional_headers=AUTH)
+                )
+                for _ in range(3)
+            ]
+            for ws in real:
+                await ws.send(json.dumps({"type": "ping", "id": 1}))
+                assert json.loads(await ws.recv()) == {"type": "pong", "id": 1}
+
+
+async def test_a_client_that_floods_pings_and_never_reads_is_cut_off():
+    """Pings with long ids, never a read: the pongs fill the socket's buffers and the next
+    one waits. Every reply write is bounded by ``send_timeout``: the server closes the socket
+    and frees its slot (uvicorn's own ping timeout is off here)."""
+    app, _ = scripted_app(send_timeout=0.5, ws_messages_per_minute=None)
+    limiter = app.state.tokenwire.guards.connections
+    with serve(app, ws_ping_interval=None) as server:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        client = ClientProtocol(parse_uri(f"ws://127.0.0.1:{server.port}/v1/ws"))
+        client.send_request(client.connect())
+        writer.write(b"".join(client.data_to_send()))
+        client.receive_data(await reader.readuntil(b"\r\n\r\n"))
+        assert client.state is State.OPEN
+        await wait_for(lambda: limiter.total == 1)
+        client.send_text(json.dumps({"type": "ping", "id": "x" * 128}).encode())
+        frame = b"".join(client.data_to_send())
+        try:
+            for _ in range(400):  # ~70 MB of pongs asked for, in bursts; nothing read
+                writer.write(frame * 1000)
+                await asyncio.sleep(0)
+                if limiter.total == 0:
+                    break
+            await wait_for(lambda: limiter.total == 0, within=30)
+        finally:
+            writer.transport.abort()
+    assert limiter.total == 0

@@ -10,10 +10,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import httpx
+import pytest
 
 from tests.helpers import scripted_app, serve
 from tests.security_helpers import handshake_status, text_of, ws_connect, ws_events
 from tokenwire.logs import (
+    REDACTED,
     JSONFormatter,
     RedactingFilter,
     RequestIdFilter,
@@ -134,3 +136,18 @@ def test_uvicorn_loggers_get_the_redacting_filter():
     scripted_app()
     for name in ("uvicorn.access", "uvicorn.error"):
         assert any(isinstance(f, RedactingFilter) for f in logging.getLogger(name).filters)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "GET /v1/ws?%74oken=tw1.secret.1.sig HTTP/1.1",
+        "GET /v1/streams/s/events?t%6Fk%65n=tw1.secret.1.sig",
+        "GET /v1/ws?a=1&%74%6F%6B%65%6E=tw1.secret.1.sig&b=2",
+    ],
+)
+def test_a_percent_encoded_token_parameter_is_redacted(line):
+    """The server decodes the query's names (``%74oken`` is ``token``), so redaction must."""
+    redacted = redact(line)
+    assert "tw1.secret" not in redacted
+    assert REDACTED in redacted

@@ -253,7 +253,7 @@ async def test_query_token_works_for_get_and_websocket_not_for_post():
             assert renewed.status_code == 401
             assert (await http.post("/v1/tokens", json={"ttl": 31}, headers=bearer(KEY))).json()[
                 "error"
-            ]["message"] == "ttl: must be in (0, 30.0]"
+            ]["message"] == "ttl: must be in [1, 30.0] seconds"
         async with ws_connect(server.base_url, path=f"/v1/ws?token={token}") as ws:
             await ws.send(json.dumps(GENERATE))
             assert text_of(await ws_events(ws)) == scripted_text(8)
@@ -493,7 +493,7 @@ async def test_an_sse_streams_start_carries_its_request_id():
     ("body", "status", "message"),
     [
         (b"{", 400, "not valid JSON"),
-        (b'{"ttl": 0}', 422, "ttl: must be in (0, 60.0]"),
+        (b'{"ttl": 0}', 422, "ttl: must be in [1, 60.0] seconds"),
         (b'{"ttl": true}', 422, "ttl: must be a number"),
         (b'{"ttl": 5, "scope": "all"}', 422, "expected {'ttl': seconds}"),
         (b"[]", 422, "expected {'ttl': seconds}"),

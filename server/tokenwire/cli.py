@@ -173,6 +173,8 @@ def serve(
         ws_ping_interval=settings.ws_ping_interval,
         ws_ping_timeout=settings.ws_ping_timeout,
         ws_max_size=settings.ws_max_message_size,
+        # httptools with the request head bounded (size: 431; time: closed); see edge/http.py
+        http="tokenwire.edge.http:HeadLimitedProtocol",
         # connections end at once on SIGTERM (SSE responses end, WebSockets close 1012); the
         # generations get the drain timeout in the lifespan shutdown
         timeout_graceful_shutdown=max(1, math.ceil(settings.drain_timeout)),

@@ -11,6 +11,7 @@ Hierarchy::
     ├── Unauthorized               no valid API key or token (``unauthorized``, HTTP 401)
     ├── Forbidden                  a browser Origin not on the allowlist (``forbidden``, 403)
     ├── PayloadTooLarge            a body over the size limit (``payload_too_large``, 413)
+    │   └── HeadersTooLarge        a request head over the size limit (431)
     ├── RateLimited                a concurrency or rate limit was hit (``rate_limited``, 429)
     └── ProviderError              the model backend failed (``provider_error``)
         └── ProviderTimeout        the backend did not answer in time (``provider_timeout``)
@@ -156,6 +157,13 @@ class PayloadTooLarge(TokenwireError):
     """A request body or message is larger than the server accepts."""
 
     code = ErrorCode.PAYLOAD_TOO_LARGE
+
+
+class HeadersTooLarge(PayloadTooLarge):
+    """A request's head (request line and headers) is larger than the server accepts
+    (HTTP 431, RFC 6585 section 5)."""
+
+    fixed_status = 431
 
 
 class RateLimited(TokenwireError):

@@ -3,7 +3,9 @@ tuning, and the short path that a stream's frames take to the ASGI server.
 
 **Drain on SIGTERM** (:func:`drain_on_sigterm`): SIGTERM starts a drain (see
 :meth:`~tokenwire.streams.registry.StreamRegistry.drain`) before the server's own handler
-(uvicorn's) begins its shutdown, so the running generations outlive their connections.
+(uvicorn's) begins its shutdown: with a shared log the running generations outlive their
+connections; with a log no other process can serve, the server's shutdown waits until they
+have ended (up to the drain timeout), serving them meanwhile.
 
 **GC** (:func:`gc_young_threshold`): Python's young-generation threshold while the app runs
 (``TOKENWIRE_GC_YOUNG_THRESHOLD``, off by default), put back at shutdown.
@@ -73,19 +75,35 @@ def with_request_id(send: Send, request_id: str) -> Send:
     return wrapped
 
 
-def drain_on_sigterm(drain: Callable[[], None]) -> None:
-    """Make SIGTERM call ``drain`` on the running loop, then the previous handler. Only
-    possible in the main thread (a server run by ``tokenwire serve`` or uvicorn; elsewhere
-    nothing happens); uvicorn restores the previous handler when it exits."""
+def drain_on_sigterm(drain: Callable[[], Awaitable[None]]) -> None:
+    """Make SIGTERM run ``drain()`` on the running loop, then, once it returns, the previous
+    handler (uvicorn's, which starts the server's shutdown). A second SIGTERM calls the
+    previous handler at once. Only possible in the main thread (a server run by ``tokenwire
+    serve`` or uvicorn; elsewhere nothing happens); uvicorn restores the previous handler when
+    it exits."""
     if threading.current_thread() is not threading.main_thread():
         return
     loop = asyncio.get_running_loop()
     previous = signal.getsignal(signal.SIGTERM)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def drain_then_exit(signum: int, frame: FrameType | None) -> None:
+        try:
+            await drain()
+        finally:
+            if callable(previous):
+                previous(signum, frame)
+
+    def start(signum: int, frame: FrameType | None) -> None:
+        task = loop.create_task(drain_then_exit(signum, frame))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        loop.call_soon_threadsafe(drain)
-        if callable(previous):
-            previous(signum, frame)
+        if tasks and callable(previous):
+            previous(signum, frame)  # asked again: stop waiting
+            return
+        loop.call_soon_threadsafe(start, signum, frame)
 
     signal.signal(signal.SIGTERM, on_sigterm)
 

@@ -78,13 +78,16 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 """The id of the request being handled (set by ``tokenwire.edge.security.SecurityMiddleware``);
 tasks started while handling it (a generation) inherit it."""
 
-_SECRET_PARAM = re.compile(r"((?:^|[?&;\s])token=)[^&;\s\"']*")
+_TOKEN_NAME = "".join(f"(?:{c}|%{ord(c):02x})" for c in "token")
+"""``token`` with any of its letters percent-encoded (query names are decoded before use)."""
+_SECRET_PARAM = re.compile(r"((?:^|[?&;\s])" + _TOKEN_NAME + r"=)[^&;\s\"']*", re.IGNORECASE)
 _BEARER = re.compile(r"(Bearer\s+)[^\s\"']+", re.IGNORECASE)
 REDACTED = "[redacted]"
 
 
 def redact(text: str) -> str:
-    """``text`` with ``token=`` query values and bearer credentials replaced by
+    """``text`` with ``token=`` query values (also when the name is percent-encoded, e.g.
+    ``%74oken=``, which the server decodes) and bearer credentials replaced by
     ``[redacted]``."""
     return _BEARER.sub(r"\1" + REDACTED, _SECRET_PARAM.sub(r"\1" + REDACTED, text))
 

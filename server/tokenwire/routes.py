@@ -6,6 +6,8 @@ error answer comes from :mod:`tokenwire.edge.responses`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import secrets
 import time
@@ -24,7 +26,7 @@ from tokenwire.errors import InvalidField, InvalidRequest, TokenwireError
 from tokenwire.logs import request_id_var
 from tokenwire.protocol import openai as oai
 from tokenwire.protocol import sse
-from tokenwire.protocol.events import FinishReason, ResetReason, StreamEnd, StreamReset
+from tokenwire.protocol.events import FinishReason, StreamEnd, StreamReset
 from tokenwire.protocol.requests import (
     GenerateParams,
     check_conversation,
@@ -33,7 +35,13 @@ from tokenwire.protocol.requests import (
 from tokenwire.providers import Provider
 from tokenwire.settings import DisconnectPolicy, Settings
 from tokenwire.streams.generation import Generation
-from tokenwire.streams.log import CursorExpired, StreamLog, UnknownStream
+from tokenwire.streams.log import (
+    CursorExpired,
+    StreamLog,
+    UnknownStream,
+    check_cursor,
+    reset_reason,
+)
 from tokenwire.streams.registry import Attachment, StreamRegistry
 from tokenwire.transports.collect import collect
 from tokenwire.transports.sse import EventStreamResponse
@@ -41,11 +49,15 @@ from tokenwire.transports.websocket import WebSocketSession
 
 
 async def _json_body(request: Request) -> Any:
+    """The request's JSON body. Raises :class:`InvalidRequest` for invalid JSON, and for JSON
+    nested deeper than the parser's recursion limit (about 1,000 levels)."""
     raw = await request.body()
     try:
         return json.loads(raw)
     except ValueError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise InvalidRequest("request body is nested too deeply") from None
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -78,9 +90,16 @@ class TokenwireApp:
         streams only (see :class:`tokenwire.edge.limits.ScopedRegistry`)."""
         return self.guards.scoped(connection)
 
-    def drain(self) -> None:
-        """Begin a graceful shutdown (see :meth:`StreamRegistry.drain`)."""
+    async def drain(self) -> None:
+        """Begin a graceful shutdown (see :meth:`StreamRegistry.drain`). With a log that no
+        other process can serve, return once the live streams have ended (at most
+        ``drain_timeout`` seconds); the server's own shutdown, which closes connections,
+        begins after that."""
         self.registry.drain()
+        if not self.stream_log.shared:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.drain_timeout):
+                    await self.registry.wait_idle()
 
     def event_stream(
         self, attachment: Attachment, *, start: Generation | None = None, **options: Any
@@ -161,8 +180,7 @@ class TokenwireApp:
             after_seq = _cursor(raw)
             attachment = await self.scoped(request).resume(stream_id, after_seq)
         except (UnknownStream, CursorExpired) as exc:
-            reason: ResetReason = "expired" if isinstance(exc, CursorExpired) else "unknown_stream"
-            reset = StreamReset(stream_id=stream_id, reason=reason)
+            reset = StreamReset(stream_id=stream_id, reason=reset_reason(exc))
             return Response(sse.encode_event(reset), media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
         except TokenwireError as exc:
             return error_response(exc)
@@ -262,10 +280,12 @@ def _wants_json(accept: str) -> bool:
 
 
 def _cursor(raw: str | None) -> int:
-    """A resume cursor: the last seq the client saw (a decimal integer >= 0; none: 0).
+    """A resume cursor: the last seq the client saw (ASCII decimal digits; none: 0).
     Raises :class:`InvalidRequest`."""
     if raw is None or raw == "":
         return 0
-    if not raw.isdecimal() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:  # not Unicode digits
         raise InvalidRequest(f"Last-Event-ID must be a seq (a decimal integer), got {raw[:40]!r}")
-    return int(raw)
+    cursor = int(raw)
+    check_cursor(cursor)
+    return cursor

@@ -1,15 +1,17 @@
 """Server settings, read from the environment (prefix ``TOKENWIRE_``) and from CLI flags.
 
 Durations are in seconds; ``None`` disables a timeout or heartbeat where the field allows it.
+A variable set but empty (``TOKENWIRE_FIRST_TOKEN_TIMEOUT=``) means ``None`` for such a
+field ("empty: none" in the README); for any other field it is an error naming it.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -77,6 +79,8 @@ class Settings(BaseSettings):
     stream_log_max_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024  # kept per stream
     stream_log_ttl: Annotated[float, Field(gt=0)] = 300.0  # an ended stream stays resumable
     stream_log_lease: Annotated[float, Field(gt=0)] = 10.0  # redis: a silent owner is gone after
+    # redis: connections readers may hold at once (the writer has its own); more: 503
+    stream_log_max_readers: Annotated[int, Field(ge=1)] = 64
     reconnect_delay: Annotated[float, Field(ge=0)] = 1.0  # SSE `retry:` sent to clients
     drain_timeout: Annotated[float, Field(ge=0)] = 30.0  # shutdown: generations may finish
 
@@ -100,21 +104,42 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[SecretStr], NoDecode] = []
     api_keys_file: Path | None = None  # lines `sha256:<hex> [name]`, re-read when it changes
     token_secret: SecretStr | None = None  # signs query tokens; None: random per process
-    token_ttl: Annotated[float, Field(gt=0, le=3600)] = 60.0  # longest query-token lifetime
+    token_ttl: Annotated[float, Field(ge=1, le=3600)] = 60.0  # longest query-token lifetime
     auth_timeout: Annotated[float, Field(gt=0)] = 5.0  # WebSocket first `auth` message within
     allowed_origins: Annotated[list[str], NoDecode] = []  # exact; same-origin always allowed
+    # Host header allowlist (DNS rebinding): exact names or `*.example.com` (Starlette's
+    # TrustedHostMiddleware); empty: loopback names when `host` is loopback, else any host
+    allowed_hosts: Annotated[list[str], NoDecode] = []
     max_body_size: Annotated[int, Field(ge=1024)] = 1048576  # bytes; larger: 413
+    # `tokenwire serve` (edge/http.py): a request head (request line + headers) over this many
+    # bytes: 431; a head not complete this many seconds after the connection opened or its
+    # previous response ended: the connection is closed; None: no limit
+    http_max_header_size: Annotated[int, Field(ge=1024)] = 65536
+    http_header_timeout: Annotated[float | None, Field(gt=0)] = 10.0
     max_messages: Annotated[int, Field(ge=1)] = 256  # per request
     max_input_chars: Annotated[int, Field(ge=1)] = 262144  # all message contents together
     max_streams: Annotated[int, Field(ge=1)] = 512  # live streams per server process
     max_streams_per_key: Annotated[int, Field(ge=1)] = 32  # live streams per API key
     max_ws_connections: Annotated[int, Field(ge=1)] = 1024  # open WebSockets per process
     max_ws_connections_per_key: Annotated[int, Field(ge=1)] = 32
+    # WebSockets waiting for their first-message `auth` (at most auth_timeout s each), counted
+    # apart from max_ws_connections; more: close 1013
+    max_ws_unauthenticated: Annotated[int, Field(ge=1)] = 256
     ws_messages_per_minute: Annotated[int | None, Field(ge=1)] = 240  # per socket; None: no limit
     ws_per_message_deflate: bool = False  # RFC 7692; the size limit applies decompressed
     metrics: bool = True  # GET /metrics (behind auth like every route when auth is on)
 
-    @field_validator("api_keys", "allowed_origins", mode="before")
+    @field_validator("*", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object, info: ValidationInfo) -> object:
+        """An empty value of a field that takes ``None`` is ``None``."""
+        if value == "" and info.field_name is not None:
+            field = cls.model_fields[info.field_name]
+            if type(None) in get_args(field.annotation):
+                return None
+        return value
+
+    @field_validator("api_keys", "allowed_origins", "allowed_hosts", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):

@@ -340,3 +340,56 @@ async def test_a_restart_behind_the_same_address_is_invisible_with_a_shared_log(
     assert "draining 1 live streams" in old.log() and "Traceback" not in old.log()
     resumed = {"sse": '/events HTTP/1.1" 200', "websocket": 'WebSocket /v1/ws" [accepted]'}
     assert resumed[transport] in new.log()  # the new process served the resume
+
+
+async def test_a_stream_whose_worker_was_killed_ends_with_an_error_not_a_hang(
+    transport, redis_server, tmp_path
+):
+    """The worker running a stream is SIGKILLed and a new one takes its address; the resume
+    finds the stream lost (its lease lapsed): the server sends ``error`` + ``stream.end`` at
+    the client's own last seq, and the client hands both over and ends; or, when the client saw
+    events that never reached Redis, ``stream.reset`` (lost). Never a hang (the bound below
+    only stops a broken run) nor a non-retryable 400."""
+    port = free_port()
+
+    def process(name: str) -> ServerProcess:
+        return ServerProcess(
+            tmp_path,
+            name,
+            port=port,
+            provider="scripted",
+            stream_log=redis_server.url,
+            stream_log_lease=1,
+            scripted_tokens=10_000,
+            scripted_interval=0.05,
+            reconnect_delay=0.05,
+        )
+
+    old, new = process("old").start(), process("new")
+    patient = Reconnect(attempts=60, initial=0.05, maximum=0.5, jitter=0.05)
+    reset = None
+    restart = None
+    try:
+        async with AsyncClient(old.base_url, transport=transport, reconnect=patient) as client:
+            async with asyncio.timeout(60), client.stream(USER) as stream:
+                try:
+                    async for _ in stream:
+                        if restart is None and len(stream.text.split()) >= 5:
+                            old.signal(signal.SIGKILL)
+                            restart = asyncio.create_task(
+                                asyncio.to_thread(start_when_free, new, port)
+                            )
+                except StreamReset as exc:
+                    reset = exc
+        assert restart is not None
+        await restart
+    finally:
+        old.stop()
+        new.stop()
+    assert stream.reconnects >= 1
+    if reset is not None:
+        assert reset.reason == "lost"
+    else:
+        assert stream.end is not None and stream.end.finish_reason == "error"
+        assert stream.error is not None and stream.error.code == "unavailable"
+        assert stream.error.retryable

@@ -31,7 +31,7 @@ def level(request: pytest.FixtureRequest) -> str:
 async def connect(app: Starlette, level: str, transport: str) -> AsyncIterator[AsyncClient]:
     if level == "in-process":
         async with asgi_client(app) as http:
-            yield AsyncClient("http://testserver", transport=transport, http_client=http)
+            yield AsyncClient("http://localhost", transport=transport, http_client=http)
     else:
         with serve(app) as server:
             async with AsyncClient(server.base_url, transport=transport) as client:
@@ -136,7 +136,7 @@ async def test_health_reports_live_streams(level, transport):
 @contextlib.asynccontextmanager
 async def raw_ws(app: Starlette, level: str):
     if level == "in-process":
-        async with asgi_client(app) as http, aconnect_ws("http://testserver/v1/ws", http) as ws:
+        async with asgi_client(app) as http, aconnect_ws("http://localhost/v1/ws", http) as ws:
             yield ws
     else:
         with serve(app) as server:
@@ -250,8 +250,13 @@ async def test_middleware_around_the_app_sees_every_frame(transport):
         await app(scope, receive, recording_send)
 
     async with app.router.lifespan_context(app):
-        http = httpx.AsyncClient(transport=ASGIWebSocketTransport(outer), base_url="http://t")
-        async with http, AsyncClient("http://t", transport=transport, http_client=http) as client:
+        http = httpx.AsyncClient(
+            transport=ASGIWebSocketTransport(outer), base_url="http://localhost"
+        )
+        async with (
+            http,
+            AsyncClient("http://localhost", transport=transport, http_client=http) as client,
+        ):
             events = await collect(client)
     assert isinstance(events[-1], StreamEnd) and len(events) >= 3
     frames = b"".join(seen)

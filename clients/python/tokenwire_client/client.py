@@ -354,7 +354,20 @@ class EventStream:
         if isinstance(event, StreamReset):
             return True
         seq = getattr(event, "seq", None)
-        return seq is not None and seq > self.last_seq
+        return seq is not None and (seq > self.last_seq or self._terminal_at_cursor(event))
+
+    def _terminal_at_cursor(self, event: Event) -> bool:
+        """Whether ``event`` is an ``error`` or ``stream.end`` that carries the client's own
+        last seq: the server's answer when the stream is lost past that seq (its worker died,
+        or the log failed). It is new, not a duplicate: a stream's own error and end come
+        after the events they follow."""
+        if self.end is not None or getattr(event, "seq", None) != self.last_seq:
+            return False
+        if isinstance(event, StreamEnd):
+            return True
+        return isinstance(event, ErrorEvent) and (
+            self.error is None or (self.error.seq or 0) < self.last_seq
+        )
 
     def _accept(self, event: Event) -> bool:
         """Update the state from one event; whether to hand it to the caller."""
@@ -372,7 +385,7 @@ class EventStream:
         if isinstance(event, StreamResumed):
             return True
         seq = getattr(event, "seq", None)
-        if seq is None or seq <= self.last_seq:
+        if seq is None or (seq <= self.last_seq and not self._terminal_at_cursor(event)):
             return False  # a duplicate from a replay overlap: already handed over
         self.last_seq = seq
         if isinstance(event, StreamStart):

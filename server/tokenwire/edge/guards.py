@@ -22,7 +22,14 @@ from tokenwire.edge.keys import TOKEN_PREFIX
 from tokenwire.edge.limits import ConnectionLimiter, LimitsMiddleware, ScopedRegistry, StreamGuard
 from tokenwire.edge.metrics import Metrics
 from tokenwire.edge.responses import error_response
-from tokenwire.edge.security import Authenticator, OriginPolicy, SecurityMiddleware, auth_state
+from tokenwire.edge.security import (
+    Authenticator,
+    HostCheck,
+    OriginPolicy,
+    SecurityMiddleware,
+    allowed_hosts,
+    auth_state,
+)
 from tokenwire.errors import InvalidField, InvalidRequest, TokenwireError, Unauthorized
 from tokenwire.settings import Settings
 from tokenwire.streams.registry import StreamRegistry
@@ -45,7 +52,9 @@ class Guards:
         self.metrics.live = self.streams.live
         registry.observer = self.metrics  # every generation of the registry reports here
         self.connections = ConnectionLimiter(
-            settings.max_ws_connections, settings.max_ws_connections_per_key
+            settings.max_ws_connections,
+            settings.max_ws_connections_per_key,
+            settings.max_ws_unauthenticated,
         )
 
     def scoped(self, connection: Request | WebSocket) -> ScopedRegistry:
@@ -60,12 +69,12 @@ class Guards:
         return routes
 
     def middleware(self) -> list[Middleware]:
-        """Outermost first: CORS (answers preflights; only with an allowlist), Origin +
-        authentication + WebSocket connection limits, sizes. (Open connections are counted by
-        the SSE response and the WebSocket session themselves, not by a wrapper of every
-        ``send``.)"""
+        """Outermost first: Host (DNS rebinding), CORS (answers preflights; only with an
+        allowlist), Origin + authentication + WebSocket connection limits, sizes. (Open
+        connections are counted by the SSE response and the WebSocket session themselves, not
+        by a wrapper of every ``send``.)"""
         settings = self.settings
-        stack = []
+        stack = [Middleware(HostCheck, allowed_hosts=allowed_hosts(settings))]
         if settings.allowed_origins:
             stack.append(
                 Middleware(
@@ -96,12 +105,13 @@ class Guards:
                 max_body_size=settings.max_body_size,
                 max_message_size=settings.ws_max_message_size,
                 messages_per_minute=settings.ws_messages_per_minute,
+                send_timeout=settings.send_timeout,
             ),
         ]
         return stack
 
     async def mint_token(self, request: Request) -> Response:
-        """``POST /v1/tokens`` (optional JSON body ``{"ttl": seconds}``, at most ``token_ttl``):
+        """``POST /v1/tokens`` (optional JSON body ``{"ttl": seconds}``, 1 to ``token_ttl``):
         201 ``{token, expires_at, expires_in}``, a signed token for the ``token`` query
         parameter of GET requests and WebSockets (browsers' EventSource and WebSocket cannot
         send headers). Needs an API key, not a token, so that tokens cannot be renewed
@@ -132,11 +142,13 @@ def _requested_ttl(raw: bytes, limit: float) -> float:
         body = json.loads(raw)
     except ValueError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise InvalidRequest("request body is nested too deeply") from None
     if not isinstance(body, dict) or set(body) - {"ttl"}:
         raise InvalidField("body: expected {'ttl': seconds} or nothing")
     ttl = body.get("ttl", limit)
     if isinstance(ttl, bool) or not isinstance(ttl, int | float):
         raise InvalidField("ttl: must be a number of seconds")
-    if not 0 < ttl <= limit:
-        raise InvalidField(f"ttl: must be in (0, {limit}]")
+    if not 1 <= ttl <= limit:  # under a second, the token would be minted expired
+        raise InvalidField(f"ttl: must be in [1, {limit}] seconds")
     return ttl

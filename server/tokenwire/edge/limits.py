@@ -17,16 +17,25 @@ limit (setting)                HTTP                            WebSocket
                                                                 message is dropped
 ``max_ws_connections``,        --                              accept, then close 1013
 ``max_ws_connections_per_key``
+``max_ws_unauthenticated``     --                              accept, then close 1013
 =============================  ==============================  ==============================
+
+A WebSocket that authenticates with its first message holds one of the
+``max_ws_unauthenticated`` pre-auth slots (for at most ``auth_timeout`` seconds) until it has
+authenticated, and only then takes a connection slot: sockets that never authenticate cannot
+keep real clients out.
 
 :class:`LimitsMiddleware` (pure ASGI) enforces the sizes before any route reads a byte;
 :class:`StreamGuard` counts live streams per key and per process, and hands each request a
 :class:`ScopedRegistry` through which it creates, finds and cancels streams: a stream is only
-visible to the key that created it.
+visible to the key that created it. The owner is kept with the stream in the stream log
+(:meth:`tokenwire.streams.log.StreamLog.owner_of`), so this holds for ended streams and for
+streams that run on another worker as well.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import weakref
 from collections import defaultdict
@@ -51,6 +60,7 @@ from tokenwire.protocol.requests import GenerateParams
 from tokenwire.protocol.websocket import CloseCode
 from tokenwire.settings import Settings
 from tokenwire.streams.generation import Generation
+from tokenwire.streams.log import check_cursor
 from tokenwire.streams.registry import Attachment, StreamOptions, StreamRegistry, Streams
 
 # How long a client should wait before trying again after a concurrency limit (seconds): a
@@ -98,18 +108,22 @@ class LimitsMiddleware:
         max_body_size: int,
         max_message_size: int,
         messages_per_minute: int | None = None,
+        send_timeout: float | None = None,
     ) -> None:
         self.app = app
         self.max_body_size = max_body_size
         self.max_message_size = max_message_size
         self.messages_per_minute = messages_per_minute
+        self.send_timeout = send_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
             await self._http(scope, receive, send)
         elif scope["type"] == "websocket":
             budget = MessageBudget(self.messages_per_minute)
-            guard = _MessageGuard(self.max_message_size, budget, receive, send)
+            guard = _MessageGuard(
+                self.max_message_size, budget, receive, send, send_timeout=self.send_timeout
+            )
             await self.app(scope, guard, send)
         else:
             await self.app(scope, receive, send)
@@ -151,11 +165,21 @@ class _MessageGuard:
     """A WebSocket's ``receive`` with its limits: a message over ``limit`` bytes closes the
     socket with 1009 (the app sees a disconnect); a message over ``budget`` is dropped and
     answered with an ``error`` frame (rate_limited, ``retry_after`` in the message), and the
-    socket stays open."""
+    socket stays open. That answer is bounded by ``send_timeout`` seconds: a client that sends
+    but never reads is then disconnected (the app sees a disconnect, code 4008)."""
 
-    def __init__(self, limit: int, budget: MessageBudget, receive: Receive, send: Send) -> None:
+    def __init__(
+        self,
+        limit: int,
+        budget: MessageBudget,
+        receive: Receive,
+        send: Send,
+        *,
+        send_timeout: float | None = None,
+    ) -> None:
         self.limit = limit
         self.budget = budget
+        self.send_timeout = send_timeout
         self._receive = receive
         self._send = send
         self._closed: Message | None = None
@@ -191,7 +215,10 @@ class _MessageGuard:
     async def _refuse(self, exc: RateLimited) -> None:
         event = ErrorEvent(code=exc.code, message=exc.message, retryable=exc.retryable)
         try:
-            await self._send({"type": "websocket.send", "text": ws_codec.encode_event(event)})
+            async with asyncio.timeout(self.send_timeout):
+                await self._send({"type": "websocket.send", "text": ws_codec.encode_event(event)})
+        except TimeoutError:  # sends, never reads: let go of it
+            self._closed = {"type": "websocket.disconnect", "code": CloseCode.SLOW_CONSUMER}
         except (OSError, RuntimeError):
             pass  # the peer is gone: the next receive says so
 
@@ -239,16 +266,30 @@ def rate_limited_message(budget: MessageBudget) -> RateLimited:
 
 
 class ConnectionLimiter:
-    """Open WebSocket connections per process and per API key.
+    """Open WebSocket connections per process and per API key, and sockets still waiting for
+    their ``auth`` message (``max_pending``, counted apart).
 
-    ``acquire`` raises :class:`RateLimited` when full; every successful ``acquire`` must be
-    paired with one ``release`` with the same arguments."""
+    ``acquire`` and ``acquire_pending`` raise :class:`RateLimited` when full; every successful
+    one must be paired with one ``release`` (same arguments) or ``release_pending``."""
 
-    def __init__(self, max_total: int, max_per_key: int) -> None:
+    def __init__(self, max_total: int, max_per_key: int, max_pending: int = 256) -> None:
         self.max_total = max_total
         self.max_per_key = max_per_key
+        self.max_pending = max_pending
         self.total = 0
+        self.pending = 0
         self.per_key: defaultdict[str | None, int] = defaultdict(int)
+
+    def acquire_pending(self) -> None:
+        if self.pending >= self.max_pending:
+            raise RateLimited(
+                f"the server has {self.max_pending} WebSockets waiting to authenticate already",
+                retry_after=CONCURRENCY_RETRY_AFTER,
+            )
+        self.pending += 1
+
+    def release_pending(self) -> None:
+        self.pending -= 1
 
     def acquire(self, key_id: str | None, *, per_key: bool) -> None:
         if per_key:
@@ -324,7 +365,8 @@ class StreamGuard:
         if not self._live_per_key[key_id]:
             del self._live_per_key[key_id]
 
-    def owner(self, generation: Generation) -> str | None:
+    def owner_here(self, generation: Generation) -> str | None:
+        """The key that created a generation of this process (see :meth:`track`)."""
         return self._owner.get(generation)
 
     def scoped(self, registry: StreamRegistry, scope: Scope) -> ScopedRegistry:
@@ -336,9 +378,11 @@ class ScopedRegistry(Streams):
     """A :class:`StreamRegistry` seen through one connection's credentials.
 
     ``create`` enforces the stream limits (:class:`RateLimited`) and checks that the key has not
-    been revoked since the connection authenticated (:class:`Unauthorized`); ``get`` and
-    ``cancel`` only find the caller's own streams (:class:`NotFound` otherwise, so that
-    stream ids of other keys cannot even be probed). Everything else is the registry's.
+    been revoked since the connection authenticated (:class:`Unauthorized`); ``get``,
+    ``cancel``, ``cancel_anywhere`` and ``resume`` only find the caller's own streams, live or
+    ended, here or on another worker: another key's stream raises :class:`NotFound` (404
+    not_found, or an ``error`` not_found on a WebSocket), never its events.
+    Everything else is the registry's.
     """
 
     def __init__(self, guard: StreamGuard, registry: StreamRegistry, scope: Scope) -> None:
@@ -353,12 +397,14 @@ class ScopedRegistry(Streams):
         return None if principal is None else principal.key_id
 
     def create(self, params: GenerateParams, **options: Unpack[StreamOptions]) -> Generation:
-        """The registry's ``create``, within the limits of the caller's key. Raises
-        :class:`RateLimited`, :class:`Unauthorized`, and what ``create`` raises."""
+        """The registry's ``create``, within the limits of the caller's key, which owns the
+        stream (an ``owner`` given is replaced). Raises :class:`RateLimited`,
+        :class:`Unauthorized`, and what ``create`` raises."""
         principal = self._auth.principal
         if principal is None or not self._guard.auth.still_valid(principal):
             raise Unauthorized("the API key of this connection was revoked")
         self._guard.admit(principal.key_id)
+        options["owner"] = principal.key_id
         generation = self._registry.create(params, **options)
         self._guard.track(generation, principal.key_id)
         return generation
@@ -368,7 +414,7 @@ class ScopedRegistry(Streams):
 
     def get(self, stream_id: str) -> Generation:
         generation = self._registry.get(stream_id)
-        if self._guard.owner(generation) != self.key_id:
+        if self._guard.owner_here(generation) != self.key_id:
             raise NotFound(f"no live stream {stream_id!r}")
         return generation
 
@@ -378,26 +424,24 @@ class ScopedRegistry(Streams):
         self._guard.metrics.cancel_requested(generation.transport)
         return generation
 
-    def _local(self, stream_id: str) -> Generation | None:
-        """The stream when it runs in this process and belongs to the caller (raises
-        :class:`NotFound` when it belongs to another key); ``None`` when it runs elsewhere.
-        Streams of other workers carry no owner yet: they are not checked."""
-        try:
-            generation = self._registry.get(stream_id)
-        except NotFound:
-            return None
-        if self._guard.owner(generation) != self.key_id:
-            raise NotFound(f"no live stream {stream_id!r}")
-        return generation
+    async def _check_owner(self, stream_id: str) -> None:
+        """Raise :class:`NotFound` unless the log says the caller owns ``stream_id``
+        (:class:`UnknownStream` when no such stream is kept, :class:`StreamLogUnavailable`
+        when the log cannot say)."""
+        if await self._registry.log.owner_of(stream_id) != self.key_id:
+            raise NotFound(f"no stream {stream_id!r}")
 
     async def cancel_anywhere(self, stream_id: str) -> str:
-        generation = self._local(stream_id)
+        await self._check_owner(stream_id)
+        generation = self._registry.live_generation(stream_id)
         if generation is not None:
             self._guard.metrics.cancel_requested(generation.transport)
         return await self._registry.cancel_anywhere(stream_id)
 
     async def resume(self, stream_id: str, after_seq: int) -> Attachment:
-        generation = self._local(stream_id)
+        check_cursor(after_seq)  # before the log is asked anything
+        await self._check_owner(stream_id)
+        generation = self._registry.live_generation(stream_id)
         attachment = await self._registry.resume(stream_id, after_seq)
         self._guard.metrics.resumed(generation.transport if generation else "unknown")
         return attachment

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+from http import HTTPStatus
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -120,6 +121,17 @@ async def internal_error(request: Request, exc: Exception) -> Response:
 
 def not_found(message: str) -> Response:
     return error_response(NotFound(message))
+
+
+def raw_http_error(exc: TokenwireError) -> bytes:
+    """A complete HTTP/1.1 error response, as bytes, that closes the connection: for the
+    protocol layer (:mod:`tokenwire.edge.http`), where no ASGI ``send`` exists yet."""
+    body = error_body(exc)
+    reason = HTTPStatus(exc.status).phrase.encode()
+    lines = [b"HTTP/1.1 %d %s" % (exc.status, reason)]
+    lines += [name + b": " + value for name, value in _raw(exc, body)]
+    lines.append(b"connection: close")
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
 def _raw(exc: TokenwireError, body: bytes) -> list[tuple[bytes, bytes]]:

@@ -2,6 +2,11 @@
 
 Both transports pass through :class:`SecurityMiddleware` (pure ASGI), before any route runs:
 
+0. ``Host`` (:class:`HostCheck`, outermost): a request whose ``Host`` is not on
+   ``allowed_hosts`` is refused with 400 invalid_request (a WebSocket handshake is denied),
+   before the Origin check, whose "same origin" trusts ``Host``: a DNS-rebinding page, whose
+   own name now resolves to this server, sends Host = Origin = its name. With no
+   ``allowed_hosts``, a server bound to loopback answers only the loopback names.
 1. ``Origin``: a browser request (HTTP or WebSocket handshake) whose ``Origin`` is neither the
    server's own origin nor an exact entry of ``allowed_origins`` is refused: HTTP 403, or the
    WebSocket handshake is denied with 403 before accept (cross-site WebSocket hijacking; RFC 6455
@@ -33,6 +38,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlsplit
 
 from starlette.datastructures import Headers
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenwire.edge.keys import (
@@ -43,7 +49,7 @@ from tokenwire.edge.keys import (
     TokenSigner,
 )
 from tokenwire.edge.responses import deny_websocket, send_error
-from tokenwire.errors import ErrorCode, Forbidden, TokenwireError, Unauthorized
+from tokenwire.errors import ErrorCode, Forbidden, InvalidRequest, TokenwireError, Unauthorized
 from tokenwire.lifecycle import route_path, with_request_id
 from tokenwire.logs import request_id_var
 from tokenwire.protocol.websocket import CloseCode
@@ -112,6 +118,54 @@ def _own_origin(scope: Scope) -> str | None:
         return normalize_origin(f"{scheme}://{host}")
     except ValueError:
         return None
+
+
+# -- hosts ------------------------------------------------------------------------------------
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
+
+
+def allowed_hosts(settings: Settings) -> list[str]:
+    """The ``Host`` patterns the server answers: ``settings.allowed_hosts``, else the loopback
+    names when it is bound to a loopback address, else any host (``*``)."""
+    if settings.allowed_hosts:
+        return list(settings.allowed_hosts)
+    return list(LOOPBACK_HOSTS) if is_loopback(settings.host) else ["*"]
+
+
+class HostCheck(TrustedHostMiddleware):
+    """Starlette's :class:`TrustedHostMiddleware` (its patterns and matching: exact names, or
+    ``*.example.com``), with the refusal written by :mod:`tokenwire.edge.responses`: 400
+    invalid_request, or a denied WebSocket handshake. No ``www.`` redirect."""
+
+    def __init__(self, app: ASGIApp, *, allowed_hosts: list[str]) -> None:
+        async def passed(scope: Scope, receive: Receive, send: Send) -> None:
+            scope["tokenwire.host_ok"] = True
+            await app(scope, receive, send)
+
+        super().__init__(passed, allowed_hosts=allowed_hosts, www_redirect=False)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.allow_any or scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        refused = False
+
+        async def refusing(message: Message) -> None:
+            nonlocal refused
+            if scope.get("tokenwire.host_ok") or refused:
+                if not refused:
+                    await send(message)
+                return  # the rest of Starlette's plain-text refusal
+            refused = True
+            host = Headers(scope=scope).get("host", "")
+            error = InvalidRequest(f"Host {host[:80]!r} is not served here; see allowed_hosts")
+            if scope["type"] == "websocket":
+                await deny_websocket(scope, send, error)
+            else:
+                await send_error(send, error, scope["path"])
+
+        await super().__call__(scope, receive, refusing)
 
 
 # -- the authenticator ------------------------------------------------------------------------
@@ -236,7 +290,10 @@ class SecurityMiddleware:
 
     WebSocket connections over ``max_ws_connections`` (per process) or
     ``max_ws_connections_per_key`` are accepted and closed at once with 1013 (try again later),
-    so that browsers, which never see a refused handshake's status, learn why.
+    so that browsers, which never see a refused handshake's status, learn why. A socket that
+    authenticates with its first message holds one of ``max_ws_unauthenticated`` pre-auth
+    slots until then (1013 when they are all taken), and takes its connection slots (or is
+    closed 1013) once authenticated.
     """
 
     def __init__(
@@ -294,9 +351,12 @@ class SecurityMiddleware:
         slots = _Slots(self.connections)
         try:
             try:
-                slots.take_server()
-                if state.principal is not None and state.principal.key_id is not None:
-                    slots.take_key(state.principal.key_id)
+                if state.principal is None:  # a pre-auth slot until its auth message
+                    slots.take_pending()
+                else:
+                    slots.take_server()
+                    if state.principal.key_id is not None:
+                        slots.take_key(state.principal.key_id)
             except TokenwireError as exc:
                 self.refused(scope, exc)
                 await _accept_and_close(receive, send, CloseCode.TRY_AGAIN_LATER, exc.message)
@@ -335,11 +395,27 @@ class SecurityMiddleware:
 
 
 class _Slots:
-    """The WebSocket connection slots one socket holds (the server's, then its key's)."""
+    """The WebSocket connection slots one socket holds: a pre-auth slot until it has
+    authenticated, then the server's and its key's."""
 
     def __init__(self, connections: ConnectionLimiter) -> None:
         self._connections = connections
         self._held: list[str | None] = []
+        self._pending = False
+
+    def take_pending(self) -> None:
+        self._connections.acquire_pending()
+        self._pending = True
+
+    def authenticated(self, key_id: str | None) -> None:
+        """Trade the pre-auth slot for the server's and the key's. Raises
+        :class:`RateLimited` (the socket then holds nothing more than before)."""
+        self.take_server()
+        if key_id is not None:
+            self.take_key(key_id)
+        if self._pending:
+            self._pending = False
+            self._connections.release_pending()
 
     def take_server(self) -> None:
         self._connections.acquire(None, per_key=False)
@@ -353,6 +429,9 @@ class _Slots:
         for key_id in self._held:
             self._connections.release(key_id, per_key=key_id is not None)
         self._held.clear()
+        if self._pending:
+            self._pending = False
+            self._connections.release_pending()
 
 
 async def _accept_and_close(receive: Receive, send: Send, code: int, reason: str) -> None:
@@ -403,8 +482,7 @@ class _FirstMessageAuth:
             return message  # a disconnect
         try:
             principal = self._authenticate(message)
-            if principal.key_id is not None:
-                self.slots.take_key(principal.key_id)
+            self.slots.authenticated(principal.key_id)
         except TokenwireError as exc:
             return await self._fail(exc)
         self.state.principal = principal
@@ -416,7 +494,7 @@ class _FirstMessageAuth:
             data = (message.get("bytes") or b"").decode("utf-8", "replace")
         try:
             parsed = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deeply to parse
             parsed = None
         if not isinstance(parsed, dict) or parsed.get("type") != "auth":
             raise Unauthorized("authenticate first: {'type': 'auth', 'token': ...}")

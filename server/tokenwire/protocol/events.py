@@ -69,8 +69,9 @@ class Usage(BaseModel):
         )
 
 
-ResetReason = Literal["unknown_stream", "expired"]
-"""Why a cursor cannot be served (``stream.reset.reason``)."""
+ResetReason = Literal["unknown_stream", "expired", "lost"]
+"""Why a cursor cannot be served (``stream.reset.reason``); ``lost``: the stream's worker died
+before the events after the cursor reached the log."""
 
 
 class _Event(BaseModel):

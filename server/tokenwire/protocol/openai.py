@@ -96,7 +96,7 @@ class ChatCompletionRequest(GenerateParams):
     on_disconnect: None = None  # not an OpenAI field
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_completion_tokens: Annotated[int | None, Field(ge=1)] = None
+    max_completion_tokens: Annotated[int | None, Field(ge=1, strict=True)] = None
     n: Annotated[int | None, Field(ge=1)] = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int | None, Field(ge=0, le=20)] = None

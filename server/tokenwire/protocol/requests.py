@@ -238,7 +238,7 @@ class GenerateParams(BaseModel):
 
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     model: str | None = None
-    max_tokens: Annotated[int | None, Field(ge=1)] = None
+    max_tokens: Annotated[int | None, Field(ge=1, strict=True)] = None  # "5", true: refused
     temperature: Annotated[float | None, Field(ge=0, le=2)] = None
     top_p: Annotated[float | None, Field(gt=0, le=1)] = None
     stop: str | list[str] | None = None

@@ -47,13 +47,16 @@ def decode_client_message(frame: str | bytes) -> ClientMessage:
     """Parse one client frame.
 
     Raises:
-        InvalidRequest: the frame is not JSON, not an object, has an unknown ``type`` or an
+        InvalidRequest: the frame is not JSON (or nested deeper than about 1,000 levels),
+            not an object, has an unknown ``type`` or an
             invalid field; the message names the problem (e.g. ``messages: Field required``).
     """
     try:
         data = json.loads(frame)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"message is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise InvalidRequest("message is nested too deeply") from None
     if not isinstance(data, dict):
         raise InvalidRequest("message must be a JSON object with a 'type' field")
     try:

@@ -20,9 +20,15 @@ Backends, chosen by ``TOKENWIRE_STREAM_LOG`` (see :func:`create_stream_log`):
 - ``redis://...``: Redis Streams, shared by every worker and host of a deployment
   (:mod:`tokenwire.streams.redis_log`).
 
-Errors raised to callers: :class:`UnknownStream`, :class:`CursorExpired` (both answered with
-``stream.reset``), :class:`CursorAhead` (an ``invalid_request``), :class:`StreamLogUnavailable`
-(a retryable ``unavailable`` error).
+Ownership: every stream carries its owner (the API key id that created it, ``None`` when
+anonymous), given with :meth:`StreamLog.claim` and kept with the stream's events for as long
+as they are kept, in memory and in Redis; :meth:`StreamLog.owner_of` answers it for any stream,
+live here, live elsewhere or ended, so that the edge can check it on every read and cancel.
+
+Errors raised to callers: :class:`UnknownStream`, :class:`CursorExpired` and
+:class:`StreamLost` (answered with ``stream.reset``, reason :func:`reset_reason`),
+:class:`CursorAhead` (an ``invalid_request``), :class:`StreamLogUnavailable` (a retryable
+``unavailable`` error).
 """
 
 from __future__ import annotations
@@ -37,12 +43,18 @@ from tokenwire.errors import ErrorCode, InvalidRequest, NotFound, TokenwireError
 from tokenwire.protocol.events import (
     Event,
     ReasoningDelta,
+    ResetReason,
     StreamEnd,
     TextDelta,
     ToolCallDelta,
     ToolCallEnd,
 )
 from tokenwire.settings import Settings
+
+MAX_SEQ = 2**53 - 1
+"""The largest seq, and so the largest cursor, a stream can have: the largest integer that
+JSON clients hold exactly (ECMA-262 ``Number.MAX_SAFE_INTEGER``), well inside a Redis stream
+id's 64 bits. A cursor beyond it is an invalid request (:func:`check_cursor`)."""
 
 EVENT_OVERHEAD = 64
 """Bytes counted per event on top of its text, for the ``max_bytes`` bound (an estimate of the
@@ -59,6 +71,19 @@ class CursorExpired(TokenwireError):
     code = ErrorCode.INVALID_REQUEST
 
 
+class StreamLost(CursorExpired):
+    """The stream has no end in the log and the cursor is past the log's last event: the
+    events after the last write were delivered by a process that died before writing them.
+    Nothing can continue it (``stream.reset``, reason ``lost``); start a new stream."""
+
+
+def reset_reason(exc: UnknownStream | CursorExpired) -> ResetReason:
+    """The ``stream.reset`` reason that answers an unserveable cursor."""
+    if isinstance(exc, StreamLost):
+        return "lost"
+    return "expired" if isinstance(exc, CursorExpired) else "unknown_stream"
+
+
 class CursorAhead(InvalidRequest):
     """The cursor names a seq the stream has not reached: no client can have seen it."""
 
@@ -68,6 +93,12 @@ class StreamLogUnavailable(TokenwireError):
 
     code = ErrorCode.UNAVAILABLE
     retryable = True
+
+
+def check_cursor(after_seq: int) -> None:
+    """Raise :class:`InvalidRequest` unless ``0 <= after_seq <= MAX_SEQ``."""
+    if not 0 <= after_seq <= MAX_SEQ:
+        raise InvalidRequest(f"the cursor must be a seq in [0, {MAX_SEQ}], got {after_seq}")
 
 
 def kept_size(entry: Event | str | None) -> int:
@@ -101,7 +132,7 @@ class StreamRecord:
     of every stream of the process, tens of milliseconds per hundred thousand objects).
     """
 
-    __slots__ = ("stream_id", "_entries", "_first", "size", "last_seq", "ended_at")
+    __slots__ = ("stream_id", "_entries", "_first", "size", "last_seq", "ended_at", "owner")
 
     def __init__(self, stream_id: str) -> None:
         self.stream_id = stream_id
@@ -111,6 +142,7 @@ class StreamRecord:
         self.size = 0  # bytes, as counted by kept_size
         self.last_seq = 0  # the seq of the newest event ever appended
         self.ended_at: float | None = None  # time.monotonic() of stream.end
+        self.owner: str | None = None  # the API key id that created the stream (None: anonymous)
 
     @property
     def ended(self) -> bool:
@@ -216,6 +248,8 @@ class StreamLog(ABC):
     """
 
     name: ClassVar[str]
+    shared: ClassVar[bool] = False
+    """Whether other processes can serve this log's streams (resume them elsewhere)."""
 
     def __init__(self, *, max_events: int, max_bytes: int, ttl: float) -> None:
         self.max_events = max_events
@@ -242,6 +276,11 @@ class StreamLog(ABC):
     def begin(self, stream_id: str) -> None:
         """Start keeping a new stream that runs in this process."""
         self._local[stream_id] = StreamRecord(stream_id)
+
+    def claim(self, stream_id: str, owner: str | None) -> None:
+        """Record the owner (an API key id; ``None``: anonymous) of a stream begun here, before
+        its first event is appended; it is kept with the stream's events."""
+        self._local[stream_id].owner = owner
 
     def append(self, stream_id: str, event: Event) -> None:
         """Keep ``event`` (numbered, in seq order) of a stream begun here. Never waits."""
@@ -274,6 +313,16 @@ class StreamLog(ABC):
             UnknownStream: the log holds no such stream.
             CursorExpired: events right after the cursor are no longer kept.
             CursorAhead: the cursor is beyond the stream's newest event.
+            StreamLogUnavailable: the storage cannot be reached.
+        """
+
+    @abstractmethod
+    async def owner_of(self, stream_id: str) -> str | None:
+        """The owner given to :meth:`claim` of any stream the log holds (live here, live
+        elsewhere, or ended and kept).
+
+        Raises:
+            UnknownStream: the log holds no such stream.
             StreamLogUnavailable: the storage cannot be reached.
         """
 
@@ -326,6 +375,13 @@ class MemoryStreamLog(StreamLog):
             if not expired and len(self._ended_streams) <= self.max_streams:
                 return
             del self._ended_streams[stream_id]
+
+    async def owner_of(self, stream_id: str) -> str | None:
+        self._forget_expired()
+        record = self._local.get(stream_id) or self._ended_streams.get(stream_id)
+        if record is None:
+            raise UnknownStream(f"no stream {stream_id!r} (unknown, or forgotten after its TTL)")
+        return record.owner
 
     async def open_reader(self, stream_id: str, after_seq: int) -> LogReader:
         self._forget_expired()

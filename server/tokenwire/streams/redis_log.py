@@ -7,7 +7,9 @@ Layout (``{id}`` is the stream id)::
                             ``<seq of its last event>-0``, so that "the entries after a cursor"
                             is an XRANGE / XREAD after ``<cursor>-0``. Trimmed to about
                             ``max_events`` entries (MAXLEN ~); expires ``ttl`` seconds after the
-                            stream's end.
+                            stream's end. Field ``o`` of every entry: the stream's owner (an
+                            API key id, empty when anonymous), so that it lives and expires
+                            with the events whatever the trimming.
     tokenwire:{id}:owner    present while the process that runs the stream is alive (a lease,
                             renewed every ``lease / 3`` seconds, ``lease`` seconds long).
     tokenwire:control       pub/sub channel: ``cancel <id>``, ``attach <id>``, ``detach <id>``.
@@ -16,6 +18,13 @@ Writes never wait: :meth:`RedisStreamLog.append` keeps the event in memory (so t
 readers resume from memory) and wakes one writer task, which sends everything pending, for all
 streams, in one pipeline: one XADD per stream per flush, so fewer than one command per event
 under load. A stream's local copy is dropped once its ``stream.end`` is in Redis.
+
+Connections: the writer (flushes, lease renewals, the control channel) has a client and a
+connection pool of its own, which no reader can take; readers (catch-up reads, ``XREAD
+BLOCK``, control messages) share a second pool of at most ``max_readers`` connections
+(redis-py's ``BlockingConnectionPool``). A reader that finds that pool taken waits up to
+:data:`READER_WAIT` seconds for a connection, then gets :class:`StreamLogUnavailable` (a 503
+or a retryable ``error``): a burst of readers is refused, and never starves the writer.
 
 Faults: redis-py retries each command with exponential backoff (``retries``); if a flush still
 fails, every stream with pending events is failed (``error`` unavailable, retryable, then
@@ -42,6 +51,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import EncodableT, FieldT
 
 from tokenwire.protocol.events import Event, StreamEnd, event_json, seq_of
 from tokenwire.settings import Settings
@@ -51,6 +61,7 @@ from tokenwire.streams.log import (
     LogReader,
     StreamLog,
     StreamLogUnavailable,
+    StreamLost,
     StreamRecord,
     UnknownStream,
 )
@@ -58,6 +69,10 @@ from tokenwire.streams.log import (
 log = logging.getLogger("tokenwire.streams.redis")
 
 CONTROL_CHANNEL = "tokenwire:control"
+READER_WAIT = 1.0
+"""Seconds a reader waits for one of the ``max_readers`` connections before it is refused."""
+WRITER_CONNECTIONS = 4
+"""The writer's own pool: the flush, the lease renewal and the control channel (one each)."""
 _EVENTS = TypeAdapter(list[Event])
 
 
@@ -77,6 +92,13 @@ def _entry_events(fields: dict[Any, Any]) -> list[Event]:
     """The events of one log entry (a Redis stream entry's ``e`` field, a JSON array)."""
     raw = fields.get(b"e") or fields.get("e") or b"[]"
     return _EVENTS.validate_json(raw)
+
+
+def _entry_owner(fields: dict[Any, Any]) -> str | None:
+    """The owner recorded in a log entry (field ``o``; empty or absent: anonymous)."""
+    raw = fields.get(b"o") or fields.get("o") or b""
+    owner = raw.decode() if isinstance(raw, bytes) else str(raw)
+    return owner or None
 
 
 def redacted(url: str) -> str:
@@ -106,9 +128,13 @@ class RedisStreamLog(StreamLog):
         retries: redis-py retries per command (exponential backoff, capped at 1 s).
         catch_up_wait: seconds a reader waits for Redis to reach its cursor (see
             :meth:`open_reader`).
+        max_readers: connections that readers may hold at once (each remote reader holds
+            one while it waits for events); more readers wait up to :data:`READER_WAIT`
+            seconds, then get :class:`StreamLogUnavailable`.
     """
 
     name = "redis"
+    shared = True
 
     def __init__(
         self,
@@ -120,19 +146,25 @@ class RedisStreamLog(StreamLog):
         lease: float = 10.0,
         retries: int = 3,
         catch_up_wait: float = 2.0,
+        max_readers: int = 64,
     ) -> None:
         super().__init__(max_events=max_events, max_bytes=max_bytes, ttl=ttl)
         self.url = url
         self.lease = lease
         self.catch_up_wait = catch_up_wait
         self.backoff = ExponentialBackoff(cap=1.0, base=0.05)
-        self.redis = redis.from_url(
-            url,
-            retry=Retry(self.backoff, retries),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-            socket_connect_timeout=5,
-            socket_timeout=lease + 5,  # above the longest XREAD BLOCK (lease / 2)
+        options: dict[str, Any] = {
+            "retry": Retry(self.backoff, retries),
+            "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+            "socket_connect_timeout": 5,
+            "socket_timeout": lease + 5,  # above the longest XREAD BLOCK (lease / 2)
+        }
+        # the writer's own client: readers can never take its connections
+        self.writer = redis.from_url(url, max_connections=WRITER_CONNECTIONS, **options)
+        readers = redis.BlockingConnectionPool.from_url(
+            url, max_connections=max_readers, timeout=READER_WAIT, **options
         )
+        self.redis = redis.Redis.from_pool(readers)  # readers and control messages
         self.healthy = True
         self.commands = 0  # Redis commands sent by the writer and the readers (for benchmarks)
         self._pending: dict[str, list[Event]] = {}
@@ -149,14 +181,16 @@ class RedisStreamLog(StreamLog):
             max_bytes=settings.stream_log_max_bytes,
             ttl=settings.stream_log_ttl,
             lease=settings.stream_log_lease,
+            max_readers=settings.stream_log_max_readers,
         )
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
         try:
-            await self.redis.ping()
+            await self.writer.ping()
         except RedisError as exc:
+            await self.writer.aclose()
             await self.redis.aclose()
             raise StreamLogUnavailable(
                 f"cannot reach the stream log at {redacted(self.url)}: {exc}"
@@ -183,6 +217,7 @@ class RedisStreamLog(StreamLog):
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=1)
         self._tasks = []
+        await self.writer.aclose()
         await self.redis.aclose()
 
     # -- writing ------------------------------------------------------------------------------
@@ -234,13 +269,16 @@ class RedisStreamLog(StreamLog):
         if not pending:
             return
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
+            async with self.writer.pipeline(transaction=False) as pipe:
                 ended: list[str] = []
                 for stream_id, events in pending.items():
                     key = _events_key(stream_id)
                     body = "[" + ",".join(event_json(event) for event in events) + "]"
                     entry_id = f"{seq_of(events[-1])}-0"
-                    pipe.xadd(key, {"e": body}, id=entry_id, maxlen=self.max_events)
+                    record = self._local.get(stream_id)
+                    owner = (record.owner if record is not None else None) or ""
+                    fields: dict[FieldT, EncodableT] = {"e": body, "o": owner}
+                    pipe.xadd(key, fields, id=entry_id, maxlen=self.max_events)
                     if isinstance(events[-1], StreamEnd):
                         pipe.expire(key, int(self.ttl) + 1)
                         pipe.delete(_owner_key(stream_id))
@@ -277,7 +315,7 @@ class RedisStreamLog(StreamLog):
             if not live:
                 continue
             try:
-                async with self.redis.pipeline(transaction=False) as pipe:
+                async with self.writer.pipeline(transaction=False) as pipe:
                     for stream_id in live:
                         pipe.set(_owner_key(stream_id), b"1", ex=self._lease_seconds())
                     self.commands += len(pipe)
@@ -309,7 +347,7 @@ class RedisStreamLog(StreamLog):
         failures = 0
         while True:
             try:
-                async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                async with self.writer.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(CONTROL_CHANNEL)
                     failures = 0
                     async for message in pubsub.listen():
@@ -332,11 +370,36 @@ class RedisStreamLog(StreamLog):
 
     # -- reading ------------------------------------------------------------------------------
 
+    async def owner_of(self, stream_id: str) -> str | None:
+        """See :meth:`StreamLog.owner_of`. A stream that Redis does not know yet is waited for,
+        up to ``catch_up_wait`` seconds (its process may not have flushed its first event)."""
+        record = self._local.get(stream_id)
+        if record is not None:
+            return record.owner
+        key = _events_key(stream_id)
+        deadline = time.monotonic() + self.catch_up_wait
+        try:
+            while True:
+                self.commands += 1
+                last = await self.redis.xrevrange(key, count=1)
+                if last:
+                    return _entry_owner(last[0][1] or {})
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise UnknownStream(
+                        f"no stream {stream_id!r} (unknown, or forgotten after its TTL)"
+                    )
+                self.commands += 1
+                await self.redis.xread({key: "0-0"}, block=max(1, round(remaining * 1000)))
+        except RedisError as exc:
+            raise StreamLogUnavailable(f"the stream log (Redis) is unavailable: {exc}") from exc
+
     async def open_reader(self, stream_id: str, after_seq: int) -> LogReader:
         """See :meth:`StreamLog.open_reader`. The process that runs a stream delivers to its own
         readers before its writer has flushed, so a stream or cursor that Redis does not know
         yet is waited for, up to ``catch_up_wait`` seconds, before it counts as unknown or
-        ahead."""
+        ahead; a cursor still ahead of a stream with no end is :class:`StreamLost` (its
+        process died after delivering events it had not written)."""
         key = _events_key(stream_id)
         deadline = time.monotonic() + self.catch_up_wait
         try:
@@ -362,6 +425,12 @@ class RedisStreamLog(StreamLog):
         first_kept = seq_of(_entry_events(first[0][1])[0])
         last_events = _entry_events(last[0][1])
         last_seq = seq_of(last_events[-1])
+        ended = isinstance(last_events[-1], StreamEnd)
+        if after_seq > last_seq and not ended:  # a live owner would have written it by now
+            raise StreamLost(
+                f"stream {stream_id} was lost after seq {last_seq}: its worker stopped before "
+                "writing the events after it; start a new stream"
+            )
         if after_seq > last_seq:
             raise CursorAhead(
                 f"cursor {after_seq} is ahead of stream {stream_id} (last seq {last_seq})"
@@ -377,7 +446,6 @@ class RedisStreamLog(StreamLog):
                 if seq_of(event) > seen:  # skips re-written entries
                     catch_up.append(event)
                     seen = seq_of(event)
-        ended = isinstance(last_events[-1], StreamEnd)
         reader = _RedisReader(self, stream_id, catch_up, ended, last_seq)
         if not ended:
             await self._publish("attach", stream_id)

@@ -30,6 +30,7 @@ from tokenwire.streams.log import (
     MemoryStreamLog,
     StreamLog,
     StreamLogUnavailable,
+    check_cursor,
 )
 from tokenwire.streams.observe import NO_OBSERVER, StreamObserver
 from tokenwire.streams.subscription import Subscription
@@ -125,11 +126,13 @@ class QueueSettings(TypedDict):
 class StreamOptions(TypedDict, total=False):
     """How a stream is created: ``transport`` (required), the route's name for it (``sse``,
     ``websocket``, ``openai``, ...); ``request_id``, echoed in ``stream.start``;
-    ``on_disconnect``, its disconnect policy when the request's own is not to be used."""
+    ``on_disconnect``, its disconnect policy when the request's own is not to be used;
+    ``owner``, the API key id that owns it (kept in the log, see :meth:`StreamLog.claim`)."""
 
     transport: Required[str]
     request_id: str | None
     on_disconnect: DisconnectPolicy | None
+    owner: str | None
 
 
 class Streams(ABC):
@@ -174,7 +177,8 @@ class StreamRegistry(Streams):
         self.settings = settings or Settings()
         self.log = log or MemoryStreamLog.from_settings(self.settings)
         self.log.on_control(self._on_control)
-        self.draining = DrainSignal()  # set when the server starts to shut down
+        self.draining = DrainSignal()  # set when the streams are handed off (shared log)
+        self.closing = False  # set when the server starts to shut down: no new streams
         self.observer: StreamObserver = NO_OBSERVER  # the edge's, set when the app is wired
         self._live: dict[str, Generation] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -188,13 +192,15 @@ class StreamRegistry(Streams):
 
     def create(self, params: GenerateParams, **options: Unpack[StreamOptions]) -> Generation:
         """A new generation, registered but not started (attach first, then ``start()``).
-        Its disconnect policy is ``on_disconnect``, else the request's, else the server's.
+        Its disconnect policy is ``on_disconnect``, else the request's, else the server's;
+        ``owner`` (an API key id) is kept with its events in the log (see
+        :meth:`StreamLog.claim`).
 
         Raises:
             NotFound: the provider does not serve ``params.model``.
             StreamLogUnavailable: the server is shutting down (retry on another worker).
         """
-        if self.draining.is_set():
+        if self.closing:
             raise StreamLogUnavailable("the server is shutting down; retry")
         model = self.provider.resolve_model(params.model)
         transport = options["transport"]
@@ -212,6 +218,7 @@ class StreamRegistry(Streams):
             first_token_timeout=self.settings.first_token_timeout,
             max_duration=self.settings.max_stream_duration,
         )
+        self.log.claim(generation.stream_id, options.get("owner"))
         generation.observer = self.observer
         self.observer.stream_started(transport)
         generation.when_ended(self._forget)
@@ -237,9 +244,10 @@ class StreamRegistry(Streams):
 
         Raises:
             UnknownStream, CursorExpired: answer with ``stream.reset``.
-            CursorAhead: an invalid request.
+            CursorAhead, InvalidRequest: an invalid request (a cursor past ``MAX_SEQ``).
             StreamLogUnavailable: the log's storage cannot be reached (retryable).
         """
+        check_cursor(after_seq)
         preamble: list[Event] = (
             [StreamResumed(stream_id=stream_id, after_seq=after_seq)] if after_seq else []
         )
@@ -282,6 +290,10 @@ class StreamRegistry(Streams):
             "overflow": self.settings.overflow,
             "evict_after": self.settings.slow_consumer_timeout,
         }
+
+    def live_generation(self, stream_id: str) -> Generation | None:
+        """The generation ``stream_id`` when it runs in this process, else ``None``."""
+        return self._live.get(stream_id)
 
     def get(self, stream_id: str) -> Generation:
         """The live generation ``stream_id``. Raises :class:`NotFound`."""
@@ -334,15 +346,27 @@ class StreamRegistry(Streams):
     # -- shutdown -----------------------------------------------------------------------------
 
     def drain(self) -> None:
-        """Start a graceful shutdown: refuse new streams, and let the running generations go
-        on without readers (writing to the log) for at most ``settings.drain_timeout`` seconds.
-        Transports watch :attr:`draining` and tell their clients to reconnect."""
-        if self.draining.is_set():
+        """Start a graceful shutdown: refuse new streams. With a log that other processes
+        serve (:attr:`StreamLog.shared`), hand the streams off: let the running generations go
+        on without readers (writing to the log) for at most ``settings.drain_timeout``
+        seconds, and set :attr:`draining`, which transports watch to tell their clients to
+        reconnect (elsewhere). With a log nobody else can serve, the streams stay with their
+        clients: see :meth:`wait_idle`."""
+        if self.closing:
+            return
+        self.closing = True
+        if not self.log.shared:
+            log.info("draining: serving %d live streams to their end", len(self._live))
             return
         self.draining.set()
         log.info("draining %d live streams", len(self._live))
         for generation in list(self._live.values()):
             generation.prepare_drain(self.settings.drain_timeout)
+
+    async def wait_idle(self) -> None:
+        """Wait until no generation that runs here now is running (bound it with
+        ``asyncio.timeout``; cancelling the wait is safe)."""
+        await asyncio.gather(*(generation.wait() for generation in list(self._live.values())))
 
     async def aclose(self) -> None:
         """Wait up to the drain timeout for the live generations to end (when draining), then

@@ -23,7 +23,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from tokenwire.errors import ErrorCode, InvalidRequest, TokenwireError
 from tokenwire.lifecycle import server_send
 from tokenwire.protocol import websocket as codec
-from tokenwire.protocol.events import ErrorEvent, Event, ResetReason, StreamReset
+from tokenwire.protocol.events import ErrorEvent, Event, StreamReset
 from tokenwire.protocol.requests import (
     CancelMessage,
     ClientMessage,
@@ -34,7 +34,7 @@ from tokenwire.protocol.requests import (
 )
 from tokenwire.settings import Settings
 from tokenwire.streams.generation import Detach
-from tokenwire.streams.log import CursorExpired, UnknownStream
+from tokenwire.streams.log import CursorExpired, UnknownStream, reset_reason
 from tokenwire.streams.registry import Attachment, Streams
 from tokenwire.transports.base import Gauge, SendTimeout, Transport, Write, coroutine_send
 from tokenwire.transports.pump import Delivery, pump
@@ -80,8 +80,9 @@ class WebSocketSession:
     """One client socket: reads its messages and delivers its streams until it closes.
 
     Close codes sent: 1000 after the client's own close; 1012 when the server drains; 4008 when
-    the client did not keep up (a subscription was evicted as a slow consumer, or a write
-    exceeded the send timeout). uvicorn itself sends 1009 for a message over the size limit and
+    the client did not keep up (a subscription was evicted as a slow consumer, or a write,
+    a stream's or a reply's (``pong``, ``error``, ``stream.reset``), exceeded the send
+    timeout). uvicorn itself sends 1009 for a message over the size limit and
     1011 when pings go unanswered.
     """
 
@@ -145,6 +146,8 @@ class WebSocketSession:
                 if data is None:
                     data = frame.get("bytes") or b""
                 await self._handle(data)
+        except SendTimeout:
+            self._close_code = self._close_code or codec.CloseCode.SLOW_CONSUMER
         except (WebSocketDisconnect, OSError):
             return
 
@@ -159,9 +162,11 @@ class WebSocketSession:
         if isinstance(message, GenerateMessage):
             self._generate(message)
         elif isinstance(message, CancelMessage):
-            self.registry.cancel(message.stream_id)
+            # wherever the stream runs (another worker: through the log's control channel);
+            # its stream.end reaches the sockets that deliver it
+            await self.registry.cancel_anywhere(message.stream_id)
         elif isinstance(message, PingMessage):
-            await self.transport.send_text(codec.encode_pong(message.id))
+            await self._reply(codec.encode_pong(message.id))
         elif isinstance(message, ResumeMessage):
             await self._resume(message)
 
@@ -185,9 +190,8 @@ class WebSocketSession:
         try:
             attachment = await self.registry.resume(message.stream_id, message.after_seq)
         except (UnknownStream, CursorExpired) as exc:
-            reason: ResetReason = "expired" if isinstance(exc, CursorExpired) else "unknown_stream"
-            reset = StreamReset(stream_id=message.stream_id, reason=reason)
-            await self.transport.send_text(codec.encode_event(reset))
+            reset = StreamReset(stream_id=message.stream_id, reason=reset_reason(exc))
+            await self._reply(codec.encode_event(reset))
             return
         self._deliver_in_task(attachment)
 
@@ -228,7 +232,17 @@ class WebSocketSession:
 
     async def _send_error(self, code: ErrorCode, message: str, retryable: bool) -> None:
         event = ErrorEvent(code=code, message=message, retryable=retryable)
-        await self.transport.send_text(codec.encode_event(event))
+        await self._reply(codec.encode_event(event))
+
+    async def _reply(self, text: str) -> None:
+        """Send a reply to a client message, within ``send_timeout`` seconds. Raises
+        :class:`SendTimeout`: the client sends but does not read (the read loop then stops
+        and the socket is closed with 4008)."""
+        try:
+            async with asyncio.timeout(self.settings.send_timeout):
+                await self.transport.send_text(text)
+        except TimeoutError:
+            raise SendTimeout(f"a reply took longer than {self.settings.send_timeout} s") from None
 
     async def _detach_all(self) -> None:
         tasks = list(self._streams.values())
