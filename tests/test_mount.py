@@ -169,7 +169,7 @@ async def test_mounted_without_the_lifespan_helper_in_process():
             headers={"Accept": "application/json"},
         )
     assert provider.lifecycle == ["start", "aclose"]
-    assert response.json()["events_url"].startswith("http://testserver/llm/v1/streams/")
+    assert response.json()["events_url"].startswith("http://localhost/llm/v1/streams/")
 
 
 def text_of(sse: str) -> str:

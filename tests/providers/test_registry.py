@@ -178,7 +178,7 @@ def test_cli_errors_name_the_module_the_attribute_and_what_it_is(tmp_path):
     for given, message in expected.items():
         status, output = serve_command("--provider", given, cwd=tmp_path)
         assert status == 2, output
-        assert "Invalid value for --provider: provider '" + given in output
+        assert "tokenwire serve: --provider: provider '" + given in output
         assert message in output, output
         assert "Traceback" not in output
 
