@@ -234,6 +234,7 @@ loadModels().catch((error) => {
 });
 
 // -- composer -------------------------------------------------------------------------------
+if (window.matchMedia("(max-width: 640px)").matches) ui.prompt.placeholder = "Message the model…";
 function autosize() {
   ui.prompt.style.height = "auto";
   ui.prompt.style.height = `${Math.min(ui.prompt.scrollHeight, 180)}px`;

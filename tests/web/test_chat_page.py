@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,21 +51,24 @@ def reverse(items):
 | `items.reverse()` | no, in place |
 
 - fast
-- readable
+- readable"""
 
-<img src="x" onerror="window.pwned = 'img'"><script>window.pwned = 'script'</script>
-[a link](javascript:window.pwned='link')"""
+ATTACK = """Look: <img src="x" onerror="window.pwned = 'img'">
+<script>window.pwned = 'script'</script>
+[a link](javascript:window.pwned='link') <a href="#" onclick="window.pwned = 'click'">here</a>"""
 
 
 def app_with(provider: Any, **settings: Any) -> Any:
     return create_app(Settings(**settings), provider=provider)
 
 
-def answering(text: str, pieces: int = 12) -> FunctionProvider:
-    """A provider that streams ``text`` in ``pieces`` deltas (cut anywhere, as tokens are)."""
-    size = -(-len(text) // pieces)
+def answering(answer: Callable[[str], str], pieces: int = 12) -> FunctionProvider:
+    """A provider that streams ``answer(question)`` in ``pieces`` deltas (cut anywhere, as
+    tokens are)."""
 
     async def generate(params: GenerateParams) -> AsyncIterator[Delta]:
+        text = answer(params.messages[-1].content)
+        size = -(-len(text) // pieces)
         for start in range(0, len(text), size):
             await asyncio.sleep(0.02)  # long enough for the page to be seen streaming
             yield Delta(text[start : start + size])
@@ -84,15 +87,17 @@ async def exchange(page: Page, text: str) -> None:
     )
 
 
-async def screenshot(page: Page, artifacts: Path, name: str) -> None:
+async def screenshot(page: Page, artifacts: Path, name: str, *, docs: bool = False) -> None:
+    """Into test-artifacts/; the README's (``docs``) also into docs/img/ when
+    ``TOKENWIRE_DOCS_SCREENSHOTS`` is set."""
     await page.screenshot(path=artifacts / name)
-    if os.environ.get("TOKENWIRE_DOCS_SCREENSHOTS"):
+    if docs and os.environ.get("TOKENWIRE_DOCS_SCREENSHOTS"):
         DOCS_IMG.mkdir(parents=True, exist_ok=True)
         await page.screenshot(path=DOCS_IMG / name)
 
 
 async def test_reasoning_in_a_thinking_block_and_tool_calls_as_cards(browser, artifacts, transport):
-    provider = ScriptedProvider(Script(tokens=10, reasoning_tokens=12, tool_calls=2, interval=0.03))
+    provider = ScriptedProvider(Script(tokens=18, reasoning_tokens=16, tool_calls=2, interval=0.03))
     with serve(app_with(provider)) as server:
         page, errors = await open_page(browser, server, transport)
         await ask(page, "What is the weather in Paris and Lagos?")
@@ -103,6 +108,7 @@ async def test_reasoning_in_a_thinking_block_and_tool_calls_as_cards(browser, ar
         folded = await page.eval_on_selector(".thinking", "d => d.open")
         await page.click(".thinking summary")
         unfolded = await page.eval_on_selector(".thinking", "d => d.open")
+        await page.set_viewport_size({"width": 1000, "height": 820})
         cards = page.locator(".tool-card")
         names = await cards.locator(".tool-name").all_text_contents()
         ids = await cards.locator(".tool-id").all_text_contents()
@@ -115,14 +121,14 @@ async def test_reasoning_in_a_thinking_block_and_tool_calls_as_cards(browser, ar
         )
         await screenshot(page, artifacts, f"chat-reasoning-tools-{transport}.png")
         if transport == "sse":
-            await screenshot(page, artifacts, "chat-reasoning-tools.png")
+            await screenshot(page, artifacts, "chat-reasoning-tools.png", docs=True)
     expected = scripted_tool_calls(2)
-    assert reasoning == scripted_reasoning(12)
-    assert await last_reply(page) == scripted_text(10)
+    assert reasoning == scripted_reasoning(16)
+    assert await last_reply(page) == scripted_text(18)
     assert folded is False and unfolded is True
     assert names == [name for _, name, _ in expected] and ids == [i for i, _, _ in expected]
     assert arguments == [json.loads(args) for _, _, args in expected]
-    assert module["reasoning"] == scripted_reasoning(12)
+    assert module["reasoning"] == scripted_reasoning(16)
     assert [(c["index"], c["call_id"], c["name"], c["arguments"]) for c in module["calls"]] == [
         (index, *call) for index, call in enumerate(expected)
     ]
@@ -131,8 +137,10 @@ async def test_reasoning_in_a_thinking_block_and_tool_calls_as_cards(browser, ar
 
 
 async def test_markdown_is_rendered_and_model_html_never_runs(browser, artifacts, transport):
-    with serve(app_with(answering(ANSWER))) as server:
+    provider = answering(lambda question: ATTACK if "attack" in question else ANSWER)
+    with serve(app_with(provider)) as server:
         page, errors = await open_page(browser, server, transport)
+        await page.set_viewport_size({"width": 900, "height": 860})
         await exchange(page, "How do I reverse a list in Python?")
         reply = page.locator(".message.assistant .content").last
         heading = await reply.locator("h2").text_content()
@@ -140,29 +148,36 @@ async def test_markdown_is_rendered_and_model_html_never_runs(browser, artifacts
         code_font = await reply.locator("pre code").evaluate("e => getComputedStyle(e).fontFamily")
         cells = await reply.locator("table td").all_text_contents()
         bold = await reply.locator("strong").text_content()
-        dangerous = await reply.evaluate(
+        await screenshot(page, artifacts, f"chat-light-{transport}.png")
+        if transport == "sse":
+            await screenshot(page, artifacts, "chat-light.png", docs=True)
+            await page.click("#theme")
+            await screenshot(page, artifacts, "chat-dark.png", docs=True)
+        await exchange(page, "Now the attack")
+        attack = page.locator(".message.assistant .content").last
+        shown = await attack.text_content()
+        dangerous = await attack.evaluate(
             """e => ({
                 scripts: e.querySelectorAll('script').length,
                 handlers: [...e.querySelectorAll('*')].filter(
                     n => [...n.attributes].some(a => a.name.startsWith('on'))).length,
                 hrefs: [...e.querySelectorAll('a')].map(a => a.getAttribute('href')),
+                images: e.querySelectorAll('img').length,
             })"""
         )
-        await page.wait_for_timeout(300)  # give an injected onerror (src="x" fails) its chance
+        await attack.locator("a", has_text="here").click()
+        await page.wait_for_function(
+            "() => document.querySelector('.message.assistant:last-child img')?.complete"
+        )
         pwned = await page.evaluate("() => window.pwned ?? null")
-        await page.set_viewport_size({"width": 900, "height": 820})
-        await screenshot(page, artifacts, f"chat-light-{transport}.png")
-        if transport == "sse":
-            await screenshot(page, artifacts, "chat-light.png")
-            await page.click("#theme")
-            await screenshot(page, artifacts, "chat-dark.png")
     assert heading == "Reversing a list" and bold == "slicing"
     assert code == "def reverse(items):\n    return items[::-1]\n"
     assert "monospace" in code_font
     assert cells == ["items[::-1]", "yes", "items.reverse()", "no, in place"]
-    assert dangerous["scripts"] == 0 and dangerous["handlers"] == 0
+    assert shown.startswith("Look:") and "a link" in shown  # the text stays, the code goes
+    assert dangerous["scripts"] == 0 and dangerous["handlers"] == 0 and dangerous["images"] == 1
     assert all(not (href or "").startswith("javascript:") for href in dangerous["hrefs"])
-    assert pwned is None
+    assert pwned is None  # the image failed to load, the link was clicked: nothing ran
     assert errors == []
 
 
@@ -341,7 +356,7 @@ async def test_a_phone_gets_a_compact_layout(browser, artifacts):
                 };
             }"""
         )
-        await screenshot(page, artifacts, "chat-mobile.png")
+        await screenshot(page, artifacts, "chat-mobile.png", docs=True)
     assert layout["width"] <= 375  # nothing wider than the screen
     assert layout["stats"] <= 40  # the figures take one slim line, not a quarter of the screen
     assert layout["conversation"] >= 0.55 * 740
