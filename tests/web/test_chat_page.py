@@ -429,3 +429,45 @@ async def test_a_queued_stream_shows_a_waiting_state(browser):
     assert waiting == "Waiting for a free slot · 3 ahead in the queue" and status == "queued"
     assert gone == 0 and reply == "Hi there"
     assert errors == []
+
+
+async def test_the_module_takes_a_key_or_a_token_provider(browser, transport):
+    provider = ScriptedProvider(Script(tokens=6, reasoning_tokens=2, interval=0.005))
+    with serve(app_with(provider, api_keys=KEY)) as server:
+        page = await browser.new_page()
+        await page.goto(f"{server.base_url}/?transport={transport}")
+        await page.wait_for_function("() => document.querySelector('#auth').open")
+        result = await page.evaluate(
+            """async ([transport, key]) => {
+                const { TokenwireClient } = await import("./web/tokenwire.js");
+                const read = async (client) => {
+                    const stream = client.stream([{ role: "user", content: "Hi" }]);
+                    try {
+                        for await (const event of stream) { /* gather */ }
+                        return { text: stream.text, reasoning: stream.reasoning };
+                    } catch (error) {
+                        return { code: error.code, status: error.status };
+                    }
+                };
+                let minted = 0;
+                const token = async () => {  // e.g. the page's own backend minting for it
+                    minted += 1;
+                    const response = await fetch("v1/tokens", {
+                        method: "POST", headers: { Authorization: `Bearer ${key}` },
+                    });
+                    return (await response.json()).token;
+                };
+                return {
+                    key: await read(new TokenwireClient({ transport, apiKey: key })),
+                    provider: await read(new TokenwireClient({ transport, token })),
+                    minted,
+                    wrong: await read(new TokenwireClient({ transport, apiKey: "tw_nope-000000" })),
+                };
+            }""",
+            [transport, KEY],
+        )
+        await page.close()
+    expected = {"text": scripted_text(6), "reasoning": scripted_reasoning(2)}
+    assert result["key"] == expected and result["provider"] == expected
+    assert result["minted"] >= 1
+    assert result["wrong"] == {"code": "unauthorized", "status": 401}
