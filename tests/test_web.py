@@ -13,7 +13,16 @@ from tests.helpers import asgi_client, scripted_app
 from tokenwire.web import web_root
 
 REPO = Path(__file__).resolve().parents[1]
-FILES = ("index.html", "app.js", "tokenwire.js", "style.css")
+FILES = (
+    "index.html",
+    "app.js",
+    "tokenwire.js",
+    "style.css",
+    "vendor/marked.esm.js",
+    "vendor/marked.LICENSE",
+    "vendor/purify.es.mjs",
+    "vendor/dompurify.LICENSE",
+)
 
 
 async def test_page_and_its_modules_are_served():
@@ -40,6 +49,39 @@ async def test_a_directory_without_the_page_is_a_clear_404(tmp_path):
     assert response.json()["error"]["message"].startswith("the demo page is not installed")
     assert str(tmp_path) in response.json()["error"]["message"]
     assert health.status_code == 200
+
+
+async def test_the_vendored_modules_are_served_with_their_license_headers():
+    app, _ = scripted_app()
+    async with asgi_client(app) as http:
+        marked = await http.get("/web/vendor/marked.esm.js")
+        purify = await http.get("/web/vendor/purify.es.mjs")
+    assert marked.headers["content-type"].startswith(("text/javascript", "application/javascript"))
+    assert "(MIT License)" in marked.text[:400] and "export{" in marked.text.replace(" ", "")
+    assert purify.text.startswith("/*! @license DOMPurify")
+    assert "export { purify_default as default }" in purify.text
+
+
+def test_the_vendored_modules_are_the_pinned_packages():
+    """clients/web/vendor/ is what tests/node/vendor_web.py copies from tests/node/node_modules
+    (the versions pinned in tests/node/package.json)."""
+    script = REPO / "tests" / "node" / "vendor_web.py"
+    if not (REPO / "tests" / "node" / "node_modules" / "marked").is_dir():
+        pytest.skip("tests/node/node_modules is not installed (make test runs npm ci)")
+    check = subprocess.run(
+        [sys.executable, str(script), "--check"], capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 0, check.stderr
+
+
+async def test_models_report_the_context_window_when_known():
+    app, provider = scripted_app()
+    async with asgi_client(app) as http:
+        unknown = (await http.get("/v1/models")).json()["data"][0]
+        provider.context_window = 2048
+        known = (await http.get("/v1/models")).json()["data"][0]
+    assert "context_window" not in unknown
+    assert known["context_window"] == 2048 and known["id"] == "scripted"
 
 
 def test_source_tree_has_the_page():

@@ -6,10 +6,24 @@
 //   for await (const event of stream) {
 //     if (event.type === "text.delta") output.textContent += event.delta;
 //   }
-//   stream.text; stream.end.finish_reason; stream.reconnects;
+//   stream.text; stream.reasoning; stream.toolCalls; stream.end.finish_reason; stream.reconnects;
 //
-// Events are the protocol's JSON objects (stream.start, text.delta, error, stream.end,
-// stream.resumed); iteration ends after stream.end. A lost connection is resumed by itself
+// Events are the protocol's JSON objects (stream.start, text.delta, reasoning.delta,
+// tool_call.start / .delta / .end, error, stream.end, stream.resumed, and stream.queued when the
+// server's engine has no free slot yet); iteration ends after stream.end. Besides `text`, a
+// stream gathers `reasoning` (the model's reasoning, apart from the answer), `toolCalls` (the
+// complete calls: {index, call_id, name, arguments}), `toolCallsInProgress` (calls whose
+// arguments are still streaming) and `queuePosition` (set while the server reports the
+// stream queued, status "queued"; null otherwise).
+//
+// Authentication (a server with TOKENWIRE_API_KEYS set):
+//   new TokenwireClient({ apiKey: "tw_..." })          // or
+//   new TokenwireClient({ token: async () => (await myBackend.mint()).token })
+// fetch calls send `Authorization: Bearer <key or token>`. Browsers' EventSource and WebSocket
+// cannot send headers, so they carry a short-lived signed token as the `token` query parameter:
+// the token provider's, or one minted with the key by POST /v1/tokens (cached until shortly
+// before it expires; a resume gets a fresh one). A refusal is a TokenwireError with code
+// "unauthorized" and status 401. A lost connection is resumed by itself
 // after the last seq received, so text is never duplicated or missing:
 // - "sse": the stream is started detached (fetch POST /v1/streams with Accept:
 //   application/json -> 201 {stream_id, events_url}), then read with an EventSource, which
@@ -21,6 +35,11 @@
 // stream.reset, a terminal close code or an HTTP error end the iteration with a TokenwireError.
 
 const TERMINAL_CLOSE_CODES = new Set([1002, 1003, 1007, 1008, 1009, 1010]); // RFC 6455 7.4.1
+// The named SSE events of wire protocol v1 (`error` is listened to apart: see _listen).
+const EVENT_TYPES = [
+  "stream.start", "text.delta", "reasoning.delta", "tool_call.start", "tool_call.delta",
+  "tool_call.end", "stream.end", "stream.resumed", "stream.reset", "stream.queued",
+];
 
 /** An error from the server or the connection: `code` is the protocol's error code. */
 export class TokenwireError extends Error {
@@ -51,13 +70,58 @@ export class TokenwireClient {
    * @param {{attempts:number, initial:number, maximum:number, jitter:number}} [options.reconnect]
    *   backoff in milliseconds; attempts per outage (the count restarts after new events).
    */
-  constructor({ baseUrl = "", transport = "sse", reconnect = {} } = {}) {
+  constructor({ baseUrl = "", transport = "sse", reconnect = {}, apiKey = null, token = null } = {}) {
     if (transport !== "sse" && transport !== "websocket") {
       throw new TypeError(`transport must be "sse" or "websocket", got ${transport}`);
+    }
+    if (token !== null && typeof token !== "function") {
+      throw new TypeError("token must be a function that returns a signed token (or a promise of one)");
     }
     this.baseUrl = baseUrl.replace(/\/$/, "");
     this.transport = transport;
     this.reconnect = { attempts: 8, initial: 100, maximum: 5000, jitter: 100, ...reconnect };
+    this.apiKey = apiKey || null;
+    this.tokenProvider = token;
+    this._minted = null; // {token, expiresAt (ms)} minted with the API key
+  }
+
+  /** Headers that authenticate a fetch: the API key, else the token provider's token. */
+  async authHeaders() {
+    if (this.apiKey) return { Authorization: `Bearer ${this.apiKey}` };
+    if (this.tokenProvider) return { Authorization: `Bearer ${await this.tokenProvider()}` };
+    return {};
+  }
+
+  /** A signed token for EventSource / WebSocket URLs, or null without credentials. With an
+   * API key, POST /v1/tokens mints one; it is reused until 10 s before it expires. */
+  async streamToken() {
+    if (this.tokenProvider) return this.tokenProvider();
+    if (!this.apiKey) return null;
+    if (this._minted && this._minted.expiresAt - Date.now() > 10_000) return this._minted.token;
+    const response = await fetch(this.url("/v1/tokens"), {
+      method: "POST",
+      headers: { Authorization: `Bearer ${this.apiKey}` },
+    });
+    if (response.status !== 201) throw await httpError(response);
+    const { token, expires_at: expiresAt } = await response.json();
+    this._minted = { token, expiresAt: expiresAt * 1000 };
+    return token;
+  }
+
+  /** `url(path)` with the stream token as the `token` query parameter, when there is one. */
+  async authedUrl(path) {
+    const url = this.url(path);
+    const token = await this.streamToken();
+    if (token) url.searchParams.set("token", token);
+    return url;
+  }
+
+  /** GET /v1/models: the served models, [{id, context_window?, ...}] (context_window: the
+   * model's context size in tokens, when the server knows it). */
+  async models() {
+    const response = await fetch(this.url("/v1/models"), { headers: await this.authHeaders() });
+    if (!response.ok) throw await httpError(response);
+    return (await response.json()).data;
   }
 
   /** Start a stream: `params` are the other fields of the request (max_tokens, ...). */
@@ -78,6 +142,7 @@ export class TokenwireClient {
   async cancel(streamId) {
     const response = await fetch(this.url(`/v1/streams/${encodeURIComponent(streamId)}/cancel`), {
       method: "POST",
+      headers: await this.authHeaders(),
     });
     if (response.status !== 202 && response.status !== 404) throw await httpError(response);
   }
@@ -113,6 +178,10 @@ class TokenwireStream extends EventTarget {
     this.streamId = null;
     this.lastSeq = 0;
     this.text = "";
+    this.reasoning = "";
+    this.toolCalls = []; // complete calls, in the order their tool_call.end arrived
+    this._partialCalls = new Map(); // index -> {index, call_id, name, arguments}
+    this.queuePosition = null;
     this.reconnects = 0;
     this.end = null;
     this.error = null;
@@ -134,12 +203,17 @@ class TokenwireStream extends EventTarget {
     queueMicrotask(() => this._open());
   }
 
-  /** Milliseconds from stream() to the first text.delta, or null. */
+  /** Tool calls whose arguments are still streaming: [{index, call_id, name, arguments}]. */
+  get toolCallsInProgress() {
+    return [...this._partialCalls.values()];
+  }
+
+  /** Milliseconds from stream() to the first delta (text, reasoning or tool call), or null. */
   get ttft() {
     return this.firstTokenAt === null ? null : this.firstTokenAt - this.startedAt;
   }
 
-  /** Text deltas per second since the first one (completion tokens at the end), or null. */
+  /** Deltas per second since the first one (completion tokens at the end), or null. */
   get tokensPerSecond() {
     if (this.firstTokenAt === null || this.lastTokenAt === this.firstTokenAt) return null;
     const tokens = this.end?.usage?.completion_tokens ?? this.deltas;
@@ -202,23 +276,58 @@ class TokenwireStream extends EventTarget {
       this._lost("evicted as a slow consumer");
       return;
     }
-    if (event.type !== "stream.resumed") {
+    // stream.resumed has no seq; stream.queued may come without one (it is not part of the
+    // generation's output, so it is never replayed twice either way)
+    const unnumbered = event.type === "stream.resumed"
+      || (event.type === "stream.queued" && typeof event.seq !== "number");
+    if (!unnumbered) {
       if (typeof event.seq !== "number" || event.seq <= this.lastSeq) return;
       this.lastSeq = event.seq;
     }
-    if (event.type === "stream.start") {
-      this.streamId = event.stream_id;
-      if (this._cancelRequested) this._sendCancel();
-    } else if (event.type === "text.delta") {
+    if (event.type.endsWith(".delta")) {
       const now = performance.now();
       if (this.firstTokenAt === null) this.firstTokenAt = now;
       this.lastTokenAt = now;
       this.deltas += 1;
-      this.text += event.delta;
-    } else if (event.type === "error") {
-      this.error = event;
     }
-    this._setStatus("streaming");
+    if (event.type === "stream.queued") {
+      this.queuePosition = event.position ?? null;
+    } else if (event.type !== "stream.resumed" && event.type !== "stream.start") {
+      this.queuePosition = null; // output (or the end) means the stream left the queue
+    }
+    switch (event.type) {
+      case "stream.start":
+        this.streamId = event.stream_id;
+        if (this._cancelRequested) this._sendCancel();
+        break;
+      case "text.delta":
+        this.text += event.delta;
+        break;
+      case "reasoning.delta":
+        this.reasoning += event.delta;
+        break;
+      case "tool_call.start":
+        this._partialCalls.set(event.index, {
+          index: event.index, call_id: event.call_id, name: event.name, arguments: "",
+        });
+        break;
+      case "tool_call.delta": {
+        const call = this._partialCalls.get(event.index);
+        if (call) call.arguments += event.delta;
+        break;
+      }
+      case "tool_call.end":
+        this._partialCalls.delete(event.index);
+        this.toolCalls.push({
+          index: event.index, call_id: event.call_id, name: event.name, arguments: event.arguments,
+        });
+        break;
+      case "error":
+        this.error = event;
+        break;
+      default:
+    }
+    this._setStatus(this.queuePosition === null ? "streaming" : "queued");
     if (event.type === "stream.end") {
       this.end = event;
       this._closeConnection();
@@ -303,15 +412,19 @@ class SSEStream extends TokenwireStream {
       try {
         response = await fetch(this.client.url("/v1/streams"), {
           method: "POST",
-          headers: { "Content-Type": "application/json", Accept: "application/json" },
+          headers: {
+            "Content-Type": "application/json",
+            Accept: "application/json",
+            ...(await this.client.authHeaders()),
+          },
           body: JSON.stringify(this.body),
         });
         if (response.status === 201) break;
         error = await httpError(response);
       } catch (failure) {
-        error = new TokenwireError(`could not reach the server: ${failure.message}`, {
-          retryable: true,
-        });
+        error = failure instanceof TokenwireError
+          ? failure
+          : new TokenwireError(`could not reach the server: ${failure.message}`, { retryable: true });
       }
       if (!error.retryable || attempt >= this.client.reconnect.attempts) {
         this._fail(error);
@@ -323,7 +436,20 @@ class SSEStream extends TokenwireStream {
     this.streamId = streamId;
     this.eventsUrl = eventsUrl;
     if (this._cancelRequested) this._sendCancel();
-    this._listen(this.client.url(eventsUrl));
+    try {
+      await this._listen(await this._eventsUrl());
+    } catch (error) {
+      if (error.retryable) this._lost(error.message);
+      else this._fail(error);
+    }
+  }
+
+  /** The events URL, with a (fresh) stream token when authenticating. */
+  async _eventsUrl() {
+    const url = this.client.url(this.eventsUrl);
+    const token = await this.client.streamToken();
+    if (token) url.searchParams.set("token", token);
+    return url;
   }
 
   _listen(url) {
@@ -333,7 +459,7 @@ class SSEStream extends TokenwireStream {
       let opened = false;
       let failed = false; // an error since the last open: the browser is reconnecting
       const onEvent = (message) => this._accept(JSON.parse(message.data));
-      for (const type of ["stream.start", "text.delta", "stream.end", "stream.resumed", "stream.reset"]) {
+      for (const type of EVENT_TYPES) {
         source.addEventListener(type, onEvent);
       }
       source.addEventListener("open", () => {
@@ -363,7 +489,7 @@ class SSEStream extends TokenwireStream {
   }
 
   async _resume() {
-    const url = this.client.url(this.eventsUrl);
+    const url = await this._eventsUrl();
     url.searchParams.set("last_event_id", String(this.lastSeq));
     await this._listen(url);
   }
@@ -380,10 +506,10 @@ class WebSocketStream extends TokenwireStream {
     );
   }
 
-  _connect(firstMessage) {
+  async _connect(firstMessage) {
+    const url = await this.client.authedUrl("/v1/ws");
+    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
     return new Promise((resolve, reject) => {
-      const url = this.client.url("/v1/ws");
-      url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
       const socket = new WebSocket(url);
       this.socket = socket;
       let opened = false;
@@ -409,6 +535,11 @@ class WebSocketStream extends TokenwireStream {
         if (this.socket !== socket || this.end || this._failure) return;
         if (!opened) {
           reject(new TokenwireError(`could not connect (close ${close.code})`, { retryable: true }));
+        } else if (close.code === 1008 && close.reason.startsWith("unauthorized")) {
+          this._fail(new TokenwireError(close.reason.replace(/^unauthorized: /, ""), {
+            code: "unauthorized",
+            status: 401,
+          }));
         } else if (TERMINAL_CLOSE_CODES.has(close.code)) {
           this._fail(new TokenwireError(`the server closed the connection (${close.code} ${close.reason})`));
         } else {

@@ -278,15 +278,30 @@ def chat(
         int | None, typer.Option(min=1, help="Tokens per reply (default: the server's).")
     ] = None,
     system: Annotated[str | None, typer.Option(help="A system message to start with.")] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            help="API key, for a server with authentication on.",
+            envvar="TOKENWIRE_API_KEY",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Chat with a running server in the terminal.
 
-    Replies stream token by token; Ctrl-C stops a reply (not the chat); Ctrl-D or /exit
-    quits."""
+    Replies stream token by token (reasoning dimmed); Ctrl-C stops a reply (not the chat);
+    Ctrl-D or /exit quits."""
     from tokenwire_client.chat import run_chat  # the client is only needed here
 
     raise typer.Exit(
-        run_chat(url, transport=transport.value, model=model, max_tokens=max_tokens, system=system)
+        run_chat(
+            url,
+            transport=transport.value,
+            model=model,
+            max_tokens=max_tokens,
+            system=system,
+            api_key=api_key,
+        )
     )
 
 

@@ -262,7 +262,13 @@ class TokenwireApp:
         )
 
     async def models(self, request: Request) -> Response:
-        return JSONResponse(oai.models_body(self.provider.models, self.started, "tokenwire"))
+        body = oai.models_body(
+            self.provider.models,
+            self.started,
+            "tokenwire",
+            context_window=self.provider.context_window,
+        )
+        return JSONResponse(body)
 
 
 def _url_for(request: Request, name: str, **path_params: str) -> str:

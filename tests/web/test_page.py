@@ -44,9 +44,15 @@ async def open_page(
 
 
 async def ask(page: Page, text: str) -> None:
+    """Send ``text``; returns once the reply is streaming (or already complete: a short reply
+    on a busy machine may end before the page is next polled)."""
+    before = await page.evaluate("() => window.tokenwireDemo.turns.length")
     await page.fill("#prompt", text)
     await page.press("#prompt", "Enter")
-    await page.wait_for_function("() => window.tokenwireDemo.state === 'streaming'")
+    await page.wait_for_function(
+        "() => window.tokenwireDemo.state === 'streaming'"
+        f" || window.tokenwireDemo.turns.length >= {before + 2}"
+    )
 
 
 async def until_idle(page: Page) -> None:

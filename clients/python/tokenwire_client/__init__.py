@@ -5,7 +5,7 @@ protocol v1 and resume by themselves after a lost connection (:class:`Reconnect`
 exceptions are drawn in :mod:`tokenwire_client.errors`.
 """
 
-from tokenwire_client.client import AsyncClient, EventStream, Reconnect
+from tokenwire_client.client import AsyncClient, EventStream, Reconnect, ToolCall
 from tokenwire_client.errors import (
     ClientError,
     ConnectionLost,
@@ -31,4 +31,5 @@ __all__ = [
     "StreamFailed",
     "StreamReset",
     "SyncEventStream",
+    "ToolCall",
 ]

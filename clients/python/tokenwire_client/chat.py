@@ -1,7 +1,10 @@
 """``tokenwire chat``: a terminal chat with a tokenwire server, built on ``tokenwire_client``.
 
-Replies are printed token by token as they arrive (rich). The conversation is kept and sent
-with every turn, so the model sees the history. Keys:
+Replies are printed token by token as they arrive (rich): the model's reasoning, if it sends
+any, dimmed and apart from the answer; tool calls as ``⚙ name(arguments)`` lines once complete.
+The conversation is kept and sent with every turn, so the model sees the history. With
+authentication on, pass an API key (``--api-key`` or ``TOKENWIRE_API_KEY``): it is sent as
+``Authorization: Bearer``. Keys:
 
 - Ctrl-C while a reply streams: cancels it on the server (the stream ends with finish_reason
   ``cancelled``); the partial reply stays in the history and the chat goes on. A second Ctrl-C
@@ -23,7 +26,7 @@ from typing import Any
 
 from rich.console import Console
 
-from tokenwire.protocol.events import TextDelta
+from tokenwire.protocol.events import ReasoningDelta, TextDelta, ToolCallEnd
 from tokenwire_client import AsyncClient, ClientError, EventStream
 
 PROMPT = "[bold cyan]you ›[/] "
@@ -79,12 +82,30 @@ class TerminalChat:
         loop.add_signal_handler(signal.SIGINT, on_sigint)
         try:
             async with stream:
+                # what the line being printed holds: the reply's start, reasoning or answer text
+                part = "start"
                 async for event in stream:
-                    if isinstance(event, TextDelta):
+                    if isinstance(event, ReasoningDelta):
                         first = first or time.monotonic()
-                        self.console.print(
-                            event.delta, end="", markup=False, emoji=False, soft_wrap=True
-                        )
+                        if part != "reasoning":
+                            if part != "start":
+                                self.console.print()
+                            self.console.print("thinking: ", style="dim italic", end="")
+                            part = "reasoning"
+                        self._write(event.delta, "dim")
+                    elif isinstance(event, TextDelta):
+                        first = first or time.monotonic()
+                        if part == "reasoning":
+                            self.console.print()
+                            self.console.print(" " * 8, end="")  # under the reply's label
+                        part = "text"
+                        self._write(event.delta, None)
+                    elif isinstance(event, ToolCallEnd):
+                        if part != "start":
+                            self.console.print()
+                            self.console.print(" " * 8, end="")
+                        part = "tool"
+                        self._write(f"⚙ {event.name}({event.arguments})", "yellow")
         except asyncio.CancelledError:
             if interrupts < 2:
                 raise
@@ -102,6 +123,9 @@ class TerminalChat:
         if stream.text:
             self.history.append({"role": "assistant", "content": stream.text})
         return stream
+
+    def _write(self, text: str, style: str | None) -> None:
+        self.console.print(text, end="", style=style, markup=False, emoji=False, soft_wrap=True)
 
     @staticmethod
     def _summary(stream: EventStream, started: float, first: float | None, failed: bool) -> str:
@@ -135,11 +159,16 @@ def run_chat(
     model: str | None = None,
     max_tokens: int | None = None,
     system: str | None = None,
+    api_key: str | None = None,
     console: Console | None = None,
 ) -> int:
-    """Run the chat loop on this terminal until Ctrl-D or ``/exit``; returns the exit status."""
+    """Run the chat loop on this terminal until Ctrl-D or ``/exit``; returns the exit status.
+    ``api_key`` is sent as ``Authorization: Bearer`` (a server with authentication on
+    refuses streams without it: the error is printed and the chat goes on)."""
     console = console or Console(highlight=False)
-    client = AsyncClient(url, transport="websocket" if transport == "websocket" else "sse")
+    client = AsyncClient(
+        url, transport="websocket" if transport == "websocket" else "sse", api_key=api_key
+    )
     chat = TerminalChat(console, client, model=model, max_tokens=max_tokens, system=system)
     console.print(
         f"[bold]tokenwire chat[/] · {url} · {transport}\n"

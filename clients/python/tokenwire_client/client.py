@@ -9,7 +9,14 @@ itself when the connection drops.
         print(stream.text, stream.end.finish_reason)
 
 Events are the protocol's models (:mod:`tokenwire.protocol.events`); an iteration ends after
-``stream.end``. A lost connection is invisible to the caller: the client reconnects with
+``stream.end``. Besides ``text``, a stream gathers the model's ``reasoning`` (``reasoning.delta``)
+and its complete ``tool_calls`` (:class:`ToolCall`, one per ``tool_call.end``):
+
+    async with client.stream(messages, tools=[...]) as stream:
+        async for event in stream:
+            ...
+    stream.reasoning, stream.text, stream.tool_calls  # [ToolCall(index, call_id, name, arguments)]
+ A lost connection is invisible to the caller: the client reconnects with
 exponential backoff and jitter (:class:`Reconnect`) and resumes after the last seq it received
 (SSE: ``Last-Event-ID``, WHATWG HTML 9.2; WebSocket: a ``resume`` message), so no text is
 duplicated or missing. The iteration yields ``stream.resumed`` each time that happens.
@@ -41,11 +48,13 @@ from tenacity import (
 from tokenwire.protocol.events import (
     ErrorEvent,
     Event,
+    ReasoningDelta,
     StreamEnd,
     StreamReset,
     StreamResumed,
     StreamStart,
     TextDelta,
+    ToolCallEnd,
 )
 from tokenwire_client.connections import Dropped, SSEConnection, WebSocketConnection
 from tokenwire_client.errors import ConnectionLost, StreamFailed
@@ -54,6 +63,20 @@ from tokenwire_client.errors import StreamReset as StreamResetError
 TransportName = Literal["sse", "websocket"]
 
 _CANCEL_TIMEOUT = 5.0  # seconds; a best-effort cancel on close never hangs longer
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One complete tool call of a stream (from its ``tool_call.end``).
+
+    ``index`` orders the calls of one reply (parallel calls have distinct indexes);
+    ``arguments`` is the JSON text the model wrote, exactly as sent (parse it with
+    ``json.loads``; a model may write invalid JSON)."""
+
+    index: int
+    call_id: str
+    name: str
+    arguments: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -173,6 +196,10 @@ class EventStream:
 
     Attributes:
         text: the text of every ``text.delta`` so far (exactly once each, across resumes).
+        reasoning: the text of every ``reasoning.delta`` so far: the model's reasoning, kept
+            apart from ``text`` ("" from a model that does not reason).
+        tool_calls: the complete tool calls so far (:class:`ToolCall`, in the order their
+            ``tool_call.end`` arrived; a call whose arguments are still streaming is not in it).
         stream_id: the server's id of the stream, once known.
         last_seq: seq of the last numbered event received (the resume cursor), 0 before any.
         reconnects: connections lost and resumed so far.
@@ -189,6 +216,8 @@ class EventStream:
         self._body = body
         self.request_id = "req_" + secrets.token_urlsafe(9)
         self.text = ""
+        self.reasoning = ""
+        self.tool_calls: list[ToolCall] = []
         self.stream_id: str | None = None
         self.last_seq = 0
         self.reconnects = 0
@@ -392,6 +421,11 @@ class EventStream:
             self.stream_id = event.stream_id
         elif isinstance(event, TextDelta):
             self.text += event.delta
+        elif isinstance(event, ReasoningDelta):
+            self.reasoning += event.delta
+        elif isinstance(event, ToolCallEnd):
+            call = ToolCall(event.index, event.call_id, event.name, event.arguments)
+            self.tool_calls.append(call)
         elif isinstance(event, ErrorEvent):
             self.error = event
         elif isinstance(event, StreamEnd):

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from tokenwire.protocol.events import ErrorEvent, Event, StreamEnd
-from tokenwire_client.client import AsyncClient, EventStream
+from tokenwire_client.client import AsyncClient, EventStream, ToolCall
 
 _END = object()
 
@@ -127,6 +127,14 @@ class SyncEventStream:
     @property
     def text(self) -> str:
         return self._stream.text
+
+    @property
+    def reasoning(self) -> str:
+        return self._stream.reasoning
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        return self._stream.tool_calls
 
     def result(self) -> str:
         """See :meth:`tokenwire_client.EventStream.result`."""

@@ -309,12 +309,16 @@ def completion_body(
     }
 
 
-def models_body(model_ids: list[str], created: int, owned_by: str) -> dict[str, Any]:
-    """The ``GET /v1/models`` list object."""
+def models_body(
+    model_ids: list[str], created: int, owned_by: str, *, context_window: int | None = None
+) -> dict[str, Any]:
+    """The ``GET /v1/models`` list object. ``context_window`` (tokens), when known, is added to
+    each entry (a tokenwire extension; OpenAI's SDK keeps unknown fields)."""
+    extra = {} if context_window is None else {"context_window": context_window}
     return {
         "object": "list",
         "data": [
-            {"id": model_id, "object": "model", "created": created, "owned_by": owned_by}
+            {"id": model_id, "object": "model", "created": created, "owned_by": owned_by, **extra}
             for model_id in model_ids
         ],
     }

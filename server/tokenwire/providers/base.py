@@ -95,6 +95,10 @@ class Provider(ABC):
     a request that asks for anything
     else is refused by :meth:`check_honoured` (HTTP 400 naming the field and the provider).
     Empty by default, so that a new provider refuses what it was not written for."""
+    context_window: int | None = None
+    """The model's context size in tokens (prompt and reply together), when the provider knows
+    it: reported in ``GET /v1/models`` so that clients can trim a long history. ``None``:
+    unknown (an upstream's own limit applies)."""
 
     def check_honoured(self, params: GenerateParams) -> None:
         """Refuse a request that asks for what this provider does not honour.

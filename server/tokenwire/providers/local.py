@@ -75,6 +75,7 @@ class LocalProvider(Provider):
     ) -> None:
         self.model_path = model_path
         self.n_ctx = n_ctx
+        self.context_window = n_ctx
         self.n_threads = n_threads
         self.window = window
         self._llama: Llama | None = None

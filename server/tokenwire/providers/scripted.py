@@ -183,8 +183,10 @@ class ScriptedProvider(Provider):
         *,
         script_for: Callable[[GenerateParams], Script] | None = None,
         keep_records: bool = True,
+        context_window: int | None = None,
     ) -> None:
         self.script = script or Script()
+        self.context_window = context_window  # reported only (tests of history trimming)
         self.script_for = script_for  # per request (tests): overrides ``script``
         self.keep_records = keep_records  # off on servers: records grow with every token
         self.records: list[StreamRecord] = []
