@@ -1,8 +1,9 @@
 """The Provider interface: one method that streams a generation, and its event types.
 
 ``Provider.stream(params, model)`` returns an async iterator of :data:`ProviderEvent`:
-an optional :class:`Prompt` (the prompt's size, once known), any number of :class:`Delta`, and
-at most one :class:`Finish` as the last item. Closing the iterator early (``aclose()``, or
+an optional :class:`Prompt` (the prompt's size, once known), any number of :class:`Queued`
+before the first delta (a provider that makes requests wait their turn), any number of
+:class:`Delta`, and at most one :class:`Finish` as the last item. Closing the iterator early (``aclose()``, or
 cancelling the task that iterates it) must stop the upstream work within one token: the HTTP
 response closed, the llama.cpp loop stopped. Failures are raised as
 :class:`tokenwire.errors.ProviderError` (or a subclass), never as an SDK's own exception.
@@ -28,6 +29,18 @@ class Prompt:
     tokens: int
 
 
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """The request waits for the provider's capacity (the local engine's slots are all busy).
+
+    ``position`` >= 1: its place in the provider's queue (1 = next to be admitted), sent when
+    the request joins the queue and whenever the place changes. ``position`` 0: admitted, the
+    wait is over (sent once, only after a position >= 1); the first-token deadline counts from
+    here."""
+
+    position: int
+
+
 @dataclass(slots=True)
 class Delta:
     """Generated text; ``tokens`` is how many completion tokens it holds (usually 1).
@@ -47,7 +60,7 @@ class Finish:
     usage: Usage | None = None
 
 
-ProviderEvent = Prompt | Delta | Finish
+ProviderEvent = Prompt | Queued | Delta | Finish
 
 
 class Provider(ABC):

@@ -11,8 +11,10 @@ Every generation publishes, in order: ``stream.start``; ``text.delta`` per provi
 
 Deadlines (seconds, ``None`` to disable), each ending the stream and closing the provider:
 ``first_token_timeout`` -> ``error`` (provider_timeout, retryable) then ``stream.end``
-(finish_reason error); ``max_duration`` -> ``stream.end`` (finish_reason timeout). The token
-limit is the request's ``max_tokens`` (finish_reason length), enforced by the provider.
+(finish_reason error), counted from the start or, for a provider that queues the request
+(``stream.queued``), from its admission: no first-token deadline runs while it waits;
+``max_duration`` -> ``stream.end`` (finish_reason timeout). The token limit is the request's
+``max_tokens`` (finish_reason length), enforced by the provider.
 
 Every event is appended to the :class:`~tokenwire.streams.log.StreamLog` before any subscription
 sees it, so that :meth:`Generation.attach` (a snapshot of the log plus a new subscription, taken
@@ -41,12 +43,13 @@ from tokenwire.protocol.events import (
     Event,
     FinishReason,
     StreamEnd,
+    StreamQueued,
     StreamStart,
     TextDelta,
     Usage,
 )
 from tokenwire.protocol.requests import GenerateParams
-from tokenwire.providers.base import Delta, Finish, Prompt, Provider
+from tokenwire.providers.base import Delta, Finish, Prompt, Provider, Queued
 from tokenwire.settings import DisconnectPolicy, OverflowPolicy
 from tokenwire.streams.log import StreamLog
 from tokenwire.streams.subscription import Subscription
@@ -346,6 +349,17 @@ class Generation:
                         self.prompt_tokens = item.tokens
                     elif isinstance(item, Finish):
                         finish, provider_usage = item.reason, item.usage
+                    elif isinstance(item, Queued):
+                        if item.position:  # waiting for a slot: no first-token deadline
+                            first_by = None
+                            deadline.reschedule(end_by)
+                        elif self.first_token_timeout is not None:  # admitted: count from now
+                            first_by = loop.time() + self.first_token_timeout
+                            deadline.reschedule(_earliest(first_by, end_by))
+                        queued = StreamQueued(
+                            stream_id=self.stream_id, seq=self._next_seq(), position=item.position
+                        )
+                        await self._publish(queued)
                     if self._cancel_requested:  # a provider that never awaits: let it land
                         await asyncio.sleep(0)
         except asyncio.CancelledError:
