@@ -45,7 +45,10 @@ class Settings(BaseSettings):
     max_tokens: Annotated[int, Field(ge=1)] = 512  # default when a request gives none
     max_tokens_limit: Annotated[int, Field(ge=1)] = 4096  # upper bound a request may ask for
     local_n_ctx: Annotated[int, Field(ge=128)] = 2048  # context tokens per slot (per stream)
-    local_threads: Annotated[int | None, Field(ge=1)] = None  # llama.cpp threads; None = auto
+    # llama.cpp threads for decode steps (every running stream's next token; None: half the
+    # CPUs) and for steps that prefill prompt tokens (None: all CPUs)
+    local_threads: Annotated[int | None, Field(ge=1)] = None
+    local_prefill_threads: Annotated[int | None, Field(ge=1)] = None
     local_parallel: Annotated[int, Field(ge=1, le=64)] = 4  # slots: streams decoded together
     # prompt tokens prefilled per decode step (shared by new streams): bounds how long a long
     # prompt holds up the running streams' next token

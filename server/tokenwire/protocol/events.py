@@ -158,13 +158,7 @@ class StreamReset(_Event):
 
 
 Event = Annotated[
-    StreamStart
-    | StreamQueued
-    | TextDelta
-    | ErrorEvent
-    | StreamEnd
-    | StreamResumed
-    | StreamReset,
+    StreamStart | StreamQueued | TextDelta | ErrorEvent | StreamEnd | StreamResumed | StreamReset,
     Field(discriminator="type"),
 ]
 """Any server -> client event of wire protocol v1."""

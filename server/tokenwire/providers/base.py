@@ -3,9 +3,9 @@
 ``Provider.stream(params, model)`` returns an async iterator of :data:`ProviderEvent`:
 an optional :class:`Prompt` (the prompt's size, once known), any number of :class:`Queued`
 before the first delta (a provider that makes requests wait their turn), any number of
-:class:`Delta`, and at most one :class:`Finish` as the last item. Closing the iterator early (``aclose()``, or
-cancelling the task that iterates it) must stop the upstream work within one token: the HTTP
-response closed, the llama.cpp loop stopped. Failures are raised as
+:class:`Delta`, and at most one :class:`Finish` as the last item. Closing the iterator early
+(``aclose()``, or cancelling the task that iterates it) must stop the upstream work within one
+token: the HTTP response closed, the llama.cpp loop stopped. Failures are raised as
 :class:`tokenwire.errors.ProviderError` (or a subclass), never as an SDK's own exception.
 """
 

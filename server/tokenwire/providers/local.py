@@ -147,7 +147,8 @@ class LocalProvider(Provider):
     Args:
         model_path: the GGUF file (default: the bundled SmolLM2).
         n_ctx: context tokens per slot (prompt plus completion of one stream).
-        n_threads: llama.cpp threads for one-token steps (``None``: half the CPUs).
+        n_threads: llama.cpp threads for decode steps (``None``: half the CPUs).
+        prefill_threads: llama.cpp threads for steps holding prompt tokens (``None``: all).
         parallel: slots (streams decoded together); more streams wait in the queue.
         prefill_chunk: prompt tokens decoded per step (bounds a long prompt's stall on others).
         window: deltas a stream may have unconsumed before its sequence sits out.
@@ -161,6 +162,7 @@ class LocalProvider(Provider):
         *,
         n_ctx: int = 2048,
         n_threads: int | None = None,
+        prefill_threads: int | None = None,
         parallel: int = 4,
         prefill_chunk: int = 256,
         window: int = 8,
@@ -168,6 +170,7 @@ class LocalProvider(Provider):
         self.model_path = model_path
         self.n_ctx = n_ctx
         self.n_threads = n_threads
+        self.prefill_threads = prefill_threads
         self.parallel = parallel
         self.prefill_chunk = prefill_chunk
         self.window = window
@@ -182,6 +185,7 @@ class LocalProvider(Provider):
             path,
             n_ctx=settings.local_n_ctx,
             n_threads=settings.local_threads,
+            prefill_threads=settings.local_prefill_threads,
             parallel=settings.local_parallel,
             prefill_chunk=settings.local_prefill_chunk,
         )
@@ -241,6 +245,7 @@ class LocalProvider(Provider):
             parallel=self.parallel,
             prefill_chunk=self.prefill_chunk,
             n_threads=self.n_threads,
+            prefill_threads=self.prefill_threads,
             window=self.window,
             on_output=on_output,
         )
@@ -294,7 +299,9 @@ class LocalProvider(Provider):
         prompt = self._formatter(messages=messages).prompt
         return engine.tokenize(prompt, add_special=False, parse_special=True)
 
-    async def _run(self, engine: BatchEngine, params: GenerateParams) -> AsyncIterator[ProviderEvent]:
+    async def _run(
+        self, engine: BatchEngine, params: GenerateParams
+    ) -> AsyncIterator[ProviderEvent]:
         tokens = await asyncio.to_thread(self.prompt_tokens, params)
         if len(tokens) >= engine.n_ctx:
             raise ProviderError(

@@ -202,8 +202,13 @@ class BatchEngine:
         n_ctx: context tokens per slot: a request's prompt plus its completion fit in it.
         parallel: slots, i.e. sequences decoded together.
         prefill_chunk: prompt tokens decoded per step, all prefilling requests together.
-        n_threads: llama.cpp threads for one-token steps (``None``: half the CPUs, as
-            llama-cpp-python); steps of several tokens use all CPUs.
+        n_threads: llama.cpp threads for decode steps, one token per sequence however many
+            sequences run (``None``: half the CPUs, llama-cpp-python's default for generation).
+            On a shared machine more threads than free cores make each step far slower (the
+            threads wait for each other at every barrier), so batching adds sequences, not
+            threads.
+        prefill_threads: threads for steps that hold prompt tokens (``None``: all CPUs,
+            llama-cpp-python's default for prompt evaluation).
         window: undelivered deltas a request may have before it sits out (see the module
             docstring).
         on_output: called from the engine thread once per step with that step's items.
@@ -220,6 +225,8 @@ class BatchEngine:
         n_batch: int,
         prefill_chunk: int,
         window: int,
+        n_threads: int,
+        prefill_threads: int,
         on_output: Callable[[list[tuple[Request, Output]]], None],
     ) -> None:
         self._ll = llama_cpp
@@ -232,6 +239,9 @@ class BatchEngine:
         self.n_batch = n_batch
         self.prefill_chunk = prefill_chunk
         self.window = window
+        self.n_threads = n_threads
+        self.prefill_threads = prefill_threads
+        self._prefilling = False  # the thread setting of the last step
         self._on_output = on_output
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._slots = [_Slot(seq_id) for seq_id in range(parallel)]
@@ -257,6 +267,7 @@ class BatchEngine:
         parallel: int = 4,
         prefill_chunk: int = 256,
         n_threads: int | None = None,
+        prefill_threads: int | None = None,
         window: int = 8,
         on_output: Callable[[list[tuple[Request, Output]]], None],
     ) -> BatchEngine:
@@ -288,8 +299,10 @@ class BatchEngine:
         params.n_batch = n_batch
         params.n_ubatch = n_batch
         params.n_seq_max = parallel
-        params.n_threads = n_threads or max(cpus // 2, 1)
-        params.n_threads_batch = cpus
+        n_threads = n_threads or max(cpus // 2, 1)
+        prefill_threads = prefill_threads or cpus
+        params.n_threads = n_threads
+        params.n_threads_batch = n_threads
         params.no_perf = True
         ctx = llama_cpp.llama_init_from_model(model, params)
         if not ctx:
@@ -305,6 +318,8 @@ class BatchEngine:
             n_batch=n_batch,
             prefill_chunk=prefill_chunk,
             window=window,
+            n_threads=n_threads,
+            prefill_threads=prefill_threads,
             on_output=on_output,
         )
 
@@ -494,6 +509,7 @@ class BatchEngine:
             slot.next_token = None
             slot.n_past += 1
             n += 1
+        decoding = n
         budget = min(self.prefill_chunk, self.n_batch - n)
         for slot in self._order:
             if budget <= 0:
@@ -514,6 +530,11 @@ class BatchEngine:
             slot.n_past = slot.n_prefilled
             budget -= take
         batch.n_tokens = n
+        prefilling = n > decoding
+        if prefilling != self._prefilling:  # llama.cpp uses n_threads_batch when n > 1
+            threads = self.prefill_threads if prefilling else self.n_threads
+            self._ll.llama_set_n_threads(self._ctx, self.n_threads, threads)
+            self._prefilling = prefilling
         return n
 
     @staticmethod
