@@ -18,7 +18,8 @@ import pytest
 
 from tests.conftest import asgi_client, serve, wait_for
 from tokenwire.app import create_app
-from tokenwire.protocol.events import StreamQueued, TextDelta
+from tokenwire.protocol import sse, websocket
+from tokenwire.protocol.events import StreamQueued, TextDelta, parse_event
 from tokenwire.protocol.requests import GenerateParams
 from tokenwire.providers.base import Delta, Finish, Prompt, ProviderEvent, Queued
 from tokenwire.providers.local import Admission, LocalProvider
@@ -87,6 +88,16 @@ async def test_admission_is_first_come_first_served_and_leaving_moves_the_rest_u
     admission.release()
     admission.release()
     assert waiting[2].position == 0 and admission.busy == 1 and admission.waiting == 0
+
+
+def test_stream_queued_is_a_numbered_event_on_both_transports():
+    event = StreamQueued(stream_id="str_1", seq=2, position=3)
+    data = b'{"type":"stream.queued","stream_id":"str_1","seq":2,"position":3}'
+    assert sse.encode_event(event) == b"id: 2\nevent: stream.queued\ndata: " + data + b"\n\n"
+    assert websocket.encode_event(event) == data.decode()
+    assert parse_event(data) == event
+    with pytest.raises(ValueError, match="greater than or equal to 0"):
+        parse_event(data.replace(b"3", b"-1"))
 
 
 # -- the real model, in-process ---------------------------------------------------------------
