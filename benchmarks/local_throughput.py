@@ -406,7 +406,7 @@ def _common_prefix(a: str, b: str) -> int:
 async def long_prompt(max_tokens: int, seed: int, prefill_chunk: int) -> dict[str, Any]:
     """Inter-token gaps of 3 running streams before and while a ~1,500-token prompt is
     prefilled, in this process (LocalProvider, 4 slots)."""
-    story = " ".join(f"{TOPICS[i % len(TOPICS)]} went to the harbour." for i in range(200))
+    story = " ".join(f"Day {n}: the keeper lit the lamp and watched the sea." for n in range(120))
     long_params = GenerateParams.model_validate(
         {
             "messages": [{"role": "user", "content": f"Summarize: {story}"}],

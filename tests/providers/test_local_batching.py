@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import asgi_client, serve, wait_for
 from tokenwire.app import create_app
+from tokenwire.errors import ProviderError
 from tokenwire.protocol import sse, websocket
 from tokenwire.protocol.events import StreamQueued, TextDelta, parse_event
 from tokenwire.protocol.requests import GenerateParams
@@ -225,6 +226,26 @@ async def test_a_long_prompt_is_prefilled_in_chunks_while_three_streams_decode()
     # 1,500 tokens in chunks of 256 take at least 6 steps, each also decoding the 3 others
     assert between.count("run") >= 3 * 5
     assert all(sum(isinstance(item, Delta) for item in items) > 6 for items in runs[:3])
+
+
+@pytest.mark.local_model
+async def test_closing_the_provider_ends_running_and_waiting_streams_with_an_error():
+    provider = LocalProvider(parallel=2)
+    await provider.start()
+    streams = [provider.stream(params(topic, max_tokens=400), MODEL) for topic in TOPICS[:3]]
+    for stream in streams[:2]:
+        await _take(stream, 1)
+    third = asyncio.create_task(_take(streams[2], 1))
+    await wait_for(lambda: provider.queue_length == 1, within=30)
+    await provider.aclose()
+    for stream in streams[:2]:
+        with pytest.raises(ProviderError, match="shut down"):
+            await _take(stream, 400)  # the deltas already made, then the error
+    with pytest.raises(ProviderError, match="shut down"):  # it was waiting: turned away
+        await third
+    assert provider.slots_busy == 0 and provider.queue_length == 0
+    with pytest.raises(RuntimeError, match="before start"):
+        provider.stream(params(TOPICS[0]), MODEL)
 
 
 # -- through the server -----------------------------------------------------------------------

@@ -70,7 +70,8 @@ def model_id(path: Path) -> str:
 
 class Ticket:
     """A stream's place in :class:`Admission`: ``position`` >= 1 while it waits (1 = next),
-    0 once admitted. ``changed`` is set whenever the position changes."""
+    0 once admitted, -1 once out of the queue without a slot (it left, or the admission was
+    closed). ``changed`` is set whenever the position changes."""
 
     __slots__ = ("position", "changed")
 
@@ -84,12 +85,14 @@ class Admission:
 
     :meth:`join` admits at once while a slot is free, else queues; :meth:`release` frees a slot
     and admits the head of the queue; :meth:`leave` takes a waiting ticket out of the queue
-    (the ones behind it move up).
+    (the ones behind it move up); :meth:`close` turns every waiting ticket away (-1) and
+    admits no one after.
     """
 
     def __init__(self, slots: int) -> None:
         self.slots = slots
         self.busy = 0
+        self.closed = False
         self._queue: deque[Ticket] = deque()
 
     @property
@@ -98,6 +101,13 @@ class Admission:
         return len(self._queue)
 
     def join(self) -> Ticket:
+        """A ticket: admitted (0) while a slot is free and nobody waits, else queued.
+
+        Raises:
+            ProviderError: the admission is closed (the provider shut down).
+        """
+        if self.closed:
+            raise ProviderError("the local model was shut down")
         if self.busy < self.slots and not self._queue:
             self.busy += 1
             return Ticket(0)
@@ -117,12 +127,20 @@ class Admission:
     def release(self) -> None:
         """A slot is free: admit the next waiting ticket, if any."""
         self.busy = max(0, self.busy - 1)
-        if self._queue and self.busy < self.slots:
+        if self._queue and self.busy < self.slots and not self.closed:
             self.busy += 1
             admitted = self._queue.popleft()
             admitted.position = 0
             admitted.changed.set()
             self._renumber()
+
+    def close(self) -> None:
+        """Admit no one any more; every waiting ticket gets position -1."""
+        self.closed = True
+        while self._queue:
+            ticket = self._queue.popleft()
+            ticket.position = -1
+            ticket.changed.set()
 
     def _renumber(self) -> None:
         for place, ticket in enumerate(self._queue, start=1):
@@ -262,9 +280,11 @@ class LocalProvider(Provider):
         return engine
 
     async def aclose(self) -> None:
-        """Stop the engine (streams still running get a ``ProviderError``) and free the
-        model."""
+        """Stop the engine and free the model: streams still running or waiting for a slot
+        get a ``ProviderError`` ("the local model was shut down"), and ``stream()`` raises
+        ``RuntimeError`` after."""
         engine, self._engine = self._engine, None
+        self._admission.close()
         if engine is not None:
             await asyncio.to_thread(engine.close)
 
@@ -328,6 +348,8 @@ class LocalProvider(Provider):
                     while ticket.position == shown:
                         ticket.changed.clear()
                         await ticket.changed.wait()
+                if ticket.position < 0:
+                    raise ProviderError("the local model was shut down")
                 yield Queued(0)
             engine.submit(request)
             submitted = True

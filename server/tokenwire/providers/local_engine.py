@@ -251,6 +251,8 @@ class BatchEngine:
         self._out: list[tuple[Request, Output]] = []
         self._wake = threading.Event()
         self._closing = False
+        self._stopped = False  # the decode loop has ended: submit() refuses
+        self._submit_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._piece = ctypes.create_string_buffer(256)
         self.steps = 0  # decode steps run, for tests and the benchmark
@@ -353,8 +355,15 @@ class BatchEngine:
 
     def submit(self, request: Request) -> None:
         """Queue ``request`` for the next step (any thread; it waits in the engine if no slot
-        is free, so admit at most ``parallel`` at a time)."""
-        self._inbox.append(request)
+        is free, so admit at most ``parallel`` at a time).
+
+        Raises:
+            ProviderError: the engine is closed or its loop has failed (nothing was queued).
+        """
+        with self._submit_lock:
+            if self._stopped or self._closing:
+                raise ProviderError("the local model was shut down")
+            self._inbox.append(request)
         self._wake.set()
 
     def wake(self) -> None:
@@ -425,14 +434,16 @@ class BatchEngine:
             error = ProviderError("the local model was shut down")
             if self.failed is not None:
                 error = ProviderError(f"llama.cpp failed: {self.failed}")
-            for slot in self._order:
+            for slot in list(self._order):  # _release removes it from _order
                 self._release(slot, error)
-            self._order.clear()
-            for request in (*self._waiting, *self._inbox):
+            with self._submit_lock:
+                self._stopped = True
+                waiting = [*self._waiting, *self._inbox]
+                self._waiting.clear()
+                self._inbox.clear()
+            for request in waiting:
                 self._out.append((request, error))
                 self._out.append((request, RELEASED))
-            self._waiting.clear()
-            self._inbox.clear()
             self._flush()
 
     def _reap(self) -> None:
