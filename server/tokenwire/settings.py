@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     max_tokens_limit: Annotated[int, Field(ge=1)] = 4096  # upper bound a request may ask for
     local_n_ctx: Annotated[int, Field(ge=128)] = 2048  # context tokens per slot (per stream)
     # llama.cpp threads for decode steps (every running stream's next token; None: half the
-    # CPUs) and for steps that prefill prompt tokens (None: all CPUs)
+    # CPUs) and for steps that prefill prompt tokens (None: as local_threads)
     local_threads: Annotated[int | None, Field(ge=1)] = None
     local_prefill_threads: Annotated[int | None, Field(ge=1)] = None
     local_parallel: Annotated[int, Field(ge=1, le=64)] = 4  # slots: streams decoded together

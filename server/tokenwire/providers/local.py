@@ -166,7 +166,8 @@ class LocalProvider(Provider):
         model_path: the GGUF file (default: the bundled SmolLM2).
         n_ctx: context tokens per slot (prompt plus completion of one stream).
         n_threads: llama.cpp threads for decode steps (``None``: half the CPUs).
-        prefill_threads: llama.cpp threads for steps holding prompt tokens (``None``: all).
+        prefill_threads: llama.cpp threads for steps holding prompt tokens (``None``: as
+            ``n_threads``).
         parallel: slots (streams decoded together); more streams wait in the queue.
         prefill_chunk: prompt tokens decoded per step (bounds a long prompt's stall on others).
         window: deltas a stream may have unconsumed before its sequence sits out.
