@@ -669,7 +669,7 @@ def main(argv: list[str] | None = None) -> None:
         "--concurrency-runs", type=int, default=3, help="rounds per concurrency level"
     )
     parser.add_argument(
-        "--prefill-chunk", type=int, default=256, help="long-prompt section: prefill chunk"
+        "--prefill-chunk", type=int, default=128, help="long-prompt section: prefill chunk"
     )
     parser.add_argument(
         "--skip-concurrency", action="store_true", help="only sections 1-3 (the lone stream)"

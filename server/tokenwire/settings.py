@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     local_parallel: Annotated[int, Field(ge=1, le=64)] = 4  # slots: streams decoded together
     # prompt tokens prefilled per decode step (shared by new streams): bounds how long a long
     # prompt holds up the running streams' next token
-    local_prefill_chunk: Annotated[int, Field(ge=16, le=4096)] = 256
+    local_prefill_chunk: Annotated[int, Field(ge=16, le=4096)] = 128
     openai_base_url: str | None = None
     openai_api_key: str | None = None
     openai_timeout: Annotated[float, Field(gt=0)] = 60.0

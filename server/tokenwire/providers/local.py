@@ -183,7 +183,7 @@ class LocalProvider(Provider):
         n_threads: int | None = None,
         prefill_threads: int | None = None,
         parallel: int = 4,
-        prefill_chunk: int = 256,
+        prefill_chunk: int = 128,
         window: int = 8,
     ) -> None:
         self.model_path = model_path

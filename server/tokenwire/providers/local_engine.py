@@ -269,7 +269,7 @@ class BatchEngine:
         *,
         n_ctx: int = 2048,
         parallel: int = 4,
-        prefill_chunk: int = 256,
+        prefill_chunk: int = 128,
         n_threads: int | None = None,
         prefill_threads: int | None = None,
         window: int = 8,
