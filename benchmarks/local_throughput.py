@@ -9,7 +9,8 @@ What it measures, in one run on one machine:
    --provider local`` on a free loopback port, waited for on ``GET /healthz``), streaming the
    same prompt with the same ``max_tokens``, ``temperature`` and ``seed`` through
    ``tokenwire_client.AsyncClient`` (``POST /v1/streams`` and WebSocket ``/v1/ws``).
-   Tokens/s = ``text.delta`` events / wall time from the request to ``stream.end``. Runs are
+   Tokens/s = ``stream.end`` usage's completion tokens / wall time from the request to
+   ``stream.end`` (a lagging client may get several tokens in one ``text.delta``). Runs are
    interleaved (baseline, sse, websocket, in a rotating order) and strictly sequential: never
    two generations at once. One warm-up run of each is discarded (it fills llama.cpp's prompt
    cache, so later runs skip most of the prompt evaluation, on every path alike).
@@ -215,6 +216,7 @@ async def server_run(
     parts: list[str] = []
     ttft = None
     finish = None
+    usage = None
     start = time.perf_counter()
     end = start
     async with client.stream(messages, max_tokens=max_tokens, temperature=0, seed=seed) as events:
@@ -228,9 +230,13 @@ async def server_run(
                 raise RuntimeError(f"the server failed the stream: {event.message}")
             elif event.type == "stream.end":
                 finish = event.finish_reason
+                usage = event.usage
     if finish is None:
         raise RuntimeError("the stream ended without stream.end")
-    return Run(len(parts), end - start, ttft, "".join(parts))
+    # the server may merge deltas when a client lags (one text.delta, several tokens): count
+    # the tokens the usage reports
+    tokens = usage.completion_tokens if usage is not None else len(parts)
+    return Run(tokens, end - start, ttft, "".join(parts))
 
 
 # -- 3. event-loop stall during local generation ----------------------------------------------

@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     # prompt tokens prefilled per decode step (shared by new streams): bounds how long a long
     # prompt holds up the running streams' next token
     local_prefill_chunk: Annotated[int, Field(ge=16, le=4096)] = 128
+    local_prompt_cache: bool = True  # a slot keeps its last prompt's KV cells for reuse
     openai_base_url: str | None = None
     openai_api_key: str | None = None
     openai_timeout: Annotated[float, Field(gt=0)] = 60.0

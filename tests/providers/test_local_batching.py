@@ -229,6 +229,25 @@ async def test_a_long_prompt_is_prefilled_in_chunks_while_three_streams_decode()
 
 
 @pytest.mark.local_model
+@pytest.mark.parametrize("prompt_cache", [True, False])
+async def test_a_slot_reuses_the_cells_of_a_prompt_prefix_it_kept(prompt_cache):
+    async with LocalProvider(parallel=2, prompt_cache=prompt_cache) as provider:
+        first = await collect(provider, params(TOPICS[0], max_tokens=8))
+        again = await collect(provider, params(TOPICS[0], max_tokens=8))
+        reused = provider.stats()["prompt_tokens_cached"]
+        other = await collect(provider, params(TOPICS[1], max_tokens=8))
+        shared = provider.stats()["prompt_tokens_cached"] - reused
+    prompt = first[0]
+    assert isinstance(prompt, Prompt) and isinstance(other[0], Prompt)
+    assert text_of(again) == text_of(first) and text_of(first)
+    if prompt_cache:
+        assert reused == prompt.tokens - 1  # all but the last token, whose logits it needs
+        assert 10 < shared < other[0].tokens - 1  # the chat template's system turn
+    else:
+        assert reused == 0 and shared == 0
+
+
+@pytest.mark.local_model
 async def test_closing_the_provider_ends_running_and_waiting_streams_with_an_error():
     provider = LocalProvider(parallel=2)
     await provider.start()

@@ -170,6 +170,7 @@ class LocalProvider(Provider):
             ``n_threads``).
         parallel: slots (streams decoded together); more streams wait in the queue.
         prefill_chunk: prompt tokens decoded per step (bounds a long prompt's stall on others).
+        prompt_cache: a slot keeps its last prompt's KV cells for a request sharing a prefix.
         window: deltas a stream may have unconsumed before its sequence sits out.
     """
 
@@ -184,6 +185,7 @@ class LocalProvider(Provider):
         prefill_threads: int | None = None,
         parallel: int = 4,
         prefill_chunk: int = 128,
+        prompt_cache: bool = True,
         window: int = 8,
     ) -> None:
         self.model_path = model_path
@@ -192,6 +194,7 @@ class LocalProvider(Provider):
         self.prefill_threads = prefill_threads
         self.parallel = parallel
         self.prefill_chunk = prefill_chunk
+        self.prompt_cache = prompt_cache
         self.window = window
         self._engine: BatchEngine | None = None
         self._formatter: Jinja2ChatFormatter | None = None
@@ -207,6 +210,7 @@ class LocalProvider(Provider):
             prefill_threads=settings.local_prefill_threads,
             parallel=settings.local_parallel,
             prefill_chunk=settings.local_prefill_chunk,
+            prompt_cache=settings.local_prompt_cache,
         )
 
     @property
@@ -231,12 +235,16 @@ class LocalProvider(Provider):
         return self._admission.waiting
 
     def stats(self) -> dict[str, int]:
-        """``slots_total``, ``slots_busy``, ``queue_length`` and ``decode_steps`` (counter)."""
+        """``slots_total``, ``slots_busy``, ``queue_length`` (gauges) and the counters
+        ``decode_steps`` and ``prompt_tokens_cached`` (prompt tokens a slot's prompt cache
+        spared from decoding)."""
+        engine = self._engine
         return {
             "slots_total": self.slots_total,
             "slots_busy": self.slots_busy,
             "queue_length": self.queue_length,
-            "decode_steps": self._engine.steps if self._engine else 0,
+            "decode_steps": engine.steps if engine else 0,
+            "prompt_tokens_cached": engine.cached_tokens if engine else 0,
         }
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -265,6 +273,7 @@ class LocalProvider(Provider):
             prefill_chunk=self.prefill_chunk,
             n_threads=self.n_threads,
             prefill_threads=self.prefill_threads,
+            prompt_cache=self.prompt_cache,
             window=self.window,
             on_output=on_output,
         )
