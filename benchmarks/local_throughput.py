@@ -9,7 +9,8 @@ What it measures, in one run on one machine:
    --provider local`` on a free loopback port, waited for on ``GET /healthz``), streaming the
    same prompt with the same ``max_tokens``, ``temperature`` and ``seed`` through
    ``tokenwire_client.AsyncClient`` (``POST /v1/streams`` and WebSocket ``/v1/ws``).
-   Tokens/s = ``text.delta`` events / wall time from the request to ``stream.end``. Runs are
+   Tokens/s = ``stream.end`` usage's completion tokens / wall time from the request to
+   ``stream.end`` (a lagging client may get several tokens in one ``text.delta``). Runs are
    interleaved (baseline, sse, websocket, in a rotating order) and strictly sequential: never
    two generations at once. One warm-up run of each is discarded (it fills llama.cpp's prompt
    cache, so later runs skip most of the prompt evaluation, on every path alike).
@@ -19,8 +20,20 @@ What it measures, in one run on one machine:
    (``asyncio.to_thread``, no tokenwire code: the stall that llama-cpp-python and the machine
    cause on their own), and with nothing running (the machine's noise floor).
 
+4. **concurrency** (continuous batching): a second server with ``TOKENWIRE_LOCAL_PARALLEL=8``;
+   for 1, 2, 4 and 8 SSE streams started together (each its own prompt, ``temperature=0``),
+   aggregate tokens/s = all ``text.delta`` events / wall time from the first request to the
+   last ``stream.end``, and each stream's time to first token. Each stream's text is compared
+   with what the same request gives alone (the 1-stream runs).
+5. **long prompt**: in this process, a ``LocalProvider`` (4 slots) decodes 3 streams; a
+   ~1,500-token prompt arrives; the gap between consecutive tokens of the 3 running streams
+   while it is prefilled (max) against their gaps before it (median), and its own TTFT.
+
 Targets: median SSE/baseline and WebSocket/baseline tokens/s >= 0.95; event-loop lateness
-while LocalProvider generates: max < 10 ms.
+while LocalProvider generates: max < 10 ms; aggregate tokens/s with 4 streams >= 1.3 x one
+stream's, with 8 >= 1.8 x; TTFT of the last of 4 simultaneous requests <= 3 x a lone
+request's TTFT plus its prefill time (a lone TTFT includes its prefill: the target used is
+4 x the lone p50 TTFT).
 
 Run from the repository root, with the dev extra installed (about a minute with the defaults
 on a 2-core machine)::
@@ -53,7 +66,7 @@ from rich.table import Table
 
 from common import free_port, http_ready, launched, percentile
 from tokenwire.protocol.requests import GenerateParams
-from tokenwire.providers.base import Delta
+from tokenwire.providers.base import Delta, Prompt
 from tokenwire.providers.local import LocalProvider, bundled_model_path
 from tokenwire_client import AsyncClient
 
@@ -64,6 +77,19 @@ TICK = 0.001  # the ticker's sleep, seconds
 RATIO_TARGET = 0.95
 STALL_TARGET_MS = 10.0
 MODES = ("baseline", "sse", "websocket")
+CONCURRENCY = (1, 2, 4, 8)
+AGGREGATE_TARGETS = {4: 1.3, 8: 1.8}
+TTFT_TARGET = 4.0  # x the lone p50 TTFT (3 x TTFT + the prefill, which the TTFT includes)
+TOPICS = (
+    "a lighthouse keeper and a storm",
+    "a robot who learns to paint",
+    "two friends lost in a desert",
+    "a dragon who is afraid of fire",
+    "a baker who finds a secret map",
+    "a cat that becomes mayor",
+    "an astronaut alone on Mars",
+    "a musician who lost her voice",
+)
 
 console = Console(width=None if sys.stdout.isatty() else 132)
 
@@ -124,27 +150,35 @@ def baseline_run(llama: Any, max_tokens: int, seed: int) -> Run:
 
 
 @contextlib.contextmanager
-def server_process(startup_timeout: float = 120.0) -> Iterator[str]:
+def server_process(
+    port: int | None = None,
+    startup_timeout: float = 120.0,
+    env_extra: dict[str, str] | None = None,
+) -> Iterator[str]:
     """Run ``tokenwire serve --provider local`` (the CLI's own uvicorn options: uvloop and
-    httptools when installed) on a free port; yield its base URL once /healthz is ok."""
-    port = free_port()
+    httptools when installed) on ``port`` (default: a free one); yield its base URL once
+    /healthz is ok. ``env_extra`` adds settings (e.g. ``TOKENWIRE_LOCAL_PARALLEL``)."""
+    port = port or free_port()
     command = [sys.executable, "-c", "from tokenwire.cli import app; app()", "serve"]
     command += ["--provider", "local", "--host", "127.0.0.1", "--port", str(port)]
     command += ["--log-level", "warning"]
-    env = {**os.environ, "TOKENWIRE_PROVIDER": "local"}
+    env = {**os.environ, "TOKENWIRE_PROVIDER": "local", **(env_extra or {})}
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "server.log"
         with launched(command, log, http_ready(port), env=env, within=startup_timeout):
             yield f"http://127.0.0.1:{port}"
 
 
-async def server_run(client: AsyncClient, max_tokens: int, seed: int) -> Run:
+async def server_run(
+    client: AsyncClient, max_tokens: int, seed: int, messages: list[dict[str, str]] = MESSAGES
+) -> Run:
     parts: list[str] = []
     ttft = None
     finish = None
+    usage = None
     start = time.perf_counter()
     end = start
-    async with client.stream(MESSAGES, max_tokens=max_tokens, temperature=0, seed=seed) as events:
+    async with client.stream(messages, max_tokens=max_tokens, temperature=0, seed=seed) as events:
         async for event in events:
             end = time.perf_counter()
             if event.type == "text.delta":
@@ -155,9 +189,13 @@ async def server_run(client: AsyncClient, max_tokens: int, seed: int) -> Run:
                 raise RuntimeError(f"the server failed the stream: {event.message}")
             elif event.type == "stream.end":
                 finish = event.finish_reason
+                usage = event.usage
     if finish is None:
         raise RuntimeError("the stream ended without stream.end")
-    return Run(len(parts), end - start, ttft, "".join(parts))
+    # the server may merge deltas when a client lags (one text.delta, several tokens): count
+    # the tokens the usage reports
+    tokens = usage.completion_tokens if usage is not None else len(parts)
+    return Run(tokens, end - start, ttft, "".join(parts))
 
 
 # -- 3. event-loop stall during local generation ----------------------------------------------
@@ -247,6 +285,148 @@ async def measure_stall(llama: Any, max_tokens: int, seed: int, runs: int) -> di
         **{name: stall_summary(values, seconds[name]) for name, values in lateness.items()},
         "provider": summarize(provider_runs),
         "provider_texts": [run.text for run in provider_runs],
+    }
+
+
+# -- 4. concurrency: several streams at once through the server -------------------------------
+
+
+def topic_messages(index: int) -> list[dict[str, str]]:
+    topic = TOPICS[index % len(TOPICS)]
+    return [{"role": "user", "content": f"Write a long story about {topic}."}]
+
+
+async def concurrency(max_tokens: int, seed: int, runs: int) -> dict[str, Any]:
+    """For each level in CONCURRENCY, ``runs`` rounds of that many SSE streams started
+    together; a round's aggregate tok/s = its deltas / (last stream.end - first request)."""
+    port = free_port()
+    parallel = max(CONCURRENCY)
+    console.print(f"starting a server with TOKENWIRE_LOCAL_PARALLEL={parallel} on port {port}")
+    levels: dict[int, dict[str, Any]] = {}
+    with server_process(port, env_extra={"TOKENWIRE_LOCAL_PARALLEL": str(parallel)}) as base:
+        async with AsyncClient(base, transport="sse") as client:
+            await server_run(client, max_tokens, seed)  # warm-up, discarded
+            alone: dict[int, str] = {}
+            for level in CONCURRENCY:
+                aggregates: list[float] = []
+                ttfts: list[float] = []
+                last_ttfts: list[float] = []
+                texts: list[str] = []
+                indexes: list[int] = []
+                for round_ in range(runs):
+                    start = time.perf_counter()
+                    results = await asyncio.gather(
+                        *(
+                            server_run(client, max_tokens, seed, topic_messages(index))
+                            for index in range(level)
+                        )
+                    )
+                    wall = time.perf_counter() - start
+                    tokens = sum(run.tokens for run in results)
+                    aggregates.append(tokens / wall)
+                    firsts = [run.ttft for run in results if run.ttft is not None]
+                    ttfts.extend(firsts)
+                    last_ttfts.append(max(firsts) if firsts else float("nan"))
+                    texts.extend(run.text for run in results)
+                    indexes.extend(range(level))
+                    console.print(
+                        f"  {level} streams, round {round_ + 1}/{runs}: {tokens} tokens "
+                        f"{wall:6.3f} s {tokens / wall:7.1f} tok/s aggregate, last TTFT "
+                        f"{last_ttfts[-1] * 1000:.0f} ms"
+                    )
+                if level == 1:
+                    for index in range(max(CONCURRENCY)):  # the reference texts, alone
+                        run = await server_run(client, max_tokens, seed, topic_messages(index))
+                        alone[index] = run.text
+                same = [text == alone[index] for text, index in zip(texts, indexes, strict=True)]
+                diverged = [
+                    _common_prefix(text, alone[index])
+                    for text, index in zip(texts, indexes, strict=True)
+                    if text != alone[index]
+                ]
+                levels[level] = {
+                    "aggregate_tokens_per_s": aggregates,
+                    "p50_aggregate_tokens_per_s": percentile(aggregates, 50),
+                    "p50_ttft_ms": percentile(ttfts, 50) * 1000,
+                    "p50_last_ttft_ms": percentile(last_ttfts, 50) * 1000,
+                    "same_text": sum(same),
+                    "streams": len(same),
+                    "diverged_after_chars": diverged,
+                }
+    return {"parallel": parallel, "levels": levels}
+
+
+def _common_prefix(a: str, b: str) -> int:
+    size = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        size += 1
+    return size
+
+
+# -- 5. a long prompt arriving while 3 streams decode -----------------------------------------
+
+
+async def long_prompt(max_tokens: int, seed: int, prefill_chunk: int) -> dict[str, Any]:
+    """Inter-token gaps of 3 running streams before and while a ~1,500-token prompt is
+    prefilled, in this process (LocalProvider, 4 slots)."""
+    story = " ".join(f"Day {n}: the keeper lit the lamp and watched the sea." for n in range(120))
+    long_params = GenerateParams.model_validate(
+        {
+            "messages": [{"role": "user", "content": f"Summarize: {story}"}],
+            "max_tokens": 8,
+            "temperature": 0,
+        }
+    )
+    async with LocalProvider(n_ctx=N_CTX, parallel=4, prefill_chunk=prefill_chunk) as provider:
+        model = provider.models[0]
+        arrivals: list[list[float]] = [[], [], []]
+        long_started = asyncio.Event()
+        long_result: dict[str, float] = {}
+
+        async def running(index: int) -> None:
+            params = GenerateParams.model_validate(
+                {
+                    "messages": topic_messages(index),
+                    "max_tokens": max(max_tokens, 96),
+                    "temperature": 0,
+                    "seed": seed,
+                }
+            )
+            async for item in provider.stream(params, model):
+                if isinstance(item, Delta):
+                    arrivals[index].append(time.perf_counter())
+                    if index == 0 and len(arrivals[0]) == 16:
+                        long_started.set()
+
+        async def joining() -> None:
+            await long_started.wait()
+            start = time.perf_counter()
+            long_result["start"] = start
+            async for item in provider.stream(long_params, model):
+                if isinstance(item, Prompt):
+                    long_result["prompt_tokens"] = item.tokens
+                elif isinstance(item, Delta) and "first" not in long_result:
+                    long_result["first"] = time.perf_counter()
+
+        await asyncio.gather(*(running(i) for i in range(3)), joining())
+    start, first = long_result["start"], long_result["first"]
+    before: list[float] = []
+    during: list[float] = []
+    for times in arrivals:
+        for previous, current in zip(times, times[1:], strict=False):
+            if current <= start:
+                before.append(current - previous)
+            elif previous < first:
+                during.append(current - previous)
+    return {
+        "prefill_chunk": prefill_chunk,
+        "prompt_tokens": long_result.get("prompt_tokens", 0),
+        "long_ttft_ms": (first - start) * 1000,
+        "p50_gap_before_ms": percentile(before, 50) * 1000,
+        "max_gap_during_ms": max(during) * 1000 if during else float("nan"),
+        "tokens_during": len(during),
     }
 
 
@@ -363,6 +543,57 @@ def report(results: dict[str, Any]) -> None:
         )
     console.print(loop_table)
     console.print(f"target: max lateness while LocalProvider generates < {STALL_TARGET_MS:g} ms")
+    if "concurrency" in results:
+        report_concurrency(results)
+
+
+def report_concurrency(results: dict[str, Any]) -> None:
+    data = results["concurrency"]
+    levels = data["levels"]
+    lone = levels[1]["p50_aggregate_tokens_per_s"]
+    lone_ttft = levels[1]["p50_ttft_ms"]
+    table = Table(
+        title=(
+            f"continuous batching through the server (SSE, TOKENWIRE_LOCAL_PARALLEL="
+            f"{data['parallel']}), {results['config']['concurrency_runs']} rounds per level, "
+            f"max_tokens={results['config']['max_tokens']}, temperature=0"
+        )
+    )
+    headers = ("streams", "p50 aggregate tok/s", "x one stream", "p50 TTFT ms")
+    for header in (*headers, "p50 TTFT of the last ms", "same text as alone", "target"):
+        table.add_column(header, justify="right")
+    for level, row in levels.items():
+        factor = row["p50_aggregate_tokens_per_s"] / lone if lone else float("nan")
+        targets = []
+        if level in AGGREGATE_TARGETS:
+            targets.append(
+                f">= {AGGREGATE_TARGETS[level]}x {verdict(factor >= AGGREGATE_TARGETS[level])}"
+            )
+        if level == 4:
+            ok = row["p50_last_ttft_ms"] <= TTFT_TARGET * lone_ttft
+            targets.append(f"last TTFT <= {TTFT_TARGET:g}x lone {verdict(ok)}")
+        diverged = row["diverged_after_chars"]
+        same = f"{row['same_text']}/{row['streams']}"
+        if diverged:
+            same += f" (differ after {min(diverged)}-{max(diverged)} chars)"
+        table.add_row(
+            str(level),
+            f"{row['p50_aggregate_tokens_per_s']:.1f}",
+            f"{factor:.2f}",
+            f"{row['p50_ttft_ms']:.0f}",
+            f"{row['p50_last_ttft_ms']:.0f}",
+            same,
+            "; ".join(targets),
+        )
+    console.print(table)
+    long = results["long_prompt"]
+    console.print(
+        f"long prompt ({long['prompt_tokens']} tokens, prefill chunk {long['prefill_chunk']}) "
+        f"arriving while 3 streams decode: its TTFT {long['long_ttft_ms']:.0f} ms; the running "
+        f"streams' token gap p50 before it {long['p50_gap_before_ms']:.1f} ms, max while it "
+        f"was prefilled {long['max_gap_during_ms']:.1f} ms ({long['tokens_during']} tokens "
+        "in that time)"
+    )
 
 
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -399,6 +630,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=5, help="timed runs per path")
     parser.add_argument("--seed", type=int, default=42, help="sampling seed")
     parser.add_argument(
+        "--concurrency-runs", type=int, default=3, help="rounds per concurrency level"
+    )
+    parser.add_argument(
+        "--prefill-chunk", type=int, default=128, help="long-prompt section: prefill chunk"
+    )
+    parser.add_argument(
+        "--skip-concurrency", action="store_true", help="only sections 1-3 (the lone stream)"
+    )
+    parser.add_argument(
         "--loop",
         choices=("auto", "asyncio", "uvloop"),
         default="auto",
@@ -419,6 +659,7 @@ def main(argv: list[str] | None = None) -> None:
         "max_tokens": args.max_tokens,
         "runs": args.runs,
         "seed": args.seed,
+        "concurrency_runs": args.concurrency_runs,
         "prompt": PROMPT,
         "model": model_path.name,
         "n_ctx": N_CTX,
@@ -435,6 +676,15 @@ def main(argv: list[str] | None = None) -> None:
             )
             console.print("measuring event-loop stalls in-process (1 ms ticker)")
             stall = runner.run(measure_stall(llama, args.max_tokens, args.seed, args.runs))
+            if not args.skip_concurrency:
+                console.print("measuring concurrent streams (continuous batching)")
+                results["concurrency"] = runner.run(
+                    concurrency(args.max_tokens, args.seed, args.concurrency_runs)
+                )
+                console.print("measuring a long prompt arriving while 3 streams decode")
+                results["long_prompt"] = runner.run(
+                    long_prompt(args.max_tokens, args.seed, args.prefill_chunk)
+                )
     finally:
         llama.close()
     reference = results["throughput"]["reference_text"]

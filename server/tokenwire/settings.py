@@ -47,8 +47,16 @@ class Settings(BaseSettings):
     model: str | None = None  # local: a GGUF path (default: the bundled SmolLM2); openai: model id
     max_tokens: Annotated[int, Field(ge=1)] = 512  # default when a request gives none
     max_tokens_limit: Annotated[int, Field(ge=1)] = 4096  # upper bound a request may ask for
-    local_n_ctx: Annotated[int, Field(ge=128)] = 2048
-    local_threads: Annotated[int | None, Field(ge=1)] = None  # llama.cpp threads; None = auto
+    local_n_ctx: Annotated[int, Field(ge=128)] = 2048  # context tokens per slot (per stream)
+    # llama.cpp threads for decode steps (every running stream's next token; None: half the
+    # CPUs) and for steps that prefill prompt tokens (None: as local_threads)
+    local_threads: Annotated[int | None, Field(ge=1)] = None
+    local_prefill_threads: Annotated[int | None, Field(ge=1)] = None
+    local_parallel: Annotated[int, Field(ge=1, le=64)] = 4  # slots: streams decoded together
+    # prompt tokens prefilled per decode step (shared by new streams): bounds how long a long
+    # prompt holds up the running streams' next token
+    local_prefill_chunk: Annotated[int, Field(ge=16, le=4096)] = 128
+    local_prompt_cache: bool = True  # a slot keeps its last prompt's KV cells for reuse
     openai_base_url: str | None = None
     openai_api_key: str | None = None
     openai_timeout: Annotated[float, Field(gt=0)] = 60.0

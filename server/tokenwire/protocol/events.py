@@ -5,6 +5,12 @@ and only grows; values may skip (coalescing), so clients resume "after the last 
 never assume contiguity. A stream always ends with exactly one ``stream.end``; an ``error`` is
 always followed by it.
 
+``stream.queued`` (``position``) tells that the generation waits for the provider's capacity
+(the local engine's slots are all busy): ``position`` >= 1 is its place in the queue (1 = next),
+sent on joining and whenever it changes; ``position`` 0 says the wait is over and generation
+begins. It carries ``seq`` like any stream event (it is logged and replayed on resume), comes
+after ``stream.start`` and before the first ``text.delta``, and only from providers that queue.
+
 An ``error`` that answers a bad WebSocket client message belongs to no stream: it has neither
 ``stream_id`` nor ``seq``, and those keys are left out of its JSON.
 
@@ -87,6 +93,16 @@ class StreamStart(_Event):
     model: str
     created: int
     request_id: str | None = None
+
+
+class StreamQueued(_Event):
+    """The stream waits for a free slot: ``position`` >= 1 is its place in the queue
+    (1 = next), 0 means admitted (generation begins). See the module docstring."""
+
+    type: Literal["stream.queued"] = "stream.queued"
+    stream_id: str
+    seq: int
+    position: int = Field(ge=0)
 
 
 TEXT_DELTA_JSON = b'{"type":"text.delta","stream_id":%b,"seq":%d,"delta":%b}'
@@ -235,6 +251,7 @@ class StreamReset(_Event):
 
 Event = Annotated[
     StreamStart
+    | StreamQueued
     | TextDelta
     | ReasoningDelta
     | ToolCallStart

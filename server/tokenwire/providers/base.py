@@ -1,7 +1,9 @@
 """The Provider interface: one method that streams a generation, and its event types.
 
 ``Provider.stream(params, model)`` returns an async iterator of :data:`ProviderEvent`:
-an optional :class:`Prompt` (the prompt's size, once known), any number of :class:`Delta`
+an optional :class:`Prompt` (the prompt's size, once known), any number of :class:`Queued`
+before the first delta (a provider that makes requests wait their turn), any number of
+:class:`Delta`
 (answer text), :class:`Reasoning` (reasoning text), :class:`ToolCall` (a call begins) and
 :class:`ToolArguments` (a piece of a begun call's arguments), in the model's order, and at most
 one :class:`Finish` as the last item. A call's arguments may interleave with other calls'
@@ -30,6 +32,18 @@ class Prompt:
     """The prompt's size in tokens, sent once before the first delta when the provider knows it."""
 
     tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """The request waits for the provider's capacity (the local engine's slots are all busy).
+
+    ``position`` >= 1: its place in the provider's queue (1 = next to be admitted), sent when
+    the request joins the queue and whenever the place changes. ``position`` 0: admitted, the
+    wait is over (sent once, only after a position >= 1); the first-token deadline counts from
+    here."""
+
+    position: int
 
 
 @dataclass(slots=True)
@@ -80,7 +94,7 @@ class Finish:
     usage: Usage | None = None
 
 
-ProviderEvent = Prompt | Delta | Reasoning | ToolCall | ToolArguments | Finish
+ProviderEvent = Prompt | Queued | Delta | Reasoning | ToolCall | ToolArguments | Finish
 
 
 class Provider(ABC):

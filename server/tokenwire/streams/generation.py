@@ -23,8 +23,10 @@ came before it is kept.
 
 Deadlines (seconds, ``None`` to disable), each ending the stream and closing the provider:
 ``first_token_timeout`` -> ``error`` (provider_timeout, retryable) then ``stream.end``
-(finish_reason error); ``max_duration`` -> ``stream.end`` (finish_reason timeout). The token
-limit is the request's ``max_tokens`` (finish_reason length), enforced by the provider.
+(finish_reason error), counted from the start or, for a provider that queues the request
+(``stream.queued``), from its admission: no first-token deadline runs while it waits;
+``max_duration`` -> ``stream.end`` (finish_reason timeout). The token limit is the request's
+``max_tokens`` (finish_reason length), enforced by the provider.
 
 Every event is appended to the :class:`~tokenwire.streams.log.StreamLog` before any subscription
 sees it, so that :meth:`Generation.attach` (a snapshot of the log plus a new subscription, taken
@@ -53,6 +55,7 @@ from tokenwire.protocol.events import (
     FinishReason,
     ReasoningDelta,
     StreamEnd,
+    StreamQueued,
     StreamStart,
     TextDelta,
     ToolCallDelta,
@@ -66,6 +69,7 @@ from tokenwire.providers.base import (
     Finish,
     Prompt,
     Provider,
+    Queued,
     Reasoning,
     ToolArguments,
     ToolCall,
@@ -377,6 +381,17 @@ class Generation:
                         self.prompt_tokens = item.tokens
                     elif isinstance(item, Finish):
                         finish, provider_usage = item.reason, item.usage
+                    elif isinstance(item, Queued):
+                        if item.position:  # waiting for a slot: no first-token deadline
+                            first_by = None
+                            deadline.reschedule(end_by)
+                        elif self.first_token_timeout is not None:  # admitted: count from now
+                            first_by = loop.time() + self.first_token_timeout
+                            deadline.reschedule(_earliest(first_by, end_by))
+                        queued = StreamQueued(
+                            stream_id=self.stream_id, seq=self._next_seq(), position=item.position
+                        )
+                        await self._publish(queued)
                     else:
                         if self.first_token_at is None:
                             self.first_token_at = time.monotonic()
