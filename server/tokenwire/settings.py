@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     # Host header allowlist (DNS rebinding): exact names or `*.example.com` (Starlette's
     # TrustedHostMiddleware); empty: loopback names when `host` is loopback, else any host
     allowed_hosts: Annotated[list[str], NoDecode] = []
+    # peers whose Forwarded / X-Forwarded-* headers are believed (uvicorn's
+    # --forwarded-allow-ips): addresses, networks (10.0.0.0/8) or *; see edge/proxy.py
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = ["127.0.0.1", "::1"]
     max_body_size: Annotated[int, Field(ge=1024)] = 1048576  # bytes; larger: 413
     # `tokenwire serve` (edge/http.py): a request head (request line + headers) over this many
     # bytes: 431; a head not complete this many seconds after the connection opened or its
@@ -139,12 +142,21 @@ class Settings(BaseSettings):
                 return None
         return value
 
-    @field_validator("api_keys", "allowed_origins", "allowed_hosts", mode="before")
+    @field_validator(
+        "api_keys", "allowed_origins", "allowed_hosts", "forwarded_allow_ips", mode="before"
+    )
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        from tokenwire.edge.proxy import check_trusted  # edge imports settings, not back
+
+        return check_trusted(value)
 
     @field_validator("stream_log")
     @classmethod
