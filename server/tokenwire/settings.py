@@ -7,6 +7,7 @@ field ("empty: none" in the README); for any other field it is an error naming i
 
 from __future__ import annotations
 
+import ipaddress
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal, get_args
@@ -28,6 +29,21 @@ class DisconnectPolicy(StrEnum):
 
     CANCEL = "cancel"  # stop the provider
     DETACH = "detach"  # keep generating for a grace period so that a client may resume
+
+
+def check_trusted(entries: list[str]) -> list[str]:
+    """``forwarded_allow_ips`` entries as given, once each is known to be ``*``, an IP address
+    or a network (``10.0.0.0/8``). Raises ``ValueError`` naming the first bad entry."""
+    for entry in entries:
+        if entry != "*":
+            try:
+                if "/" in entry:
+                    ipaddress.ip_network(entry, strict=False)
+                else:
+                    ipaddress.ip_address(entry)
+            except ValueError:
+                raise ValueError(f"not an IP address, network or '*': {entry!r}") from None
+    return entries
 
 
 class Settings(BaseSettings):
@@ -154,8 +170,6 @@ class Settings(BaseSettings):
     @field_validator("forwarded_allow_ips")
     @classmethod
     def _addresses(cls, value: list[str]) -> list[str]:
-        from tokenwire.edge.proxy import check_trusted  # edge imports settings, not back
-
         return check_trusted(value)
 
     @field_validator("stream_log")

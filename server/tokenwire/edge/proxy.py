@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from tokenwire.settings import check_trusted
+
 # RFC 7230 section 3.2.6: token and quoted-string (with quoted-pair)
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _QUOTED = r'"(?:[^"\\]|\\.)*"'
@@ -125,28 +127,11 @@ def forwarded(scope: Scope) -> Forwarded:
     return view if isinstance(view, Forwarded) else NOTHING
 
 
-def check_trusted(entries: Iterable[str]) -> list[str]:
-    """``forwarded_allow_ips`` entries as given, once each is known to be ``*``, an IP address
-    or a network (``10.0.0.0/8``). Raises ``ValueError`` naming the first bad entry."""
-    checked = []
-    for entry in entries:
-        if entry != "*":
-            try:
-                if "/" in entry:
-                    ipaddress.ip_network(entry, strict=False)
-                else:
-                    ipaddress.ip_address(entry)
-            except ValueError:
-                raise ValueError(f"not an IP address, network or '*': {entry!r}") from None
-        checked.append(entry)
-    return checked
-
-
 class TrustedProxies:
     """The peers whose forwarded headers are believed: addresses, networks, or ``*`` (any)."""
 
     def __init__(self, entries: Iterable[str]) -> None:
-        entries = check_trusted(entries)
+        entries = check_trusted(list(entries))
         self.entries = entries
         self.any = "*" in entries
         self.networks = [ipaddress.ip_network(e, strict=False) for e in entries if e != "*"]

@@ -53,13 +53,13 @@ from tokenwire.edge.keys import (
     Principal,
     TokenSigner,
 )
-from tokenwire.edge.proxy import check_trusted, forwarded
+from tokenwire.edge.proxy import forwarded
 from tokenwire.edge.responses import deny_websocket, send_error
 from tokenwire.errors import ErrorCode, Forbidden, InvalidRequest, TokenwireError, Unauthorized
 from tokenwire.lifecycle import route_path, with_request_id
 from tokenwire.logs import request_id_var
 from tokenwire.protocol.websocket import CloseCode
-from tokenwire.settings import Settings
+from tokenwire.settings import Settings, check_trusted
 
 if TYPE_CHECKING:
     from tokenwire.edge.limits import ConnectionLimiter
@@ -148,7 +148,9 @@ def check_host_patterns(patterns: list[str]) -> list[str]:
     for pattern in patterns:
         rest = pattern.removeprefix("*.")
         if pattern != "*" and ("*" in rest or not rest):
-            raise ValueError(f"a host pattern is a name, *.domain or *: {pattern!r}")
+            raise ValueError(
+                f"TOKENWIRE_ALLOWED_HOSTS: a host pattern is a name, *.domain or *: {pattern!r}"
+            )
     return [host_name(p) if "*" not in p else p.lower() for p in patterns]
 
 
