@@ -11,9 +11,10 @@ serve: $(VENV)/.installed-local  ## set up, then serve the bundled local model o
 
 NODE_TESTS := tests/node
 
-test: $(VENV)/.installed-dev $(NODE_TESTS)/node_modules/.installed  ## set up, then run every test (installs redis-server and chromium if missing)
+test: $(VENV)/.installed-dev $(NODE_TESTS)/node_modules/.installed  ## set up, then run every test (installs redis-server, chromium and nginx if missing)
 	command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
 	test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium)
+	command -v nginx >/dev/null || (apt-get update -qq && apt-get install -y -qq nginx)
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: $(VENV)/.installed-dev

@@ -76,6 +76,8 @@ def test_a_port_in_use_is_one_line():
         ({"TOKENWIRE_OVERFLOW": "sideways"}, "TOKENWIRE_OVERFLOW"),
         ({"TOKENWIRE_QUEUE_MAXSIZE": "lots"}, "TOKENWIRE_QUEUE_MAXSIZE"),
         ({"TOKENWIRE_PORT": "eighty"}, "TOKENWIRE_PORT"),
+        ({"TOKENWIRE_FORWARDED_ALLOW_IPS": "nginx-box"}, "TOKENWIRE_FORWARDED_ALLOW_IPS"),
+        ({"TOKENWIRE_ALLOWED_HOSTS": "chat.*.example"}, "TOKENWIRE_ALLOWED_HOSTS"),
     ],
 )
 def test_a_bad_env_value_names_the_env_var(env, named):

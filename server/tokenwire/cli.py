@@ -173,6 +173,11 @@ def serve(
         ws_ping_interval=settings.ws_ping_interval,
         ws_ping_timeout=settings.ws_ping_timeout,
         ws_max_size=settings.ws_max_message_size,
+        # the app applies forwarded headers itself (edge/proxy.py: uvicorn's middleware with
+        # TOKENWIRE_FORWARDED_ALLOW_IPS, after noting the peer that the Host and Origin checks
+        # trust); uvicorn's own would hide that peer behind X-Forwarded-For
+        proxy_headers=False,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         # httptools with the request head bounded (size: 431; time: closed); see edge/http.py
         http="tokenwire.edge.http:HeadLimitedProtocol",
         # connections end at once on SIGTERM (SSE responses end, WebSockets close 1012); the

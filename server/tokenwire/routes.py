@@ -21,6 +21,7 @@ from starlette.websockets import WebSocket
 from tokenwire import __version__
 from tokenwire.edge.guards import Guards
 from tokenwire.edge.limits import ScopedRegistry, check_request
+from tokenwire.edge.proxy import forwarded
 from tokenwire.edge.responses import error_response
 from tokenwire.errors import InvalidField, InvalidRequest, TokenwireError
 from tokenwire.logs import request_id_var
@@ -274,9 +275,12 @@ class TokenwireApp:
 def _url_for(request: Request, name: str, **path_params: str) -> str:
     """The absolute URL of this app's route ``name``, under its mount path: a host app or a
     proxy that mounts tokenwire at ``/llm`` (``root_path``) gets ``http://host/llm/v1/...``.
-    Looked up in tokenwire's own router, so a host route of the same name cannot shadow it."""
+    Looked up in tokenwire's own router, so a host route of the same name cannot shadow it.
+    Behind a trusted proxy, the host is the one it forwarded (the scheme is already its)."""
     path = request.app.router.url_path_for(name, **path_params)
-    return str(request.url.replace(path=request.scope.get("root_path", "") + path, query=""))
+    url = request.url.replace(path=request.scope.get("root_path", "") + path, query="")
+    host = forwarded(request.scope).host
+    return str(url.replace(netloc=host) if host else url)
 
 
 def _wants_json(accept: str) -> bool:

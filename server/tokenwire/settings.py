@@ -7,6 +7,7 @@ field ("empty: none" in the README); for any other field it is an error naming i
 
 from __future__ import annotations
 
+import ipaddress
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal, get_args
@@ -28,6 +29,21 @@ class DisconnectPolicy(StrEnum):
 
     CANCEL = "cancel"  # stop the provider
     DETACH = "detach"  # keep generating for a grace period so that a client may resume
+
+
+def check_trusted(entries: list[str]) -> list[str]:
+    """``forwarded_allow_ips`` entries as given, once each is known to be ``*``, an IP address
+    or a network (``10.0.0.0/8``). Raises ``ValueError`` naming the first bad entry."""
+    for entry in entries:
+        if entry != "*":
+            try:
+                if "/" in entry:
+                    ipaddress.ip_network(entry, strict=False)
+                else:
+                    ipaddress.ip_address(entry)
+            except ValueError:
+                raise ValueError(f"not an IP address, network or '*': {entry!r}") from None
+    return entries
 
 
 class Settings(BaseSettings):
@@ -118,6 +134,9 @@ class Settings(BaseSettings):
     # Host header allowlist (DNS rebinding): exact names or `*.example.com` (Starlette's
     # TrustedHostMiddleware); empty: loopback names when `host` is loopback, else any host
     allowed_hosts: Annotated[list[str], NoDecode] = []
+    # peers whose Forwarded / X-Forwarded-* headers are believed (uvicorn's
+    # --forwarded-allow-ips): addresses, networks (10.0.0.0/8) or *; see edge/proxy.py
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = ["127.0.0.1", "::1"]
     max_body_size: Annotated[int, Field(ge=1024)] = 1048576  # bytes; larger: 413
     # `tokenwire serve` (edge/http.py): a request head (request line + headers) over this many
     # bytes: 431; a head not complete this many seconds after the connection opened or its
@@ -147,12 +166,19 @@ class Settings(BaseSettings):
                 return None
         return value
 
-    @field_validator("api_keys", "allowed_origins", "allowed_hosts", mode="before")
+    @field_validator(
+        "api_keys", "allowed_origins", "allowed_hosts", "forwarded_allow_ips", mode="before"
+    )
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        return check_trusted(value)
 
     @field_validator("stream_log")
     @classmethod

@@ -21,13 +21,14 @@ from starlette.websockets import WebSocket
 from tokenwire.edge.keys import TOKEN_PREFIX
 from tokenwire.edge.limits import ConnectionLimiter, LimitsMiddleware, ScopedRegistry, StreamGuard
 from tokenwire.edge.metrics import Metrics
+from tokenwire.edge.proxy import ForwardedHeaders
 from tokenwire.edge.responses import error_response
 from tokenwire.edge.security import (
     Authenticator,
     HostCheck,
+    HostPolicy,
     OriginPolicy,
     SecurityMiddleware,
-    allowed_hosts,
     auth_state,
 )
 from tokenwire.errors import InvalidField, InvalidRequest, TokenwireError, Unauthorized
@@ -69,12 +70,15 @@ class Guards:
         return routes
 
     def middleware(self) -> list[Middleware]:
-        """Outermost first: Host (DNS rebinding), CORS (answers preflights; only with an
-        allowlist), Origin + authentication + WebSocket connection limits, sizes. (Open
-        connections are counted by the SSE response and the WebSocket session themselves, not
-        by a wrapper of every ``send``.)"""
+        """Outermost first: forwarded headers of trusted proxies, Host (DNS rebinding), CORS
+        (answers preflights; only with an allowlist), Origin + authentication + WebSocket
+        connection limits, sizes. (Open connections are counted by the SSE response and the
+        WebSocket session themselves, not by a wrapper of every ``send``.)"""
         settings = self.settings
-        stack = [Middleware(HostCheck, allowed_hosts=allowed_hosts(settings))]
+        stack = [
+            Middleware(ForwardedHeaders, trusted=settings.forwarded_allow_ips),
+            Middleware(HostCheck, policy=HostPolicy.of(settings)),
+        ]
         if settings.allowed_origins:
             stack.append(
                 Middleware(

@@ -2,15 +2,21 @@
 
 Both transports pass through :class:`SecurityMiddleware` (pure ASGI), before any route runs:
 
-0. ``Host`` (:class:`HostCheck`, outermost): a request whose ``Host`` is not on
-   ``allowed_hosts`` is refused with 400 invalid_request (a WebSocket handshake is denied),
-   before the Origin check, whose "same origin" trusts ``Host``: a DNS-rebinding page, whose
-   own name now resolves to this server, sends Host = Origin = its name. With no
-   ``allowed_hosts``, a server bound to loopback answers only the loopback names.
+0. ``Host`` (:class:`HostCheck`, just inside :class:`tokenwire.edge.proxy.ForwardedHeaders`):
+   a request whose ``Host`` is not served (:class:`HostPolicy`) is refused with 400
+   invalid_request (a WebSocket handshake is denied), before the Origin check, whose "same
+   origin" trusts ``Host``: a DNS-rebinding page, whose own name now resolves to this server,
+   sends Host = Origin = its name. With no ``allowed_hosts``, a server bound to loopback
+   answers only the loopback names. The host a trusted proxy forwards is checked against
+   ``allowed_hosts`` when that is set.
 1. ``Origin``: a browser request (HTTP or WebSocket handshake) whose ``Origin`` is neither the
-   server's own origin nor an exact entry of ``allowed_origins`` is refused: HTTP 403, or the
-   WebSocket handshake is denied with 403 before accept (cross-site WebSocket hijacking; RFC 6455
-   section 10.2). Requests without an ``Origin`` (curl, SDKs) are not browser requests and pass.
+   server's own origin (scheme and host, as a trusted proxy forwards them, else the request's)
+   nor an exact entry of ``allowed_origins`` is refused: HTTP 403, or the WebSocket handshake
+   is denied with 403 before accept (cross-site WebSocket hijacking; RFC 6455 section 10.2).
+   Requests without an ``Origin`` (curl, SDKs) are not browser requests and pass; so do GET
+   requests for the demo page and its static files (``/``, ``/web/...``), which browsers fetch
+   with an ``Origin`` (module scripts are CORS requests: WHATWG HTML "fetch a single module
+   script", WHATWG Fetch "Origin header") and which hold nothing to protect.
    Starlette's ``CORSMiddleware`` never looks at WebSocket scopes, so this check is our own.
 2. Credentials, when authentication is on: ``Authorization: Bearer <API key or signed token>``
    on every route; the signed token also as the ``token`` query parameter on GET requests and the
@@ -38,7 +44,6 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlsplit
 
 from starlette.datastructures import Headers
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenwire.edge.keys import (
@@ -48,12 +53,13 @@ from tokenwire.edge.keys import (
     Principal,
     TokenSigner,
 )
+from tokenwire.edge.proxy import forwarded
 from tokenwire.edge.responses import deny_websocket, send_error
 from tokenwire.errors import ErrorCode, Forbidden, InvalidRequest, TokenwireError, Unauthorized
 from tokenwire.lifecycle import route_path, with_request_id
 from tokenwire.logs import request_id_var
 from tokenwire.protocol.websocket import CloseCode
-from tokenwire.settings import Settings
+from tokenwire.settings import Settings, check_trusted
 
 if TYPE_CHECKING:
     from tokenwire.edge.limits import ConnectionLimiter
@@ -63,6 +69,7 @@ log = logging.getLogger("tokenwire.edge.security")
 
 PUBLIC_PATHS = frozenset({"/healthz", "/"})  # never behind auth: liveness, the demo page
 PUBLIC_PREFIXES = ("/web/",)  # the demo page's static files (no secrets; its streams need auth)
+STATIC_PATHS = frozenset({"/"})  # with PUBLIC_PREFIXES: GET needs no Origin match
 REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
@@ -106,11 +113,13 @@ class OriginPolicy:
             normalized = normalize_origin(origin)
         except ValueError:
             return False  # "null" (sandboxed frames, file://) and garbage
-        return normalized in self.allowed or normalized == _own_origin(scope)
+        return normalized in self.allowed or normalized == own_origin(scope)
 
 
-def _own_origin(scope: Scope) -> str | None:
-    host = Headers(scope=scope).get("host")
+def own_origin(scope: Scope) -> str | None:
+    """This server's origin as the client addressed it: the scheme and host a trusted proxy
+    forwarded (:mod:`tokenwire.edge.proxy`), else the connection's scheme and ``Host``."""
+    host = forwarded(scope).host or Headers(scope=scope).get("host")
     if not host:
         return None
     scheme = {"ws": "http", "wss": "https"}.get(scope.get("scheme", "http"), scope["scheme"])
@@ -122,50 +131,96 @@ def _own_origin(scope: Scope) -> str | None:
 
 # -- hosts ------------------------------------------------------------------------------------
 
-LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
-def allowed_hosts(settings: Settings) -> list[str]:
-    """The ``Host`` patterns the server answers: ``settings.allowed_hosts``, else the loopback
-    names when it is bound to a loopback address, else any host (``*``)."""
-    if settings.allowed_hosts:
-        return list(settings.allowed_hosts)
-    return list(LOOPBACK_HOSTS) if is_loopback(settings.host) else ["*"]
+def host_name(host: str) -> str:
+    """The name of a ``Host`` value, without its port or IPv6 brackets, in lower case."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
 
 
-class HostCheck(TrustedHostMiddleware):
-    """Starlette's :class:`TrustedHostMiddleware` (its patterns and matching: exact names, or
-    ``*.example.com``), with the refusal written by :mod:`tokenwire.edge.responses`: 400
-    invalid_request, or a denied WebSocket handshake. No ``www.`` redirect."""
+def check_host_patterns(patterns: list[str]) -> list[str]:
+    """``allowed_hosts`` entries, once each is a name, ``*.`` and a domain, or ``*``.
+    Raises ``ValueError`` naming the first bad entry."""
+    for pattern in patterns:
+        rest = pattern.removeprefix("*.")
+        if pattern != "*" and ("*" in rest or not rest):
+            raise ValueError(
+                f"TOKENWIRE_ALLOWED_HOSTS: a host pattern is a name, *.domain or *: {pattern!r}"
+            )
+    return [host_name(p) if "*" not in p else p.lower() for p in patterns]
 
-    def __init__(self, app: ASGIApp, *, allowed_hosts: list[str]) -> None:
-        async def passed(scope: Scope, receive: Receive, send: Send) -> None:
-            scope["tokenwire.host_ok"] = True
-            await app(scope, receive, send)
 
-        super().__init__(passed, allowed_hosts=allowed_hosts, www_redirect=False)
+def _matches(name: str, patterns: list[str]) -> bool:
+    return any(
+        p == "*" or name == p or (p.startswith("*.") and name.endswith(p[1:])) for p in patterns
+    )
+
+
+class HostPolicy:
+    """Which ``Host`` values are served (DNS rebinding), as Starlette's
+    ``TrustedHostMiddleware`` patterns: exact names, ``*.example.com``, or ``*``.
+
+    - The request's own ``Host`` must match ``allowed_hosts``, or be a loopback name when the
+      server is bound to loopback; with no ``allowed_hosts`` and another bind, any host is.
+      A loopback name is always served on a loopback bind: a rebinding page's requests carry
+      its own name, and a proxy's ``proxy_pass http://127.0.0.1:8000`` sends that address.
+    - The host a trusted proxy forwards must match ``allowed_hosts`` when it is set; when it is
+      not, the proxy chose what it serves (its ``server_name``).
+    """
+
+    def __init__(self, allowed: list[str], *, loopback_bind: bool) -> None:
+        self.allowed = check_host_patterns(allowed)
+        own = list(self.allowed) + (list(LOOPBACK_HOSTS) if loopback_bind else [])
+        self.own = own if own else ["*"]
+
+    @classmethod
+    def of(cls, settings: Settings) -> HostPolicy:
+        return cls(settings.allowed_hosts, loopback_bind=is_loopback(settings.host))
+
+    def refusal(self, host: str | None, forwarded_host: str | None) -> str | None:
+        """Why a request with this ``Host`` (and host forwarded by a trusted proxy) is not
+        served, or ``None`` when it is."""
+        if not _matches(host_name(host or ""), self.own):
+            return (
+                f"Host {(host or '')[:80]!r} is not served here; list it in "
+                "TOKENWIRE_ALLOWED_HOSTS (allowed_hosts)"
+            )
+        if (
+            forwarded_host
+            and self.allowed
+            and not _matches(host_name(forwarded_host), self.allowed)
+        ):
+            return (
+                f"the forwarded host {forwarded_host[:80]!r} is not served here; list it in "
+                "TOKENWIRE_ALLOWED_HOSTS (allowed_hosts)"
+            )
+        return None
+
+
+class HostCheck:
+    """Pure ASGI middleware: a request whose host :class:`HostPolicy` refuses gets 400
+    invalid_request (a WebSocket handshake is denied; see :mod:`tokenwire.edge.responses`)."""
+
+    def __init__(self, app: ASGIApp, *, policy: HostPolicy) -> None:
+        self.app = app
+        self.policy = policy
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.allow_any or scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
-        refused = False
-
-        async def refusing(message: Message) -> None:
-            nonlocal refused
-            if scope.get("tokenwire.host_ok") or refused:
-                if not refused:
-                    await send(message)
-                return  # the rest of Starlette's plain-text refusal
-            refused = True
-            host = Headers(scope=scope).get("host", "")
-            error = InvalidRequest(f"Host {host[:80]!r} is not served here; see allowed_hosts")
-            if scope["type"] == "websocket":
-                await deny_websocket(scope, send, error)
-            else:
-                await send_error(send, error, scope["path"])
-
-        await super().__call__(scope, receive, refusing)
+        if scope["type"] in ("http", "websocket"):
+            host = Headers(scope=scope).get("host")
+            reason = self.policy.refusal(host, forwarded(scope).host)
+            if reason is not None:
+                error = InvalidRequest(reason)
+                if scope["type"] == "websocket":
+                    await deny_websocket(scope, send, error)
+                else:
+                    await send_error(send, error, scope["path"])
+                return
+        await self.app(scope, receive, send)
 
 
 # -- the authenticator ------------------------------------------------------------------------
@@ -187,6 +242,8 @@ def check_settings(settings: Settings) -> None:
 
     Raises ``ValueError`` naming the problem (never a key)."""
     OriginPolicy(settings.allowed_origins)
+    check_host_patterns(settings.allowed_hosts)
+    check_trusted(settings.forwarded_allow_ips)
     keys = KeyStore([key.get_secret_value() for key in settings.api_keys], settings.api_keys_file)
     if settings.auth == "required" and not keys.configured:
         raise ValueError("auth=required but neither api_keys nor api_keys_file is set")
@@ -368,9 +425,17 @@ class SecurityMiddleware:
             slots.release()
 
     def _check(self, scope: Scope, headers: Headers) -> AuthState:
-        if not self.origins.allows(headers.get("origin"), scope):
-            raise Forbidden("this Origin is not allowed; see allowed_origins")
         path = route_path(scope)  # inside a mount too: /llm/healthz -> /healthz
+        origin = headers.get("origin")
+        static = scope.get("method") in ("GET", "HEAD") and (
+            path in STATIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+        )
+        if not static and not self.origins.allows(origin, scope):
+            raise Forbidden(
+                f"the Origin {str(origin)[:100]!r} is not allowed: this server's origin is "
+                f"{own_origin(scope)!r} (see allowed_origins; behind a proxy, it must forward "
+                "X-Forwarded-Host with the port and X-Forwarded-Proto, see forwarded_allow_ips)"
+            )
         if not self.auth.enabled or path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
             return AuthState(ANONYMOUS)
         credential = self.auth.credential_of(scope)
