@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +73,11 @@ if TYPE_CHECKING:
     from tokenwire.routes import Answer, TokenwireApp
 
 MAX_LANE_LENGTH = 128
+
+UNWRITTEN_GRACE = 30.0
+"""Seconds after its creation during which a response whose stream a shared log (Redis) does
+not hold yet counts as ``queued`` (its first events may not have reached Redis); later, as
+expired (404). A memory log holds a stream from its creation: unknown there is expired."""
 
 
 class EncoderTransport(Transport):
@@ -152,8 +158,8 @@ class ResponsesRoutes:
 
     async def read(self, record: ResponseRecord) -> ResponsesEncoder:
         """An encoder fed with every event the log holds of ``record``'s stream so far
-        (nothing yet: the object is still ``queued``). Raises :class:`NotFound` when the log
-        no longer keeps the stream."""
+        (nothing yet, within :data:`UNWRITTEN_GRACE` of its creation: the object is still
+        ``queued``). Raises :class:`NotFound` when the log no longer keeps the stream."""
         encoder = _encoder(record)
         try:
             snapshot = self.log.snapshot(record.stream_id, 0)
@@ -163,7 +169,10 @@ class ResponsesRoutes:
                 reader = await self.log.open_reader(record.stream_id, 0)
                 events = reader.catch_up
                 await reader.aclose()
-        except UnknownStream:
+        except UnknownStream as exc:
+            shared = self.log.name != "memory"  # a memory log holds a stream from its creation
+            if not shared or time.time() - record.created_at > UNWRITTEN_GRACE:
+                raise NotFound(f"Response with id '{record.id}' is no longer kept.") from exc
             events = []
         except CursorExpired as exc:
             raise NotFound(f"Response with id '{record.id}' is no longer kept.") from exc
@@ -258,6 +267,10 @@ class ResponsesRoutes:
     # -- HTTP -----------------------------------------------------------------------------
 
     async def create(self, request: Request) -> Answer:
+        """``POST /v1/responses``: the events over SSE (``stream``), the object at once and
+        the response detached (``background``), or the object once complete. 400 for a field
+        refused (OpenAI's shape, ``param`` naming it), 404 for an unknown
+        ``previous_response_id``, 429 / 503 from the limits and the log."""
         scoped = self.app.scoped(request)
         try:
             body = _request_body(await _json(request))
@@ -349,6 +362,7 @@ class ResponsesRoutes:
     # -- WebSocket mode ---------------------------------------------------------------------
 
     async def websocket(self, websocket: WebSocket) -> None:
+        """WebSocket mode on ``/v1/responses`` (see :class:`ResponsesSession`)."""
         session = ResponsesSession(self, websocket)
         await session.run()
 

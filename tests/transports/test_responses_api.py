@@ -316,3 +316,21 @@ def test_a_raw_websocket_gets_openai_errors_for_bad_messages(server):
             frames.append(json.loads(ws.recv()))
     response = Response.model_validate(frames[-1]["response"])
     assert response.output_text == scripted_text(12)
+
+
+def test_a_response_whose_stream_the_log_forgot_is_not_found():
+    app, _ = scripted_app(stream_log_ttl=0.05)
+    with serve(app) as running:
+        with openai.OpenAI(base_url=running.base_url + "/v1", api_key="x", max_retries=0) as sdk:
+            response = sdk.responses.create(model="scripted", input="hi")
+            status = "completed"
+            while status == "completed":  # until the log forgets the ended stream
+                try:
+                    status = sdk.responses.retrieve(response.id).status
+                except openai.NotFoundError as exc:
+                    assert "no longer kept" in exc.message
+                    status = "gone"
+            with pytest.raises(openai.NotFoundError):
+                sdk.responses.retrieve(response.id, stream=True)
+            with pytest.raises(openai.NotFoundError):
+                sdk.responses.create(model="scripted", input="x", previous_response_id=response.id)

@@ -20,6 +20,10 @@ Backends, chosen by ``TOKENWIRE_STREAM_LOG`` (see :func:`create_stream_log`):
 - ``redis://...``: Redis Streams, shared by every worker and host of a deployment
   (:mod:`tokenwire.streams.redis_log`).
 
+Beside the events, a log keeps small *documents* (:meth:`StreamLog.put_document`,
+:meth:`StreamLog.get_document`): text under a key, with a TTL, shared as the events are, for
+what a protocol keeps beside its streams (the OpenAI Responses API's response records).
+
 Errors raised to callers: :class:`UnknownStream`, :class:`CursorExpired` (both answered with
 ``stream.reset``), :class:`CursorAhead` (an ``invalid_request``), :class:`StreamLogUnavailable`
 (a retryable ``unavailable`` error).
