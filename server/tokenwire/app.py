@@ -15,6 +15,10 @@ Routes (wire protocol v1, see README):
     GET  /v1/ws                         WebSocket: generate / cancel / resume / ping, multiplexed
     POST /v1/chat/completions           OpenAI-compatible, streamed or not
     GET  /v1/models                     OpenAI-compatible model list
+    POST /v1/responses                  OpenAI Responses: streamed, not, or in the background
+    GET  /v1/responses/{response_id}    the Response object; ?stream=true&starting_after=N
+    POST /v1/responses/{response_id}/cancel
+    GET  /v1/responses                  WebSocket mode (response.create), see routes_responses
     GET  /healthz                       liveness and live stream count (never behind auth)
     GET  /                              the demo chat page (and /web/* its files; see web.py)
     POST /v1/tokens                     201 {token, expires_at, expires_in}: a short-lived token
@@ -37,6 +41,7 @@ from tokenwire.lifecycle import ServerSendApp, drain_on_sigterm, gc_young_thresh
 from tokenwire.logs import configure_logging, install_log_filters
 from tokenwire.providers import ProviderSpec, as_provider, create_provider
 from tokenwire.routes import TokenwireApp
+from tokenwire.routes_responses import ResponsesRoutes
 from tokenwire.settings import Settings
 from tokenwire.streams.log import create_stream_log
 from tokenwire.web import web_routes
@@ -71,6 +76,7 @@ def create_app(
     backend = create_provider(settings) if provider is None else as_provider(provider, settings)
     stream_log = create_stream_log(settings)
     state = TokenwireApp(settings, backend, stream_log)
+    responses = ResponsesRoutes(state)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -98,6 +104,10 @@ def create_app(
         WebSocketRoute("/v1/ws", state.websocket),
         Route("/v1/chat/completions", state.chat_completions, methods=["POST"]),
         Route("/v1/models", state.models, methods=["GET"]),
+        Route("/v1/responses", responses.create, methods=["POST"]),
+        WebSocketRoute("/v1/responses", responses.websocket),
+        Route("/v1/responses/{response_id}", responses.retrieve, methods=["GET"]),
+        Route("/v1/responses/{response_id}/cancel", responses.cancel, methods=["POST"]),
         Route("/healthz", state.healthz, methods=["GET"]),
         *web_routes(settings.web_dir),
         *state.guards.routes(),  # POST /v1/tokens, GET /metrics

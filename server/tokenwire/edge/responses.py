@@ -41,8 +41,8 @@ from tokenwire.protocol.websocket import CloseCode
 
 log = logging.getLogger("tokenwire.app")
 
-OPENAI_PATHS = ("/v1/chat/completions", "/v1/models")
-"""Routes whose errors take OpenAI's shape."""
+OPENAI_PATHS = ("/v1/chat/completions", "/v1/models", "/v1/responses")
+"""Routes whose errors take OpenAI's shape (and every path under ``/v1/responses/``)."""
 
 _JSON = "application/json"
 
@@ -79,7 +79,7 @@ def error_response(exc: TokenwireError, *, openai: bool = False) -> Response:
 
 
 def is_openai_path(path: str) -> bool:
-    return path in OPENAI_PATHS
+    return path in OPENAI_PATHS or path.startswith("/v1/responses/")
 
 
 async def send_error(send: Send, exc: TokenwireError, path: str = "") -> None:
@@ -96,7 +96,7 @@ async def deny_websocket(scope: Scope, send: Send, exc: TokenwireError) -> None:
         await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
         return
     handshake_denied_var.set(True)  # see tokenwire.logs.DeniedHandshakeFilter
-    body = error_body(exc)
+    body = error_body(exc, openai=is_openai_path(route_path(scope)))
     await send(
         {"type": "websocket.http.response.start", "status": exc.status, "headers": _raw(exc, body)}
     )

@@ -25,6 +25,10 @@ anonymous), given with :meth:`StreamLog.claim` and kept with the stream's events
 as they are kept, in memory and in Redis; :meth:`StreamLog.owner_of` answers it for any stream,
 live here, live elsewhere or ended, so that the edge can check it on every read and cancel.
 
+Beside the events, a log keeps small *documents* (:meth:`StreamLog.put_document`,
+:meth:`StreamLog.get_document`): text under a key, with a TTL, shared as the events are, for
+what a protocol keeps beside its streams (the OpenAI Responses API's response records).
+
 Errors raised to callers: :class:`UnknownStream`, :class:`CursorExpired` and
 :class:`StreamLost` (answered with ``stream.reset``, reason :func:`reset_reason`),
 :class:`CursorAhead` (an ``invalid_request``), :class:`StreamLogUnavailable` (a retryable
@@ -335,6 +339,24 @@ class StreamLog(ABC):
         """Register ``handler(op, stream_id)`` for control messages from other processes
         (``cancel``, ``attach``, ``detach``). Single-process logs have none."""
 
+    # -- documents ----------------------------------------------------------------------------
+    # Small values that a protocol keeps beside its streams, shared as the log is (every
+    # worker on one Redis sees the same), e.g. the OpenAI Responses API's response records.
+
+    @abstractmethod
+    async def put_document(self, key: str, value: str, *, ttl: float) -> None:
+        """Keep ``value`` (text, a few KiB: it is not bounded by ``max_bytes``) under ``key``
+        for ``ttl`` seconds, replacing any value kept there. Visible to every process that
+        shares the log once this returns.
+
+        Raises :class:`StreamLogUnavailable` if the storage cannot be reached."""
+
+    @abstractmethod
+    async def get_document(self, key: str) -> str | None:
+        """The value kept under ``key``, or ``None`` (never put, or its ``ttl`` passed).
+
+        Raises :class:`StreamLogUnavailable` if the storage cannot be reached."""
+
 
 class _ReplayReader(LogReader):
     """A reader of an ended stream: everything is in the catch-up."""
@@ -361,6 +383,8 @@ class MemoryStreamLog(StreamLog):
         super().__init__(max_events=max_events, max_bytes=max_bytes, ttl=ttl)
         self.max_streams = max_streams
         self._ended_streams: OrderedDict[str, StreamRecord] = OrderedDict()
+        # key -> (time.monotonic() it expires at, value), oldest put first
+        self._documents: OrderedDict[str, tuple[float, str]] = OrderedDict()
 
     def _ended(self, stream_id: str, record: StreamRecord) -> None:
         del self._local[stream_id]
@@ -389,6 +413,24 @@ class MemoryStreamLog(StreamLog):
         if record is None:
             raise UnknownStream(f"no stream {stream_id!r} (unknown, or forgotten after its TTL)")
         return _ReplayReader(stream_id, record.after(stream_id, after_seq))
+
+    async def put_document(self, key: str, value: str, *, ttl: float) -> None:
+        """See :meth:`StreamLog.put_document`; at most ``max_streams`` documents are kept
+        (oldest put forgotten first)."""
+        self._documents.pop(key, None)
+        self._documents[key] = (time.monotonic() + ttl, value)
+        while len(self._documents) > self.max_streams:
+            self._documents.popitem(last=False)
+
+    async def get_document(self, key: str) -> str | None:
+        kept = self._documents.get(key)
+        if kept is None:
+            return None
+        expires_at, value = kept
+        if time.monotonic() > expires_at:
+            del self._documents[key]
+            return None
+        return value
 
 
 def create_stream_log(settings: Settings) -> StreamLog:

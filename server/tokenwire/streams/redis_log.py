@@ -12,6 +12,7 @@ Layout (``{id}`` is the stream id)::
                             with the events whatever the trimming.
     tokenwire:{id}:owner    present while the process that runs the stream is alive (a lease,
                             renewed every ``lease / 3`` seconds, ``lease`` seconds long).
+    tokenwire:doc:{key}     a document (:meth:`StreamLog.put_document`): a string with a TTL.
     tokenwire:control       pub/sub channel: ``cancel <id>``, ``attach <id>``, ``detach <id>``.
 
 Writes never wait: :meth:`RedisStreamLog.append` keeps the event in memory (so that local
@@ -82,6 +83,10 @@ def _events_key(stream_id: str) -> str:
 
 def _owner_key(stream_id: str) -> str:
     return f"tokenwire:{stream_id}:owner"
+
+
+def _document_key(key: str) -> str:
+    return f"tokenwire:doc:{key}"
 
 
 _XReadReply = list[tuple[Any, list[tuple[Any, dict[Any, Any]]]]]
@@ -367,6 +372,25 @@ class RedisStreamLog(StreamLog):
         if op in ("cancel", "attach", "detach") and stream_id in self._local:
             for handler in self._control:
                 handler(op, stream_id)
+
+    # -- documents ----------------------------------------------------------------------------
+
+    async def put_document(self, key: str, value: str, *, ttl: float) -> None:
+        try:
+            self.commands += 1
+            await self.redis.set(_document_key(key), value.encode(), ex=max(1, round(ttl)))
+        except RedisError as exc:
+            raise StreamLogUnavailable(f"the stream log (Redis) is unavailable: {exc}") from exc
+
+    async def get_document(self, key: str) -> str | None:
+        try:
+            self.commands += 1
+            value = await self.redis.get(_document_key(key))
+        except RedisError as exc:
+            raise StreamLogUnavailable(f"the stream log (Redis) is unavailable: {exc}") from exc
+        if isinstance(value, bytes):
+            return value.decode()
+        return None if value is None else str(value)
 
     # -- reading ------------------------------------------------------------------------------
 

@@ -68,6 +68,18 @@ async def collect(
     policy. Cancelling the caller detaches likewise.
     """
     transport = CollectTransport()
+    return transport if await collect_into(transport, attachment, receive, start=start) else None
+
+
+async def collect_into(
+    transport: Transport,
+    attachment: Attachment,
+    receive: Receive,
+    *,
+    start: Generation | None = None,
+) -> bool:
+    """:func:`collect` into a transport of the caller's (a codec's collector): returns whether
+    the stream was delivered to its end (False: the client disconnected first)."""
     delivery = Pump(attachment, transport)
     listener = asyncio.create_task(stop_on_disconnect(receive, delivery))
     if start is not None and start.state is GenerationState.CREATED:
@@ -79,4 +91,4 @@ async def collect(
     finally:
         listener.cancel()
         attachment.detach(outcome)
-    return transport if outcome == "ended" else None
+    return outcome == "ended"

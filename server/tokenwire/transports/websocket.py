@@ -76,6 +76,31 @@ class WebSocketTransport(Transport):
         return self._send({"type": "websocket.send", "text": text})
 
 
+Frames = Callable[[Event], list[str]]
+"""A stream's codec for another wire protocol: the text frames (none, one or more) that stand
+for one event."""
+
+
+class FramesTransport(WebSocketTransport):
+    """A :class:`WebSocketTransport` for one stream whose events another protocol's codec
+    frames (``frames``, e.g. the OpenAI Responses encoder's JSON events), on the same socket as
+    any other stream: frames are whole, so several such transports share a socket unlocked."""
+
+    def __init__(self, websocket: WebSocket, frames: Frames) -> None:
+        super().__init__(websocket)
+        self._frames = frames
+
+    def send_event(self, event: Event) -> Write:
+        texts = self._frames(event)
+        if len(texts) == 1:
+            return self.send_text(texts[0])
+        return self._send_texts(texts)
+
+    async def _send_texts(self, texts: list[str]) -> None:
+        for text in texts:
+            await self.send_text(text)
+
+
 class WebSocketSession:
     """One client socket: reads its messages and delivers its streams until it closes.
 
@@ -195,16 +220,22 @@ class WebSocketSession:
             return
         self._deliver_in_task(attachment)
 
-    def _deliver_in_task(self, attachment: Attachment) -> None:
-        task = asyncio.create_task(self._deliver(attachment))
+    def _deliver_in_task(self, attachment: Attachment, transport: Transport | None = None) -> None:
+        """Deliver ``attachment`` in a task of its own, through ``transport`` (default: this
+        socket's wire protocol v1 frames)."""
+        task = asyncio.create_task(self._deliver(attachment, transport or self.transport))
         self._streams[attachment.stream_id] = task
 
-    async def _deliver(self, attachment: Attachment) -> None:
+    def _delivered(self, attachment: Attachment) -> None:
+        """Called once a stream's delivery is over (ended, evicted, or the socket is gone),
+        after its detach; a hook for sessions of other protocols. Must not raise."""
+
+    async def _deliver(self, attachment: Attachment, transport: Transport) -> None:
         outcome: Detach = "disconnected"
         try:
             delivery = await pump(
                 attachment,
-                self.transport,
+                transport,
                 send_timeout=self.settings.send_timeout,
                 write_delay=self.settings.write_delay,
             )
@@ -216,6 +247,7 @@ class WebSocketSession:
         finally:
             self._streams.pop(attachment.stream_id, None)
             attachment.detach(outcome)
+            self._delivered(attachment)
         if outcome == "evicted":
             self._cut_off(codec.CloseCode.SLOW_CONSUMER)
 
