@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import asgi_client, serve, wait_for
+from tests.helpers import asgi_client, serve, wait_for
 from tokenwire.app import create_app
 from tokenwire.errors import ProviderError
 from tokenwire.protocol import sse, websocket
