@@ -255,6 +255,6 @@ async def test_the_page_works_with_the_bundled_local_model(browser, artifacts):
         await page.screenshot(path=artifacts / "chat-local-model.png")
         text = await last_reply(page)
         usage = await page.evaluate("window.tokenwireDemo.stream.end.usage")
-    assert model == "smollm2-135m-instruct.q4_1"
+    assert model.startswith("smollm2-135m-instruct.q4_1")  # then its context window
     assert text.strip() and usage["completion_tokens"] > 0
     assert errors == []
