@@ -87,7 +87,7 @@ def generate_over_websocket(nginx: Nginx, *, tls: bool) -> str:
         sock=sock,
         ssl=context,
         origin=nginx.url(tls=tls),
-        open_timeout=30,  # type: ignore[arg-type]
+        open_timeout=30,  # type: ignore[arg-type]  # connect()'s stubs omit open_timeout beside sock=
     ) as ws:
         ws.send(json.dumps({"type": "generate", "request_id": "a", "messages": MESSAGES}))
         text = ""
@@ -206,7 +206,7 @@ def test_a_direct_client_cannot_claim_another_host_or_scheme(tmp_path: Path) -> 
                         sock=socket.create_connection(
                             ("127.0.0.1", server.port), source_address=("127.0.0.2", 0)
                         ),
-                        origin="https://evil.example",  # type: ignore[arg-type]
+                        origin="https://evil.example",  # type: ignore[arg-type]  # websockets types origin as its Origin NewType
                         additional_headers=claim,
                         open_timeout=30,
                     ):

@@ -163,7 +163,7 @@ class ForwardedHeaders:
 
     def __init__(self, app: ASGIApp, *, trusted: list[str]) -> None:
         self.proxies = TrustedProxies(trusted)
-        self.app = ProxyHeadersMiddleware(self._apply, trusted_hosts=self.proxies.entries)  # type: ignore[arg-type]
+        self.app = ProxyHeadersMiddleware(self._apply, trusted_hosts=self.proxies.entries)  # type: ignore[arg-type]  # uvicorn types ASGI apps with its own _types, not Starlette's
         self.inner = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -171,7 +171,7 @@ class ForwardedHeaders:
             client = scope.get("client")
             if self.proxies.trusts(client[0] if client else None):
                 scope["tokenwire.forwarded"] = forwarded_of(scope["headers"])
-        await self.app(scope, receive, send)  # type: ignore[arg-type]
+        await self.app(scope, receive, send)  # type: ignore[arg-type]  # uvicorn's own ASGI types, as above
 
     async def _apply(self, scope: Scope, receive: Receive, send: Send) -> None:
         scheme = forwarded(scope).scheme

@@ -29,7 +29,7 @@ from tokenwire.protocol.events import (
     ToolCallStart,
     Usage,
 )
-from tokenwire.protocol.requests import GenerateParams
+from tokenwire.protocol.requests import OPTIONAL_FIELDS, GenerateParams
 
 DONE = b"data: [DONE]\n\n"
 
@@ -54,28 +54,9 @@ class StreamOptions(BaseModel):
     include_obfuscation: bool | None = None
 
 
-_PASSED_ON = (
-    "temperature",
-    "top_p",
-    "stop",
-    "seed",
-    "tools",
-    "tool_choice",
-    "parallel_tool_calls",
-    "response_format",
-    "reasoning_effort",
-    "presence_penalty",
-    "frequency_penalty",
-    "logit_bias",
-    "user",
-    "metadata",
-    "store",
-    "service_tier",
-    "prediction",
-    "verbosity",
-    "prompt_cache_key",
-    "safety_identifier",
-)
+_PASSED_ON = ("temperature", "top_p", "stop", "seed", *OPTIONAL_FIELDS)
+"""The request fields a chat completion hands on as they are: the core sampling ones and every
+field a provider may or may not honour (:data:`~tokenwire.protocol.requests.OPTIONAL_FIELDS`)."""
 
 
 class ChatCompletionRequest(GenerateParams):
@@ -149,16 +130,22 @@ def _dumps(obj: dict[str, Any]) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
+def error_object(
+    code: ErrorCode | str, message: str, *, param: str | None = None
+) -> dict[str, Any]:
+    """OpenAI's error object: ``{"message", "type", "param", "code"}``; a ``code`` of OpenAI's
+    own (a string, e.g. ``response_already_in_flight``) is an ``invalid_request_error``."""
+    kind = (
+        _ERROR_TYPES.get(code, "server_error")
+        if isinstance(code, ErrorCode)
+        else "invalid_request_error"
+    )
+    return {"message": message, "type": kind, "param": param, "code": str(code)}
+
+
 def error_body(code: ErrorCode, message: str, *, param: str | None = None) -> dict[str, Any]:
     """OpenAI's error shape: ``{"error": {"message", "type", "param", "code"}}``."""
-    return {
-        "error": {
-            "message": message,
-            "type": _ERROR_TYPES.get(code, "server_error"),
-            "param": param,
-            "code": str(code),
-        }
-    }
+    return {"error": error_object(code, message, param=param)}
 
 
 class ChunkEncoder:

@@ -68,18 +68,10 @@ from tokenwire.protocol.events import (
     ToolCallStart,
     Usage,
 )
+from tokenwire.protocol.openai import error_object
 
 ResponseStatus = Literal["queued", "in_progress", "completed", "incomplete", "cancelled", "failed"]
 """The ``status`` of a Response object."""
-
-_ERROR_TYPES = {
-    ErrorCode.INVALID_REQUEST: "invalid_request_error",
-    ErrorCode.NOT_FOUND: "invalid_request_error",
-    ErrorCode.UNAUTHORIZED: "authentication_error",
-    ErrorCode.FORBIDDEN: "permission_error",
-    ErrorCode.PAYLOAD_TOO_LARGE: "invalid_request_error",
-    ErrorCode.RATE_LIMITED: "rate_limit_error",
-}
 
 
 def _dumps(obj: Any) -> str:
@@ -798,18 +790,6 @@ def encode_sse(events: list[dict[str, Any]]) -> bytes:
 def encode_json(events: list[dict[str, Any]]) -> list[str]:
     """WebSocket text frames of Responses events: one compact JSON object each."""
     return [_dumps(event) for event in events]
-
-
-def error_object(
-    code: ErrorCode | str, message: str, *, param: str | None = None
-) -> dict[str, Any]:
-    """OpenAI's error object: ``{"message", "type", "param", "code"}``."""
-    kind = (
-        _ERROR_TYPES.get(code, "server_error")
-        if isinstance(code, ErrorCode)
-        else "invalid_request_error"
-    )
-    return {"message": message, "type": kind, "param": param, "code": str(code)}
 
 
 def ws_error(
