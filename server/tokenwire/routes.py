@@ -11,6 +11,7 @@ import contextlib
 import json
 import secrets
 import time
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -49,7 +50,7 @@ from tokenwire.transports.sse import EventStreamResponse
 from tokenwire.transports.websocket import WebSocketSession
 
 
-async def _json_body(request: Request) -> Any:
+async def json_body(request: Request) -> Any:
     """The request's JSON body. Raises :class:`InvalidRequest` for invalid JSON, and for JSON
     nested deeper than the parser's recursion limit (about 1,000 levels)."""
     raw = await request.body()
@@ -59,6 +60,19 @@ async def _json_body(request: Request) -> Any:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
     except RecursionError:
         raise InvalidRequest("request body is nested too deeply") from None
+
+
+@contextlib.contextmanager
+def released_on_error(generation: Generation) -> Iterator[None]:
+    """End ``generation`` (created, not started) if the block raises: started and cancelled
+    at once, so that it leaves the registry and its stream limits (for the steps a route
+    takes between ``create`` and handing the generation to a transport)."""
+    try:
+        yield
+    except BaseException:
+        generation.start()
+        generation.cancel()
+        raise
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -141,7 +155,7 @@ class TokenwireApp:
     async def create_stream(self, request: Request) -> Answer:
         detached = _wants_json(request.headers.get("accept", ""))
         try:
-            params = self.limit_params(_validate(GenerateParams, await _json_body(request)))
+            params = self.limit_params(_validate(GenerateParams, await json_body(request)))
             if detached and params.on_disconnect == "cancel":
                 raise InvalidField(
                     "on_disconnect: a detached stream (Accept: application/json) must use detach"
@@ -225,7 +239,7 @@ class TokenwireApp:
 
     async def chat_completions(self, request: Request) -> Answer:
         try:
-            body = _validate(oai.ChatCompletionRequest, await _json_body(request))
+            body = _validate(oai.ChatCompletionRequest, await json_body(request))
             refused = body.refused()
             if refused is not None:
                 field, why = refused

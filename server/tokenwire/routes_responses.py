@@ -49,7 +49,7 @@ from starlette.websockets import WebSocket
 from tokenwire.edge.responses import error_response
 from tokenwire.errors import InvalidRequest, NotFound, TokenwireError
 from tokenwire.protocol.events import Event
-from tokenwire.protocol.requests import GenerateParams, describe_validation_error
+from tokenwire.protocol.requests import GenerateParams, describe_validation_error, invalid_request
 from tokenwire.protocol.responses import (
     ResponseRecord,
     ResponsesEncoder,
@@ -60,6 +60,7 @@ from tokenwire.protocol.responses import (
     responses_param,
     ws_error,
 )
+from tokenwire.routes import json_body, released_on_error
 from tokenwire.settings import DisconnectPolicy
 from tokenwire.streams.generation import Generation
 from tokenwire.streams.log import CursorExpired, UnknownStream
@@ -110,9 +111,7 @@ def _request_body(data: Any) -> ResponsesRequest:
     try:
         body = ResponsesRequest.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        param = ".".join(str(part) for part in first["loc"]) or None
-        raise InvalidRequest(describe_validation_error(exc), param=param) from exc
+        raise invalid_request(exc) from exc
     refused = body.refused()
     if refused is not None:
         field, why = refused
@@ -254,14 +253,10 @@ class ResponsesRoutes:
             background=background,
         )
         if body.wants_store:
-            try:
+            with released_on_error(generation):
                 await self.log.put_document(
                     record_key(record.id), record.model_dump_json(), ttl=self.record_ttl
                 )
-            except BaseException:
-                generation.start()  # ends it (cancelled) and so releases it
-                generation.cancel()
-                raise
         return generation, record
 
     # -- HTTP -----------------------------------------------------------------------------
@@ -273,7 +268,7 @@ class ResponsesRoutes:
         ``previous_response_id``, 429 / 503 from the limits and the log."""
         scoped = self.app.scoped(request)
         try:
-            body = _request_body(await _json(request))
+            body = _request_body(await json_body(request))
             if body.background and not body.wants_store:
                 raise InvalidRequest("store: a background response must be stored", param="store")
             generation, record = await self.start(
@@ -365,14 +360,6 @@ class ResponsesRoutes:
         """WebSocket mode on ``/v1/responses`` (see :class:`ResponsesSession`)."""
         session = ResponsesSession(self, websocket)
         await session.run()
-
-
-async def _json(request: Request) -> Any:
-    raw = await request.body()
-    try:
-        return json.loads(raw)
-    except ValueError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
 
 
 class ResponsesSession(WebSocketSession):
