@@ -5,11 +5,8 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
-
-import pytest
 
 from tests.helpers import scripted_app, serve
 from tokenwire.protocol.requests import GenerateParams
@@ -24,10 +21,6 @@ def script_for(params: GenerateParams) -> Script:
     return Script(tokens=12)
 
 
-@pytest.mark.skipif(
-    shutil.which("node") is None or not (NODE_DIR / "node_modules" / "openai").exists(),
-    reason="needs node and tests/node's installed packages (make test runs npm ci)",
-)
 def test_the_node_sdk_streams_and_resumes_a_response():
     app, provider = scripted_app()
     provider.script_for = script_for

@@ -175,7 +175,6 @@ class ScriptedProvider(Provider):
 
     name = "scripted"
     honours = CAPABILITIES  # a fake: it takes every field; what it sends is its script's
-    honours = CAPABILITIES  # a fake: it takes every field; what it sends is its script's
 
     def __init__(
         self,
