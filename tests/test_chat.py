@@ -205,7 +205,7 @@ def test_slash_commands_are_handled_here_never_sent_to_the_model(tmp_path):
             child.expect_exact(PROMPT)
 
             exchange(child, "first")
-            child.sendline("/clear")
+            child.send("/cl\t\r")  # Tab completes a command
             child.expect_exact("conversation cleared")
             child.expect_exact(PROMPT)
             exchange(child, "second")
@@ -258,6 +258,9 @@ def test_the_prompt_edits_lines_and_recalls_history_across_chats(tmp_path):
         child = spawn_chat(server.base_url, "sse", state=state, cwd=cwd)
         try:
             child.expect_exact(PROMPT)
+            child.send("never sent")
+            child.sendintr()  # Ctrl-C at the prompt discards the line
+            child.expect_exact(PROMPT)
             exchange(child, "wrld" + LEFT * 3 + "o")  # the cursor moves; "o" goes after "w"
             exchange(child, UP)  # the line just sent, again
             quit_chat(child)
@@ -265,7 +268,8 @@ def test_the_prompt_edits_lines_and_recalls_history_across_chats(tmp_path):
         finally:
             child.close(force=True)
         history = state / "tokenwire" / "chat_history"
-        assert "world" in history.read_text()
+        lines = history.read_text().splitlines()
+        assert lines[-1] == "world" and lines.count("world") == 1 and "never sent" not in lines
         assert stat.S_IMODE(history.stat().st_mode) == 0o600
         assert list(cwd.iterdir()) == []  # nothing written where the chat was started
 
