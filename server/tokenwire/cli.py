@@ -282,6 +282,10 @@ def chat(
     max_tokens: Annotated[
         int | None, typer.Option(min=1, help="Tokens per reply (default: the server's).")
     ] = None,
+    temperature: Annotated[
+        float | None,
+        typer.Option(min=0, max=2, help="Sampling temperature, 0 to 2 (default: the server's)."),
+    ] = None,
     system: Annotated[str | None, typer.Option(help="A system message to start with.")] = None,
     api_key: Annotated[
         str | None,
@@ -291,12 +295,21 @@ def chat(
             show_default=False,
         ),
     ] = None,
+    history: Annotated[
+        bool,
+        typer.Option(
+            help="Keep the lines typed in $XDG_STATE_HOME/tokenwire/chat_history "
+            "(~/.local/state when unset) for Up/Down in later chats."
+        ),
+    ] = True,
 ) -> None:
     """Chat with a running server in the terminal.
 
     Replies stream token by token (reasoning dimmed); Ctrl-C stops a reply (not the chat);
-    Ctrl-D or /exit quits."""
-    from tokenwire_client.chat import run_chat  # the client is only needed here
+    Ctrl-D or /exit quits. The prompt has line editing and history; /help lists the commands
+    (/clear, /model NAME, /exit), which never reach the model. Exit status 1, at once, when
+    no server answers at --url."""
+    from tokenwire_client.chat import history_path, run_chat  # the client is only needed here
 
     raise typer.Exit(
         run_chat(
@@ -304,8 +317,10 @@ def chat(
             transport=transport.value,
             model=model,
             max_tokens=max_tokens,
+            temperature=temperature,
             system=system,
             api_key=api_key,
+            history=history_path() if history else None,
         )
     )
 

@@ -161,6 +161,21 @@ async def test_an_unreachable_server_is_connection_lost_after_the_attempts(trans
     assert caught.value.stream_id is None and caught.value.last_seq == 0
 
 
+def test_models_lists_the_server_s_models_and_raises_typed_errors():
+    key = "tw_models-test-key-0123456789"
+    app, provider = scripted_app(api_keys=key)
+    provider.context_window = 2048
+    with serve(app) as server:
+        with Client(server.base_url, api_key=key) as client:
+            (model,) = client.models()
+        with Client(server.base_url) as client, pytest.raises(ServerError) as refused:
+            client.models()
+    assert model["id"] == "scripted" and model["context_window"] == 2048
+    assert refused.value.status == 401 and refused.value.code == "unauthorized"
+    with Client(f"http://127.0.0.1:{free_port()}") as client, pytest.raises(ConnectionLost):
+        client.models()
+
+
 async def test_a_terminal_close_code_raises_at_once():
     app, _ = scripted_app()
     with serve(app, ws_max_size=65536) as server:

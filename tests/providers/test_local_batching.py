@@ -2,9 +2,9 @@
 
 The pure parts (text assembly with stop strings, fair admission) are checked with tables; the
 rest runs the real bundled model: concurrent streams with their own limits, the queue and its
-events, cancel and disconnect while queued, a long prompt joining running streams, and the
-first-token deadline counted from admission. Nothing here is timed: the benchmark
-(``benchmarks/local_throughput.py``) measures speed.
+events, cancel and disconnect while queued, a long prompt joining running streams, the
+first-token deadline counted from admission, and the engine's numbers on ``GET /metrics``.
+Nothing here is timed: the benchmark (``benchmarks/local_throughput.py``) measures speed.
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import asgi_client, serve, wait_for
+from tests.helpers import asgi_client, provider_of, serve, wait_for
 from tokenwire.app import create_app
 from tokenwire.errors import ProviderError
 from tokenwire.protocol import sse, websocket
@@ -356,3 +358,60 @@ async def test_the_first_token_deadline_counts_from_admission():
     assert kinds[:3] == ["stream.start", "stream.queued", "stream.queued"]
     assert "error" not in kinds and kinds.count("text.delta") >= 1, response.text
     assert '"finish_reason":"length"' in response.text
+
+
+@pytest.mark.local_model
+async def test_metrics_show_the_slots_the_queue_and_the_engine_counters_at_scrape_time():
+    app = create_app(Settings(provider="local", local_parallel=2))
+    provider = provider_of(app)
+    assert isinstance(provider, LocalProvider)
+    with serve(app) as server:
+        async with (
+            AsyncClient(server.base_url, reconnect=None) as client,
+            httpx.AsyncClient(base_url=server.base_url) as http,
+        ):
+
+            async def scrape() -> dict[str, float]:
+                response = await http.get("/metrics")
+                assert response.status_code == 200
+                return {
+                    sample.name: sample.value
+                    for family in text_string_to_metric_families(response.text)
+                    for sample in family.samples
+                    if sample.name.startswith("tokenwire_provider_")
+                }
+
+            idle = await scrape()
+            streams = [
+                client.stream(messages(topic), max_tokens=2000, temperature=0)
+                for topic in TOPICS[:3]
+            ]
+            for stream in streams[:2]:  # both slots decoding
+                async for event in stream:
+                    if event.type == "text.delta":
+                        break
+            async for event in streams[2]:  # the third waits
+                if isinstance(event, StreamQueued):
+                    break
+            busy = await scrape()
+            for stream in streams:
+                await stream.aclose()  # cancels it on the server
+
+            def held() -> int:
+                return int(server.call(lambda: provider.slots_busy + provider.queue_length))
+
+            await wait_for(lambda: held() == 0, within=30)
+            after = await scrape()
+            await client.text(messages(TOPICS[0]), max_tokens=4, temperature=0)
+            await client.text(messages(TOPICS[0]), max_tokens=4, temperature=0)
+            cached = await scrape()
+    assert idle["tokenwire_provider_slots"] == 2 and idle["tokenwire_provider_slots_busy"] == 0
+    assert idle["tokenwire_provider_queue_streams"] == 0
+    assert busy["tokenwire_provider_slots_busy"] == 2
+    assert busy["tokenwire_provider_queue_streams"] == 1
+    assert after["tokenwire_provider_slots_busy"] == 0
+    assert after["tokenwire_provider_queue_streams"] == 0
+    steps = "tokenwire_provider_decode_steps_total"
+    assert idle[steps] < busy[steps] <= after[steps] < cached[steps]
+    prompt_cache = "tokenwire_provider_prompt_tokens_cached_total"
+    assert cached[prompt_cache] > after[prompt_cache]  # the same prompt again: its cells kept

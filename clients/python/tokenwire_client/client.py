@@ -56,8 +56,8 @@ from tokenwire.protocol.events import (
     TextDelta,
     ToolCallEnd,
 )
-from tokenwire_client.connections import Dropped, SSEConnection, WebSocketConnection
-from tokenwire_client.errors import ConnectionLost, StreamFailed
+from tokenwire_client.connections import Dropped, SSEConnection, WebSocketConnection, http_error
+from tokenwire_client.errors import ConnectionLost, ProtocolError, StreamFailed
 from tokenwire_client.errors import StreamReset as StreamResetError
 
 TransportName = Literal["sse", "websocket"]
@@ -184,6 +184,25 @@ class AsyncClient:
             async for _ in stream:
                 pass
         return stream.result()
+
+    async def models(self) -> list[dict[str, Any]]:
+        """``GET /v1/models``: the models the server serves, the default first, each as the
+        OpenAI model object ``{"id", "object", "created", "owned_by"}`` plus
+        ``context_window`` (tokens) when the server knows it.
+
+        Raises :class:`ServerError` when the server refuses (e.g. 401 ``unauthorized``) and
+        :class:`ConnectionLost` when no server answers (not retried)."""
+        try:
+            response = await self._http.get(f"{self.base_url}/v1/models", headers=self._headers)
+        except httpx.TransportError as exc:
+            raise ConnectionLost(f"GET {self.base_url}/v1/models: {exc}") from exc
+        if response.status_code != 200:
+            raise http_error(response)
+        try:
+            data = response.json()["data"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ProtocolError(f"GET /v1/models: not a model list: {response.text[:200]}") from exc
+        return [dict(model) for model in data]
 
     def _connection(self) -> SSEConnection | WebSocketConnection:
         if self.transport == "sse":

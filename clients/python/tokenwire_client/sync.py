@@ -51,6 +51,10 @@ class Client:
         """Start a stream; iterate it for its events (see :meth:`AsyncClient.stream`)."""
         return SyncEventStream(self._runner, self._client.stream(messages, model=model, **params))
 
+    def models(self) -> list[dict[str, Any]]:
+        """``GET /v1/models`` (see :meth:`AsyncClient.models`)."""
+        return self._runner.run(self._client.models())
+
     def text(self, messages: Sequence[dict[str, Any]], **params: Any) -> str:
         """Stream and return the whole generated text. Raises :class:`StreamFailed` when the
         stream ends with an ``error`` event (see :meth:`AsyncClient.text`)."""

@@ -48,7 +48,7 @@ class Guards:
         self.registry = registry
         self.auth = Authenticator(settings)
         self.origins = OriginPolicy(settings.allowed_origins)
-        self.metrics = Metrics()
+        self.metrics = Metrics(provider_stats=registry.provider.stats)
         self.streams = StreamGuard(settings, self.auth, self.metrics)
         self.metrics.live = self.streams.live
         registry.observer = self.metrics  # every generation of the registry reports here

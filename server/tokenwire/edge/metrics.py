@@ -29,13 +29,22 @@ that sees every write. Metric names and labels::
     tokenwire_limited_total{limit}                   streams refused by a concurrency limit
 
 ``transport`` is the one that created the stream: ``sse``, ``websocket`` or ``openai``.
+
+The provider's engine, read from :meth:`~tokenwire.providers.base.Provider.stats` at scrape time
+(only the numbers the provider reports: the local model reports all five, an upstream none)::
+
+    tokenwire_provider_slots                         sequence slots of the engine
+    tokenwire_provider_slots_busy                    slots held by a stream now
+    tokenwire_provider_queue_streams                 streams waiting for a slot now
+    tokenwire_provider_decode_steps_total            batched decode steps run
+    tokenwire_provider_prompt_tokens_cached_total    prompt tokens served from the prompt cache
 """
 
 from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -59,11 +68,17 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 class Metrics(StreamObserver):
     """The server's metrics (one per app). ``live`` returns the live generations, for the
-    queue depth gauge (computed at scrape time)."""
+    queue depth gauge; ``provider_stats`` the provider's own numbers (``Provider.stats``);
+    both are read at scrape time."""
 
-    def __init__(self, live: Callable[[], list[Generation]] | None = None) -> None:
+    def __init__(
+        self,
+        live: Callable[[], list[Generation]] | None = None,
+        provider_stats: Callable[[], Mapping[str, int]] | None = None,
+    ) -> None:
         self.registry = CollectorRegistry()
         self.live = live or (lambda: [])
+        self.provider_stats = provider_stats or (lambda: {})
         r = self.registry
         self.connections_open = Gauge(
             "tokenwire_connections_open", "Open client connections.", ["transport"], registry=r
@@ -122,6 +137,7 @@ class Metrics(StreamObserver):
         )
         r.register(_QueueDepth(self))
         r.register(self.tallies)
+        r.register(_ProviderStats(self))
 
     # -- the stream layer's observer ----------------------------------------------------------
 
@@ -332,3 +348,47 @@ class _QueueDepth:
         for transport, value in sorted(depth.items()):
             family.add_metric([transport], value)
         yield family
+
+
+PROVIDER_STATS: dict[str, tuple[type[GaugeMetricFamily | CounterMetricFamily], str, str]] = {
+    "slots_total": (
+        GaugeMetricFamily,
+        "tokenwire_provider_slots",
+        "Sequence slots of the provider's engine (streams decoded together).",
+    ),
+    "slots_busy": (GaugeMetricFamily, "tokenwire_provider_slots_busy", "Slots held by a stream."),
+    "queue_length": (
+        GaugeMetricFamily,
+        "tokenwire_provider_queue_streams",
+        "Streams waiting for a free slot.",
+    ),
+    "decode_steps": (
+        CounterMetricFamily,
+        "tokenwire_provider_decode_steps",
+        "Batched decode steps run by the provider's engine.",
+    ),
+    "prompt_tokens_cached": (
+        CounterMetricFamily,
+        "tokenwire_provider_prompt_tokens_cached",
+        "Prompt tokens served from a slot's prompt cache instead of being decoded.",
+    ),
+}
+"""``Provider.stats()`` name -> (family, metric name, help)."""
+
+
+class _ProviderStats:
+    """The provider's engine numbers (:data:`PROVIDER_STATS`), read at scrape time, so the
+    provider (part of the core) knows nothing of Prometheus."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        for family, name, text in PROVIDER_STATS.values():
+            yield family(name, text)
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        stats = self.metrics.provider_stats()
+        for key, (family, name, text) in PROVIDER_STATS.items():
+            if key in stats:
+                yield family(name, text, value=stats[key])

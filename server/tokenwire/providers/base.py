@@ -16,7 +16,7 @@ response closed, the llama.cpp loop stopped. Failures are raised as
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import ClassVar, Self
@@ -157,6 +157,16 @@ class Provider(ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - an optional hook, a no-op by default
         """Release resources. Streams still running are the caller's to cancel first."""
+
+    def stats(self) -> Mapping[str, int]:
+        """The provider's own numbers, read by ``GET /metrics`` at scrape time on the event
+        loop's thread (it must not block). The names exported (others are ignored):
+        ``slots_total``, ``slots_busy``, ``queue_length`` (gauges: sequence slots of an engine
+        that decodes several streams together, those held now, streams waiting for one) and
+        ``decode_steps``, ``prompt_tokens_cached`` (counters, never decreasing: batched decode
+        steps run, prompt tokens served from a prompt cache instead of being decoded). Empty by
+        default: a provider with no engine of its own (an upstream API) reports nothing."""
+        return {}
 
     async def __aenter__(self) -> Self:
         await self.start()

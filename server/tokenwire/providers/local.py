@@ -238,7 +238,8 @@ class LocalProvider(Provider):
     def stats(self) -> dict[str, int]:
         """``slots_total``, ``slots_busy``, ``queue_length`` (gauges) and the counters
         ``decode_steps`` and ``prompt_tokens_cached`` (prompt tokens a slot's prompt cache
-        spared from decoding)."""
+        spared from decoding); served on ``GET /metrics`` as ``tokenwire_provider_*`` (see
+        :mod:`tokenwire.edge.metrics`). Cheap: plain reads, on any thread."""
         engine = self._engine
         return {
             "slots_total": self.slots_total,
