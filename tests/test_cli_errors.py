@@ -40,6 +40,13 @@ def test_serve_help_shows_defaults_and_env_names():
     assert "``" not in out
 
 
+def test_help_paragraphs_are_reflowed_to_the_terminal_not_broken_where_the_docstring_was():
+    out = tokenwire("serve", "--help", COLUMNS="200").stdout
+    assert "It refuses to start, with one line saying why, on a bad setting" in out
+    out = tokenwire("chat", "--help", COLUMNS="200").stdout
+    assert "Ctrl-C stops a reply (not the chat); Ctrl-D or /exit quits." in out
+
+
 def test_version():
     result = tokenwire("--version")
     assert result.returncode == 0 and result.stdout.strip() == f"tokenwire {__version__}"
