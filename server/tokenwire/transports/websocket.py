@@ -136,7 +136,10 @@ class WebSocketSession:
         """Accept, serve messages until the client disconnects or is cut off, then detach
         every stream (each follows its disconnect policy). Reading happens in the calling
         task; a cut-off (slow consumer, drain) cancels that read."""
-        await self.websocket.accept()
+        offered = self.websocket.scope.get("subprotocols") or ()
+        await self.websocket.accept(
+            subprotocol=codec.SUBPROTOCOL if codec.SUBPROTOCOL in offered else None
+        )
         if self.connections is not None:
             self.connections.inc()
         try:
