@@ -70,9 +70,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tokenwire.edge.security")
 
-PUBLIC_PATHS = frozenset({"/healthz", "/"})  # never behind auth: liveness, the demo page
-PUBLIC_PREFIXES = ("/web/",)  # the demo page's static files (no secrets; its streams need auth)
-STATIC_PATHS = frozenset({"/"})  # with PUBLIC_PREFIXES: GET needs no Origin match
+PUBLIC_PATHS = frozenset({"/healthz", "/", "/aisdk"})  # never behind auth: liveness, the pages
+PUBLIC_PREFIXES = ("/web/",)  # the demo pages' static files (no secrets; their streams need auth)
+STATIC_PATHS = frozenset({"/", "/aisdk"})  # with PUBLIC_PREFIXES: GET needs no Origin match
 REQUEST_ID_HEADER = "x-request-id"
 TOKEN_COOKIE = "tokenwire_token"  # a signed token for WebSocket handshakes (see below)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
