@@ -2,7 +2,7 @@
 
 Durations are in seconds; ``None`` disables a timeout or heartbeat where the field allows it.
 A variable set but empty (``TOKENWIRE_FIRST_TOKEN_TIMEOUT=``) means ``None`` for such a
-field ("empty: none" in the README); for any other field it is an error naming it.
+field ("empty: none" in docs/settings.md); for any other field it is an error naming it.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ class Settings(BaseSettings):
     ws_max_message_size: Annotated[int, Field(ge=1024)] = 65536  # bytes; larger: close 1009
     log_format: Literal["text", "json"] = "text"
     # Python's gc threshold0 while the app runs: container allocations (net of deallocations)
-    # between young collections; None keeps Python's (700). See the README's Settings.
+    # between young collections; None keeps Python's (700). See docs/settings.md.
     gc_young_threshold: Annotated[int | None, Field(ge=1)] = None
 
     # demo page
