@@ -19,8 +19,10 @@ Routes (wire protocol v1, see README):
     GET  /v1/responses/{response_id}    the Response object; ?stream=true&starting_after=N
     POST /v1/responses/{response_id}/cancel
     GET  /v1/responses                  WebSocket mode (response.create), see routes_responses
+    GET  /api/chat/ws                   the AI SDK's WebSocketChatTransport, see routes_aisdk_ws
     GET  /healthz                       liveness and live stream count (never behind auth)
     GET  /                              the demo chat page (and /web/* its files; see web.py)
+    GET  /aisdk                         the demo page on the AI SDK's own chat transports
     POST /v1/tokens                     201 {token, expires_at, expires_in}: a short-lived token
     GET  /metrics                       Prometheus metrics (settings.metrics)
 
@@ -41,6 +43,7 @@ from tokenwire.lifecycle import ServerSendApp, drain_on_sigterm, gc_young_thresh
 from tokenwire.logs import configure_logging, install_log_filters
 from tokenwire.providers import ProviderSpec, as_provider, create_provider
 from tokenwire.routes import TokenwireApp
+from tokenwire.routes_aisdk_ws import ChatSocketRoute
 from tokenwire.routes_responses import ResponsesRoutes
 from tokenwire.settings import Settings
 from tokenwire.streams.log import create_stream_log
@@ -77,6 +80,7 @@ def create_app(
     stream_log = create_stream_log(settings)
     state = TokenwireApp(settings, backend, stream_log)
     responses = ResponsesRoutes(state)
+    chat_socket = ChatSocketRoute(state)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -108,6 +112,7 @@ def create_app(
         WebSocketRoute("/v1/responses", responses.websocket),
         Route("/v1/responses/{response_id}", responses.retrieve, methods=["GET"]),
         Route("/v1/responses/{response_id}/cancel", responses.cancel, methods=["POST"]),
+        WebSocketRoute("/api/chat/ws", chat_socket.websocket),
         Route("/healthz", state.healthz, methods=["GET"]),
         *web_routes(settings.web_dir),
         *state.guards.routes(),  # POST /v1/tokens, GET /metrics

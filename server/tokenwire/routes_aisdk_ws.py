@@ -39,14 +39,15 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pydantic import ValidationError
 from starlette.websockets import WebSocket
 
 from tokenwire import chats
-from tokenwire.errors import InvalidRequest, TokenwireError
+from tokenwire.errors import InvalidField, InvalidRequest, TokenwireError
 from tokenwire.protocol import aisdk_ws as frames
 from tokenwire.protocol.aisdk import ChatRequest, UIMessageEncoder
 from tokenwire.protocol.events import Event, StreamEnd
-from tokenwire.protocol.requests import GenerateParams
+from tokenwire.protocol.requests import GenerateParams, describe_validation_error
 from tokenwire.settings import DisconnectPolicy
 from tokenwire.streams.registry import Attachment
 from tokenwire.transports.websocket import FramesTransport, WebSocketSession
@@ -54,6 +55,13 @@ from tokenwire.transports.websocket import FramesTransport, WebSocketSession
 if TYPE_CHECKING:
     from tokenwire.edge.limits import ScopedRegistry
     from tokenwire.routes import TokenwireApp
+
+
+class ChunkTransport(FramesTransport):
+    """The :class:`FramesTransport` of one request: its frames are numbered per log event,
+    so the pump must not merge deltas (see :mod:`tokenwire.protocol.aisdk_ws`)."""
+
+    merges_deltas = False
 
 
 @dataclass(slots=True)
@@ -82,7 +90,8 @@ class ChatSocketSession(WebSocketSession):
         )
         self.app = app
         self.scoped: ScopedRegistry = scoped
-        self.index_ttl = (app.settings.max_stream_duration or 86_400.0) + app.settings.stream_log_ttl
+        longest = app.settings.max_stream_duration or 86_400.0
+        self.index_ttl = longest + app.settings.stream_log_ttl  # the chat index's entries
         self._requests: dict[str, _Request] = {}
 
     async def _handle(self, data: str | bytes) -> None:
@@ -96,17 +105,21 @@ class ChatSocketSession(WebSocketSession):
             if frame.requestId in self._requests:
                 raise InvalidRequest(f"requestId {frame.requestId!r} is already in progress")
             if isinstance(frame, frames.SendFrame):
-                await self._send(frame)
+                await self._send_chat(frame)
             else:
-                await self._resume(frame)
+                await self._resume_chat(frame)
         except frames.FrameError as exc:
             await self._reply(frames.error_frame(exc.request_id, exc.message))
         except TokenwireError as exc:
             await self._reply(frames.error_frame(request_id, exc.message))
 
-    async def _send(self, frame: frames.SendFrame) -> None:
+    async def _send_chat(self, frame: frames.SendFrame) -> None:
         body = ChatRequest.parse(frame.chat_request())
-        params = self._limit_params(GenerateParams.model_validate(body.to_params()))
+        try:
+            params = GenerateParams.model_validate(body.to_params())
+        except ValidationError as exc:
+            raise InvalidField(describe_validation_error(exc)) from exc
+        params = self._limit_params(params)
         message_id = body.response_message_id()
         generation = self.scoped.create(
             params, transport="aisdk-ws", on_disconnect=DisconnectPolicy.DETACH
@@ -128,7 +141,7 @@ class ChatSocketSession(WebSocketSession):
         self._deliver_request(frame.requestId, request, self.scoped.attach(generation), message_id)
         generation.start()
 
-    async def _resume(self, frame: frames.ResumeFrame) -> None:
+    async def _resume_chat(self, frame: frames.ResumeFrame) -> None:
         found = await chats.open_active(
             self.scoped, self.app.stream_log, self.scoped.key_id, frame.id, ttl=self.index_ttl
         )
@@ -165,7 +178,7 @@ class ChatSocketSession(WebSocketSession):
             return out
 
         self._requests[request_id] = request
-        transport = FramesTransport(self.websocket, encode)
+        transport = ChunkTransport(self.websocket, encode)
         request.task = self._deliver_in_task(attachment, transport, key=request_id)
         request.task.add_done_callback(lambda _: self._forget(request_id, request))
 
@@ -186,6 +199,11 @@ class ChatSocketSession(WebSocketSession):
             request.task.cancel()
 
 
-async def chat_socket(app: TokenwireApp, websocket: WebSocket) -> None:
-    """``GET /api/chat/ws`` (see :class:`ChatSocketSession`)."""
-    await ChatSocketSession(app, websocket).run()
+class ChatSocketRoute:
+    """``GET /api/chat/ws`` of one :class:`TokenwireApp` (see :class:`ChatSocketSession`)."""
+
+    def __init__(self, app: TokenwireApp) -> None:
+        self.app = app
+
+    async def websocket(self, websocket: WebSocket) -> None:
+        await ChatSocketSession(self.app, websocket).run()

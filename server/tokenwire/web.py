@@ -4,8 +4,8 @@
 The files live in the repository's ``clients/web/`` (``index.html``, ``app.js``,
 ``tokenwire.js``, ``style.css``; plain ES modules, no build step; ``aisdk.html`` and
 ``aisdk.js``, the page on the AI SDK's own chat transports, import ``vendor/ai.mjs``, a bundle
-that ``tests/node/vendor_web.py`` builds from the pinned ``ai`` package). A wheel carries them inside
-the package as ``tokenwire/web/`` (``force-include`` in pyproject.toml); a source checkout or
+that ``tests/node/vendor_web.py`` builds from the pinned ``ai`` package). A wheel carries them
+inside the package as ``tokenwire/web/`` (``force-include`` in pyproject.toml); a source checkout or
 an editable install, whose package is ``server/tokenwire``, finds them at ``clients/web``
 two levels up. :func:`web_root` tries the two in that order; ``TOKENWIRE_WEB_DIR`` (the
 ``web_dir`` setting) overrides both, e.g. to serve a customised page.

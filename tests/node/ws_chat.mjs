@@ -72,7 +72,7 @@ function summary({ chunks, message, error }) {
     reasoning: (message?.parts ?? []).filter(p => p.type === 'reasoning').map(p => p.text).join(''),
     tools: (message?.parts ?? []).filter(p => p.type.startsWith('tool-')),
     messageId: message?.id,
-    error,
+    error: error ?? null,
   };
 }
 

@@ -40,13 +40,15 @@ without a string ``requestId``: an error about a client frame that had none (not
 ``requestId``) carries ``"requestId": ""``.
 
 Numbering (:class:`ChunkNumbering`): the chunks of a stream are numbered in the order that
-its *unmerged* log produces them, so that a number names the same point of the stream on any
-worker and in any replay: ``lastSequence: N`` is "replay the stream from its start through a
-fresh encoder, send what is numbered above N". tokenwire's seq may skip where a consumer got
-adjacent deltas merged (coalescing, write merging: seqs ``p+1..s`` in one event of seq ``s``);
-the UI chunks of such an event carry the merged text in its one delta chunk, followed by
-``s - p - 1`` delta chunks with empty text for the same part, so the numbers stay contiguous
-and a number at the end of any event names the same text as in the unmerged replay.
+its log produces them, event by event, so that a number names the same point of the stream on
+any worker and in any replay: ``lastSequence: N`` is "replay the stream from its start through
+a fresh encoder, send what is numbered above N". The route's deliveries therefore ask the pump
+not to merge deltas (:attr:`~tokenwire.transports.base.Transport.merges_deltas`). Where
+deltas still arrive merged (``overflow=coalesce``: seqs ``p+1..s`` in one event of seq ``s``),
+the merged text goes in its one delta chunk, followed by ``s - p - 1`` delta chunks with empty
+text for the same part, so the numbers stay contiguous and the number of the last of them
+names the same text as in the replay; a client that lost the connection in the middle of
+such a run and resumes after a number inside it gets that run's text twice.
 """
 
 from __future__ import annotations
@@ -62,7 +64,11 @@ from tokenwire.protocol.events import Event
 from tokenwire.protocol.requests import describe_validation_error
 
 MAX_REQUEST_ID_LENGTH = 256
-DELTA_KEYS = {"text-delta": "delta", "reasoning-delta": "delta", "tool-input-delta": "inputTextDelta"}
+DELTA_KEYS = {
+    "text-delta": "delta",
+    "reasoning-delta": "delta",
+    "tool-input-delta": "inputTextDelta",
+}
 """The UI message chunks that carry a piece of a part's text, and the key of that piece."""
 
 RequestId = Annotated[StrictStr, Field(max_length=MAX_REQUEST_ID_LENGTH)]

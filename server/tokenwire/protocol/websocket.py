@@ -19,7 +19,6 @@ from tokenwire.protocol.requests import (
     describe_validation_error,
 )
 
-
 SUBPROTOCOL = "tokenwire"
 """The subprotocol a server socket selects when the client offers it (RFC 6455 section 1.9):
 a browser offers it beside a signed token (``new WebSocket(url, ["tokenwire", token])``), the
