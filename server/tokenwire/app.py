@@ -19,6 +19,9 @@ Routes (wire protocol v1, see README):
     GET  /v1/responses/{response_id}    the Response object; ?stream=true&starting_after=N
     POST /v1/responses/{response_id}/cancel
     GET  /v1/responses                  WebSocket mode (response.create), see routes_responses
+    POST /api/chat                      the AI SDK's useChat: a UI message stream (SSE)
+    GET  /api/chat/{chat_id}/stream     resume the chat's active stream (204: none)
+    POST /api/chat/{chat_id}/stop       cancel it on whichever worker runs it; see routes_aisdk
     GET  /api/chat/ws                   the AI SDK's WebSocketChatTransport, see routes_aisdk_ws
     GET  /healthz                       liveness and live stream count (never behind auth)
     GET  /                              the demo chat page (and /web/* its files; see web.py)
@@ -43,6 +46,7 @@ from tokenwire.lifecycle import ServerSendApp, drain_on_sigterm, gc_young_thresh
 from tokenwire.logs import configure_logging, install_log_filters
 from tokenwire.providers import ProviderSpec, as_provider, create_provider
 from tokenwire.routes import TokenwireApp
+from tokenwire.routes_aisdk import ChatRoutes
 from tokenwire.routes_aisdk_ws import ChatSocketRoute
 from tokenwire.routes_responses import ResponsesRoutes
 from tokenwire.settings import Settings
@@ -80,7 +84,8 @@ def create_app(
     stream_log = create_stream_log(settings)
     state = TokenwireApp(settings, backend, stream_log)
     responses = ResponsesRoutes(state)
-    chat_socket = ChatSocketRoute(state)
+    chats = ChatRoutes(state)
+    chat_socket = ChatSocketRoute(chats)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -112,6 +117,9 @@ def create_app(
         WebSocketRoute("/v1/responses", responses.websocket),
         Route("/v1/responses/{response_id}", responses.retrieve, methods=["GET"]),
         Route("/v1/responses/{response_id}/cancel", responses.cancel, methods=["POST"]),
+        Route("/api/chat", chats.chat, methods=["POST"]),
+        Route("/api/chat/{chat_id:path}/stream", chats.resume, methods=["GET"]),
+        Route("/api/chat/{chat_id:path}/stop", chats.stop, methods=["POST"]),
         WebSocketRoute("/api/chat/ws", chat_socket.websocket),
         Route("/healthz", state.healthz, methods=["GET"]),
         *web_routes(settings.web_dir),

@@ -10,7 +10,7 @@ no keys) and the chat id, hashed: one key never sees, resumes or stops another k
 (a lookup of another key's chat finds nothing, exactly as for a chat that never was).
 
 A stream that has ended is no chat's active stream: :func:`open_active` clears the entry
-when it finds the stream over (clearing writes a tombstone: documents have a TTL, no delete).
+when it finds the stream over (clearing marks it ended: documents have a TTL, no delete).
 The entry of a stream that ended unseen lives on until its TTL, and is ignored on the next
 look. Two requests of one chat that race (a send while another worker clears) may leave the
 newer stream unindexed only if the clear lands after the newer entry was written: clearing
@@ -40,9 +40,10 @@ UNWRITTEN_POLL = 0.05
 
 
 class _Entry(BaseModel):
-    stream_id: str | None  # None: cleared (the stream ended)
+    stream_id: str
     message_id: str | None = None
     created: float = 0.0  # unix seconds, when the entry was written
+    ended: bool = False  # cleared: the stream is over
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,15 +78,17 @@ async def remember_active(
     await log.put_document(chat_key(owner, chat_id), entry.model_dump_json(), ttl=ttl)
 
 
+async def _entry(log: StreamLog, owner: str | None, chat_id: str) -> _Entry | None:
+    raw = await log.get_document(chat_key(owner, chat_id))
+    return None if raw is None else _Entry.model_validate_json(raw)
+
+
 async def active_chat(log: StreamLog, owner: str | None, chat_id: str) -> ActiveChat | None:
     """The entry of ``owner``'s chat ``chat_id``: ``None`` when there is none (never, cleared,
     expired, or another key's). Does not check whether the stream has ended (see
     :func:`open_active`). Raises ``StreamLogUnavailable``."""
-    raw = await log.get_document(chat_key(owner, chat_id))
-    if raw is None:
-        return None
-    entry = _Entry.model_validate_json(raw)
-    if entry.stream_id is None:
+    entry = await _entry(log, owner, chat_id)
+    if entry is None or entry.ended:
         return None
     return ActiveChat(entry.stream_id, entry.message_id, entry.created)
 
@@ -99,10 +102,12 @@ async def active_stream(log: StreamLog, owner: str | None, chat_id: str) -> str 
 async def clear_active(
     log: StreamLog, owner: str | None, chat_id: str, stream_id: str, *, ttl: float
 ) -> None:
-    """Forget ``stream_id`` as the chat's active stream, if the entry still names it."""
-    if await active_stream(log, owner, chat_id) == stream_id:
-        entry = _Entry(stream_id=None, created=time.time())
-        await log.put_document(chat_key(owner, chat_id), entry.model_dump_json(), ttl=ttl)
+    """Forget ``stream_id`` as the chat's active stream, if the entry still names it (the
+    entry stays, marked ended, for :func:`stop_active` to answer ``ended``)."""
+    entry = await _entry(log, owner, chat_id)
+    if entry is not None and entry.stream_id == stream_id and not entry.ended:
+        ended = entry.model_copy(update={"ended": True})
+        await log.put_document(chat_key(owner, chat_id), ended.model_dump_json(), ttl=ttl)
 
 
 async def open_active(
@@ -130,12 +135,46 @@ async def open_active(
 
 
 async def _resume(streams: Streams, log: StreamLog, chat: ActiveChat) -> Attachment:
-    """Resume from the start, waiting (within :data:`UNWRITTEN_GRACE` of the entry) for a
-    shared log to hold the stream's first events."""
+    """Resume from the start, waiting (see :func:`unwritten`) for a shared log to hold the
+    stream's first events."""
     while True:
         try:
             return await streams.resume(chat.stream_id, 0)
         except UnknownStream:
-            if not log.shared or time.time() - chat.created > UNWRITTEN_GRACE:
+            if not unwritten(log, chat):
                 raise
         await asyncio.sleep(UNWRITTEN_POLL)
+
+
+async def stop_active(
+    streams: Streams, log: StreamLog, owner: str | None, chat_id: str, *, ttl: float
+) -> tuple[ActiveChat, str] | None:
+    """Cancel the chat's active stream wherever it runs (the log's cancel routing). Returns
+    the entry and the registry's status (``cancelled``: it ran here, ``cancelling``: the
+    request went to the worker that runs it, ``ended``: it was over; the entry is then
+    cleared), or ``None`` when the chat has no entry (never, expired, another key's).
+    Raises ``StreamLogUnavailable``."""
+    entry = await _entry(log, owner, chat_id)
+    if entry is None:
+        return None
+    chat = ActiveChat(entry.stream_id, entry.message_id, entry.created)
+    if entry.ended:
+        return chat, "ended"
+    while True:
+        try:
+            status = await streams.cancel_anywhere(chat.stream_id)
+            break
+        except UnknownStream:
+            if not unwritten(log, chat):
+                status = "ended"  # the log no longer holds it
+                break
+        await asyncio.sleep(UNWRITTEN_POLL)
+    if status == "ended":
+        await clear_active(log, owner, chat_id, chat.stream_id, ttl=ttl)
+    return chat, status
+
+
+def unwritten(log: StreamLog, chat: ActiveChat) -> bool:
+    """Whether a stream the log does not know may just not be written yet: a shared log,
+    within :data:`UNWRITTEN_GRACE` of the entry."""
+    return log.shared and time.time() - chat.created <= UNWRITTEN_GRACE

@@ -49,7 +49,7 @@ from tokenwire.transports.sse import EventStreamResponse
 from tokenwire.transports.websocket import WebSocketSession
 
 
-async def _json_body(request: Request) -> Any:
+async def json_body(request: Request) -> Any:
     """The request's JSON body. Raises :class:`InvalidRequest` for invalid JSON, and for JSON
     nested deeper than the parser's recursion limit (about 1,000 levels)."""
     raw = await request.body()
@@ -141,7 +141,7 @@ class TokenwireApp:
     async def create_stream(self, request: Request) -> Answer:
         detached = _wants_json(request.headers.get("accept", ""))
         try:
-            params = self.limit_params(_validate(GenerateParams, await _json_body(request)))
+            params = self.limit_params(_validate(GenerateParams, await json_body(request)))
             if detached and params.on_disconnect == "cancel":
                 raise InvalidField(
                     "on_disconnect: a detached stream (Accept: application/json) must use detach"
@@ -225,7 +225,7 @@ class TokenwireApp:
 
     async def chat_completions(self, request: Request) -> Answer:
         try:
-            body = _validate(oai.ChatCompletionRequest, await _json_body(request))
+            body = _validate(oai.ChatCompletionRequest, await json_body(request))
             refused = body.refused()
             if refused is not None:
                 field, why = refused

@@ -39,22 +39,19 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
 from starlette.websockets import WebSocket
 
-from tokenwire import chats
-from tokenwire.errors import InvalidField, InvalidRequest, TokenwireError
+from tokenwire.chats import open_active
+from tokenwire.errors import InvalidRequest, TokenwireError
 from tokenwire.protocol import aisdk_ws as frames
-from tokenwire.protocol.aisdk import ChatRequest, UIMessageEncoder
+from tokenwire.protocol.aisdk import ChatRequest, UIMessageEncoder, new_message_id
 from tokenwire.protocol.events import Event, StreamEnd
-from tokenwire.protocol.requests import GenerateParams, describe_validation_error
-from tokenwire.settings import DisconnectPolicy
 from tokenwire.streams.registry import Attachment
 from tokenwire.transports.websocket import FramesTransport, WebSocketSession
 
 if TYPE_CHECKING:
     from tokenwire.edge.limits import ScopedRegistry
-    from tokenwire.routes import TokenwireApp
+    from tokenwire.routes_aisdk import ChatRoutes
 
 
 class ChunkTransport(FramesTransport):
@@ -79,7 +76,8 @@ class ChatSocketSession(WebSocketSession):
     per request, detach on disconnect, drain, slow consumers), with the
     ``WebSocketChatTransport`` frames (see the module docstring)."""
 
-    def __init__(self, app: TokenwireApp, websocket: WebSocket) -> None:
+    def __init__(self, routes: ChatRoutes, websocket: WebSocket) -> None:
+        app = routes.app
         scoped = app.scoped(websocket)
         super().__init__(
             websocket,
@@ -88,10 +86,8 @@ class ChatSocketSession(WebSocketSession):
             limit_params=app.limit_params,
             connections=app.guards.metrics.connections_open.labels("websocket"),
         )
-        self.app = app
+        self.routes = routes
         self.scoped: ScopedRegistry = scoped
-        longest = app.settings.max_stream_duration or 86_400.0
-        self.index_ttl = longest + app.settings.stream_log_ttl  # the chat index's entries
         self._requests: dict[str, _Request] = {}
 
     async def _handle(self, data: str | bytes) -> None:
@@ -115,35 +111,14 @@ class ChatSocketSession(WebSocketSession):
 
     async def _send_chat(self, frame: frames.SendFrame) -> None:
         body = ChatRequest.parse(frame.chat_request())
-        try:
-            params = GenerateParams.model_validate(body.to_params())
-        except ValidationError as exc:
-            raise InvalidField(describe_validation_error(exc)) from exc
-        params = self._limit_params(params)
-        message_id = body.response_message_id()
-        generation = self.scoped.create(
-            params, transport="aisdk-ws", on_disconnect=DisconnectPolicy.DETACH
-        )
-        try:
-            await chats.remember_active(
-                self.app.stream_log,
-                self.scoped.key_id,
-                frame.id,
-                generation.stream_id,
-                message_id=message_id,
-                ttl=self.index_ttl,
-            )
-        except BaseException:
-            generation.start()  # ends it (cancelled) and so releases it
-            generation.cancel()
-            raise
+        generation, message_id = await self.routes.start(self.scoped, body, transport="aisdk-ws")
         request = _Request("send", frame.id, generation.stream_id)
         self._deliver_request(frame.requestId, request, self.scoped.attach(generation), message_id)
         generation.start()
 
     async def _resume_chat(self, frame: frames.ResumeFrame) -> None:
-        found = await chats.open_active(
-            self.scoped, self.app.stream_log, self.scoped.key_id, frame.id, ttl=self.index_ttl
+        found = await open_active(
+            self.scoped, self.routes.log, self.scoped.key_id, frame.id, ttl=self.routes.index_ttl
         )
         if found is None:
             await self._reply(frames.no_active_frame(frame.requestId))
@@ -153,7 +128,7 @@ class ChatSocketSession(WebSocketSession):
         after = -1 if frame.lastSequence is None else frame.lastSequence
         request = _Request("resume", frame.id, chat.stream_id)
         self._deliver_request(
-            frame.requestId, request, attachment, chat.message_id or "", after=after
+            frame.requestId, request, attachment, chat.message_id or new_message_id(), after=after
         )
 
     def _deliver_request(
@@ -200,10 +175,11 @@ class ChatSocketSession(WebSocketSession):
 
 
 class ChatSocketRoute:
-    """``GET /api/chat/ws`` of one :class:`TokenwireApp` (see :class:`ChatSocketSession`)."""
+    """``GET /api/chat/ws`` beside the HTTP routes of one :class:`ChatRoutes` (see
+    :class:`ChatSocketSession`)."""
 
-    def __init__(self, app: TokenwireApp) -> None:
-        self.app = app
+    def __init__(self, routes: ChatRoutes) -> None:
+        self.routes = routes
 
     async def websocket(self, websocket: WebSocket) -> None:
-        await ChatSocketSession(self.app, websocket).run()
+        await ChatSocketSession(self.routes, websocket).run()

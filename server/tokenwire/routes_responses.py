@@ -60,6 +60,7 @@ from tokenwire.protocol.responses import (
     responses_param,
     ws_error,
 )
+from tokenwire.routes import json_body
 from tokenwire.settings import DisconnectPolicy
 from tokenwire.streams.generation import Generation
 from tokenwire.streams.log import CursorExpired, UnknownStream
@@ -273,7 +274,7 @@ class ResponsesRoutes:
         ``previous_response_id``, 429 / 503 from the limits and the log."""
         scoped = self.app.scoped(request)
         try:
-            body = _request_body(await _json(request))
+            body = _request_body(await json_body(request))
             if body.background and not body.wants_store:
                 raise InvalidRequest("store: a background response must be stored", param="store")
             generation, record = await self.start(
@@ -365,14 +366,6 @@ class ResponsesRoutes:
         """WebSocket mode on ``/v1/responses`` (see :class:`ResponsesSession`)."""
         session = ResponsesSession(self, websocket)
         await session.run()
-
-
-async def _json(request: Request) -> Any:
-    raw = await request.body()
-    try:
-        return json.loads(raw)
-    except ValueError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
 
 
 class ResponsesSession(WebSocketSession):
