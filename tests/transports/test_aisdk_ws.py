@@ -255,3 +255,19 @@ def test_a_write_window_does_not_merge_the_numbered_chunks():
     deltas = [f["chunk"]["delta"] for f in chunks if f["chunk"]["type"] == "text-delta"]
     assert "".join(deltas) == scripted_text(150)
     assert len(deltas) == 150  # one per token, none merged
+
+
+def test_a_message_over_the_rate_limit_errors_its_own_request():
+    app, _ = scripted_app(Script(tokens=6), ws_messages_per_minute=2)
+    url = "/api/chat/ws"
+    with serve(app) as running, connect(running.base_url.replace("http", "ws") + url) as ws:
+        for request_id in ("a", "b", "c"):
+            ws.send(send_frame(request_id, "chat-" + request_id, "hi"))
+        seen: list[dict[str, Any]] = []
+        while sum(f["type"] in ("end", "error") for f in seen) < 3:
+            seen.append(json.loads(ws.recv(timeout=10)))
+    errors = [f for f in seen if f["type"] == "error"]
+    assert [f["requestId"] for f in errors] == ["c"]
+    assert errors[0]["errorText"].startswith("rate_limited: more than 2 messages a minute")
+    ended = {f["requestId"] for f in seen if f["type"] == "end"}
+    assert ended == {"a", "b"}  # the two admitted requests run to their end

@@ -165,6 +165,17 @@ def decode_frame(data: str | bytes) -> SendFrame | ResumeFrame | AbortFrame:
         raise FrameError(f"{kind} frame: {describe_validation_error(exc)}", request_id) from exc
 
 
+def request_id_of(data: str | bytes) -> str:
+    """The ``requestId`` of a client frame that is not decoded (e.g. one dropped by a rate
+    limit): the string one of a JSON object, else ``""``. Never raises."""
+    try:
+        value = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return ""
+    raw = value.get("requestId") if isinstance(value, dict) else None
+    return raw if isinstance(raw, str) and len(raw) <= MAX_REQUEST_ID_LENGTH else ""
+
+
 def _dumps(frame: dict[str, Any]) -> str:
     return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
 
