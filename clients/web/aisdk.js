@@ -29,6 +29,7 @@ const demo = {
   error: null,
   resumes: 0,
   chunks: 0,
+  turns: 0, // turns sent
 };
 window.aisdkDemo = demo;
 
@@ -130,13 +131,17 @@ async function consume(stream, view) {
       },
     }),
   );
+  const failed = (error) => {
+    if (!dropping) demo.error ??= String(error?.message ?? error);
+  };
   try {
-    for await (const message of readUIMessageStream({ stream: tapped })) {
+    // a failed stream (the socket closed, the fetch aborted) reaches onError, not the loop
+    for await (const message of readUIMessageStream({ stream: tapped, onError: failed })) {
       last = message;
       render(view, message);
     }
   } catch (error) {
-    if (!dropping) demo.error = String(error?.message ?? error);
+    failed(error);
   }
   return last;
 }
@@ -147,7 +152,7 @@ async function sendTurn(text) {
   bubble("user").content.textContent = text;
   const view = bubble("assistant");
   view.message.classList.add("streaming");
-  Object.assign(demo, { text: "", finish: null, error: null, chunks: 0 });
+  Object.assign(demo, { text: "", finish: null, error: null, chunks: 0, turns: demo.turns + 1 });
   setState("streaming");
   let reply;
   try {
