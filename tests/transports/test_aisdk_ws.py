@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from tests.helpers import RedisServer, ServerProcess, scripted_app, serve
@@ -271,3 +272,29 @@ def test_a_message_over_the_rate_limit_errors_its_own_request():
     assert errors[0]["errorText"].startswith("rate_limited: more than 2 messages a minute")
     ended = {f["requestId"] for f in seen if f["type"] == "end"}
     assert ended == {"a", "b"}  # the two admitted requests run to their end
+
+
+def test_handshake_credentials_origin_and_the_selected_subprotocol():
+    app, _ = scripted_app(Script(tokens=6), api_keys=KEY)
+    with serve(app) as running:
+        url = running.base_url.replace("http", "ws") + "/api/chat/ws"
+        bearer = {"Authorization": f"Bearer {KEY}"}
+        token = httpx.post(running.base_url + "/v1/tokens", headers=bearer).json()["token"]
+        # a token offered as a subprotocol: the server selects "tokenwire", never the token
+        with connect(url, subprotocols=["tokenwire", token]) as ws:
+            assert ws.subprotocol == "tokenwire"
+            ws.send(send_frame("s", "c1", "hi"))
+            assert frames_until(ws, lambda f: f["type"] == "end")[-1]["requestId"] == "s"
+        # the cookie, as a page that set it sends it
+        with connect(url, additional_headers={"Cookie": f"tokenwire_token={token}"}) as ws:
+            assert ws.subprotocol is None
+            ws.send(send_frame("s", "c2", "hi"))
+            assert frames_until(ws, lambda f: f["type"] == "end")[-1]["requestId"] == "s"
+        # an API key in a cookie is refused: cookies carry short-lived tokens only
+        with pytest.raises(InvalidStatus) as refused:
+            connect(url, additional_headers={"Cookie": f"tokenwire_token={KEY}"})
+        assert refused.value.response.status_code == 401
+        # a browser page of another origin is refused before accept
+        with pytest.raises(InvalidStatus) as foreign:
+            connect(url, origin="https://evil.example", additional_headers=bearer)
+        assert foreign.value.response.status_code == 403
