@@ -2,7 +2,8 @@
 unmodified, with ``ws`` as its WebSocket; tests/node/ws_chat.mjs) over a real uvicorn: text,
 reasoning and tool calls reduced by ``readUIMessageStream``; three turns on one socket; abort
 (the generation is cancelled); a dropped socket resumed with the exact text; two workers on one
-Redis (sent on A, resumed on B); a signed token as a subprotocol. Raw frames: bad JSON, an
+Redis (sent on A, resumed on B: in test_aisdk_workers.py); a signed token as a
+subprotocol. Raw frames: bad JSON, an
 unknown frame, a resume of another key's chat, each answered in the protocol's shape while
 another request on the socket goes on."""
 
@@ -20,7 +21,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from tests.helpers import RedisServer, ServerProcess, scripted_app, serve
+from tests.helpers import scripted_app, serve
 from tokenwire.protocol.requests import GenerateParams
 from tokenwire.providers.scripted import (
     Script,
@@ -207,55 +208,6 @@ def test_resume_after_a_sequence_sends_the_rest_exactly(server):
     assert [f["sequence"] for f in chunks] == list(range(len(chunks)))
     text = "".join(f["chunk"]["delta"] for f in chunks if f["chunk"]["type"] == "text-delta")
     assert text == scripted_text(80)
-
-
-@pytest.fixture(scope="module")
-def workers(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> Iterator[Any]:
-    tmp_path = tmp_path_factory.mktemp("aisdk-ws-workers")
-    settings = {
-        "provider": "scripted",
-        "stream_log": redis_server.url,
-        "scripted_tokens": 120,
-        "scripted_interval": 0.01,
-    }
-    a = ServerProcess(tmp_path, "a", **settings).start()
-    try:
-        b = ServerProcess(tmp_path, "b", **settings).start()
-        try:
-            yield a, b
-        finally:
-            b.stop()
-    finally:
-        a.stop()
-
-
-def test_sent_on_a_resumed_on_b(workers):
-    a, b = workers
-    out = node("drop", a.base_url, "hi", "5", b.base_url)
-    assert scripted_text(120).startswith(out["before"]) and out["before"]
-    assert out["text"] == scripted_text(120)
-    assert out["messageId"] == out["firstMessageId"]
-    assert out["afterEnd"] is None
-
-
-def test_a_write_window_does_not_merge_the_numbered_chunks():
-    # a long write window makes the pump gather deltas into one write; the chunks still stand
-    # one for one for the log's events, so a number seen live names the same text as in the
-    # replay from the log, and a resume after it is exact
-    app, _ = scripted_app(Script(tokens=150, interval=0.003), write_delay=0.05)
-    with serve(app) as running:
-        ws_url = running.base_url.replace("http", "ws") + "/api/chat/ws"
-        with connect(ws_url) as ws:
-            ws.send(send_frame("s", "merged-chat", "hi"))
-            sent = frames_until(ws, lambda f: f["sequence"] == 40)
-        with connect(ws_url) as ws:
-            ws.send(resume_frame("r", "merged-chat", lastSequence=40))
-            resumed = frames_until(ws, lambda f: f["type"] == "end")
-    chunks = sent + [f for f in resumed if f["type"] == "chunk"]
-    assert [f["sequence"] for f in chunks] == list(range(len(chunks)))
-    deltas = [f["chunk"]["delta"] for f in chunks if f["chunk"]["type"] == "text-delta"]
-    assert "".join(deltas) == scripted_text(150)
-    assert len(deltas) == 150  # one per token, none merged
 
 
 def test_a_message_over_the_rate_limit_errors_its_own_request():
