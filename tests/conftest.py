@@ -1,13 +1,15 @@
 """Shared fixtures (helpers live in tests/helpers.py): the contract suite's ``transport``
-parameter and real redis-servers."""
+parameter, real redis-servers, and two workers' stream logs."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from tests.helpers import RedisServer
+from tests.helpers import LOG_BOUNDS, RedisServer
+from tokenwire.streams.log import MemoryStreamLog, StreamLog
+from tokenwire.streams.redis_log import RedisStreamLog
 
 
 @pytest.fixture(params=["sse", "websocket"])
@@ -30,3 +32,26 @@ def own_redis() -> Iterator[RedisServer]:
     server = RedisServer().start()
     yield server
     server.kill()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def shared_logs(
+    request: pytest.FixtureRequest, redis_server: RedisServer
+) -> AsyncIterator[tuple[StreamLog, StreamLog]]:
+    """Two stream logs that share their storage, as two workers' (on one Redis; in memory,
+    the same object), once per backend."""
+    if request.param == "memory":
+        log = MemoryStreamLog(**LOG_BOUNDS)
+        yield log, log
+        return
+    first, second = (
+        RedisStreamLog(redis_server.url, **LOG_BOUNDS),
+        RedisStreamLog(redis_server.url, **LOG_BOUNDS),
+    )
+    await first.start()
+    await second.start()
+    try:
+        yield first, second
+    finally:
+        await first.aclose()
+        await second.aclose()

@@ -249,6 +249,28 @@ class ServerProcess:
         self.process.wait()
 
 
+@contextlib.contextmanager
+def two_workers(
+    tmp_path: Any, redis_url: str, **settings: Any
+) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """Two ``tokenwire serve`` processes, ``a`` and ``b``, on one Redis stream log (and
+    ``settings``), stopped on exit."""
+    settings = {"stream_log": redis_url, **settings}
+    a = ServerProcess(tmp_path, "a", **settings).start()
+    try:
+        b = ServerProcess(tmp_path, "b", **settings).start()
+        try:
+            yield a, b
+        finally:
+            b.stop()
+    finally:
+        a.stop()
+
+
+LOG_BOUNDS = {"max_events": 100, "max_bytes": 1 << 20, "ttl": 60.0}
+"""Small bounds for stream logs built by tests."""
+
+
 def delta(seq: int, text: str = "x", stream_id: str = "s") -> TextDelta:
     return TextDelta(stream_id=stream_id, seq=seq, delta=text)
 

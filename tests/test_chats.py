@@ -4,40 +4,11 @@ the stream it names."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
-
-from tests.helpers import RedisServer
 from tokenwire.chats import active_chat, active_stream, chat_key, clear_active, remember_active
-from tokenwire.streams.log import MemoryStreamLog, StreamLog
-from tokenwire.streams.redis_log import RedisStreamLog
-
-BOUNDS = {"max_events": 100, "max_bytes": 1 << 20, "ttl": 60.0}
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def logs(request, redis_server: RedisServer) -> AsyncIterator[tuple[StreamLog, StreamLog]]:
-    """Two logs that share their storage (two workers): the same object in memory."""
-    if request.param == "memory":
-        log = MemoryStreamLog(**BOUNDS)
-        yield log, log
-        return
-    first, second = (
-        RedisStreamLog(redis_server.url, **BOUNDS),
-        RedisStreamLog(redis_server.url, **BOUNDS),
-    )
-    await first.start()
-    await second.start()
-    try:
-        yield first, second
-    finally:
-        await first.aclose()
-        await second.aclose()
-
-
-async def test_the_active_stream_of_a_chat_is_seen_by_another_worker_of_its_key_only(logs):
-    a, b = logs
+async def test_the_active_stream_of_a_chat_is_seen_by_another_worker_of_its_key_only(shared_logs):
+    a, b = shared_logs
     assert await active_stream(b, "key_1", "chat") is None
     await remember_active(a, "key_1", "chat", "str_1", message_id="msg_1", ttl=60)
     chat = await active_chat(b, "key_1", "chat")

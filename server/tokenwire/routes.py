@@ -11,6 +11,7 @@ import contextlib
 import json
 import secrets
 import time
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -59,6 +60,19 @@ async def json_body(request: Request) -> Any:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
     except RecursionError:
         raise InvalidRequest("request body is nested too deeply") from None
+
+
+@contextlib.contextmanager
+def released_on_error(generation: Generation) -> Iterator[None]:
+    """End ``generation`` (created, not started) if the block raises: started and cancelled
+    at once, so that it leaves the registry and its stream limits (for the steps a route
+    takes between ``create`` and handing the generation to a transport)."""
+    try:
+        yield
+    except BaseException:
+        generation.start()
+        generation.cancel()
+        raise
 
 
 M = TypeVar("M", bound=BaseModel)

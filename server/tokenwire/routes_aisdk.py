@@ -45,8 +45,8 @@ from tokenwire.protocol.aisdk import (
     UIMessageSSE,
     new_message_id,
 )
-from tokenwire.protocol.requests import GenerateParams, describe_validation_error
-from tokenwire.routes import json_body
+from tokenwire.protocol.requests import GenerateParams, invalid_request
+from tokenwire.routes import json_body, released_on_error
 from tokenwire.settings import DisconnectPolicy
 from tokenwire.streams.generation import Generation
 
@@ -69,9 +69,7 @@ class ChatRoutes:
         try:
             params = GenerateParams.model_validate(body.to_params())
         except ValidationError as exc:
-            first = exc.errors(include_url=False)[0]
-            param = ".".join(str(part) for part in first["loc"]) or None
-            raise InvalidRequest(describe_validation_error(exc), param=param) from exc
+            raise invalid_request(exc) from exc
         return self.app.limit_params(params)
 
     async def start(
@@ -88,7 +86,7 @@ class ChatRoutes:
             on_disconnect=DisconnectPolicy.DETACH,
         )
         message_id = body.response_message_id()
-        try:
+        with released_on_error(generation):
             await remember_active(
                 self.log,
                 scoped.key_id,
@@ -97,10 +95,6 @@ class ChatRoutes:
                 message_id=message_id,
                 ttl=self.index_ttl,
             )
-        except BaseException:
-            generation.start()  # ends it (cancelled) and so releases it
-            generation.cancel()
-            raise
         return generation, message_id
 
     async def chat(self, request: Request) -> Answer:

@@ -49,7 +49,7 @@ from starlette.websockets import WebSocket
 from tokenwire.edge.responses import error_response
 from tokenwire.errors import InvalidRequest, NotFound, TokenwireError
 from tokenwire.protocol.events import Event
-from tokenwire.protocol.requests import GenerateParams, describe_validation_error
+from tokenwire.protocol.requests import GenerateParams, describe_validation_error, invalid_request
 from tokenwire.protocol.responses import (
     ResponseRecord,
     ResponsesEncoder,
@@ -60,7 +60,7 @@ from tokenwire.protocol.responses import (
     responses_param,
     ws_error,
 )
-from tokenwire.routes import json_body
+from tokenwire.routes import json_body, released_on_error
 from tokenwire.settings import DisconnectPolicy
 from tokenwire.streams.generation import Generation
 from tokenwire.streams.log import CursorExpired, UnknownStream
@@ -111,9 +111,7 @@ def _request_body(data: Any) -> ResponsesRequest:
     try:
         body = ResponsesRequest.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        param = ".".join(str(part) for part in first["loc"]) or None
-        raise InvalidRequest(describe_validation_error(exc), param=param) from exc
+        raise invalid_request(exc) from exc
     refused = body.refused()
     if refused is not None:
         field, why = refused
@@ -255,14 +253,10 @@ class ResponsesRoutes:
             background=background,
         )
         if body.wants_store:
-            try:
+            with released_on_error(generation):
                 await self.log.put_document(
                     record_key(record.id), record.model_dump_json(), ttl=self.record_ttl
                 )
-            except BaseException:
-                generation.start()  # ends it (cancelled) and so releases it
-                generation.cancel()
-                raise
         return generation, record
 
     # -- HTTP -----------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 // (DefaultChatTransport.sendMessages / reconnectToStream, readUIMessageStream) and the stop
 // endpoint. Usage: node aisdk_chat.mjs <scenario> '<JSON options>'; prints one JSON object.
 //   options: api (send), resumeApi (reconnect; default api), stopUrl (the stop route's base;
-//   default api), headers, resumeHeaders, prompt, parts, dropMessages, chatId.
+//   default api), headers, resumeHeaders, prompt, parts, messages, dropMessages, chatId.
 import { DefaultChatTransport, readUIMessageStream } from "ai";
 
 const [scenario, raw] = process.argv.slice(2);
@@ -63,7 +63,7 @@ async function send(api, headers, abortSignal) {
     trigger: "submit-message",
     chatId,
     messageId: undefined,
-    messages: [userMessage()],
+    messages: options.messages ?? [userMessage()],
     abortSignal,
   });
 }

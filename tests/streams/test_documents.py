@@ -3,39 +3,16 @@ for their TTL, replaced by a later put, shared by every process on one Redis."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
+from tests.helpers import LOG_BOUNDS as BOUNDS
 from tests.helpers import RedisServer
-from tokenwire.streams.log import MemoryStreamLog, StreamLog, StreamLogUnavailable
+from tokenwire.streams.log import MemoryStreamLog, StreamLogUnavailable
 from tokenwire.streams.redis_log import RedisStreamLog
 
-BOUNDS = {"max_events": 100, "max_bytes": 1 << 20, "ttl": 60.0}
 
-
-@pytest.fixture(params=["memory", "redis"])
-async def logs(request, redis_server: RedisServer) -> AsyncIterator[tuple[StreamLog, StreamLog]]:
-    """Two logs that share their storage (two workers): the same object in memory."""
-    if request.param == "memory":
-        log = MemoryStreamLog(**BOUNDS)
-        yield log, log
-        return
-    first, second = (
-        RedisStreamLog(redis_server.url, **BOUNDS),
-        RedisStreamLog(redis_server.url, **BOUNDS),
-    )
-    await first.start()
-    await second.start()
-    try:
-        yield first, second
-    finally:
-        await first.aclose()
-        await second.aclose()
-
-
-async def test_a_document_put_by_one_worker_is_read_by_another(logs):
-    writer, reader = logs
+async def test_a_document_put_by_one_worker_is_read_by_another(shared_logs):
+    writer, reader = shared_logs
     assert await reader.get_document("doc:absent") is None
     await writer.put_document("doc:a", '{"v":1}', ttl=60)
     assert await reader.get_document("doc:a") == '{"v":1}'
@@ -43,8 +20,8 @@ async def test_a_document_put_by_one_worker_is_read_by_another(logs):
     assert await reader.get_document("doc:a") == "é2"
 
 
-async def test_an_expired_document_is_gone(logs, monkeypatch):
-    writer, reader = logs
+async def test_an_expired_document_is_gone(shared_logs, monkeypatch):
+    writer, reader = shared_logs
     if isinstance(writer, RedisStreamLog):
         await writer.put_document("doc:short", "x", ttl=0.2)  # Redis rounds up to 1 s
         assert await writer.redis.ttl("tokenwire:doc:doc:short") == 1

@@ -99,6 +99,53 @@ def test_use_chat_builds_reasoning_and_tool_call_parts():
         assert pieces and "".join(pieces) == arguments
 
 
+def test_a_continuation_with_tool_outputs_extends_the_last_assistant_message():
+    assistant = {
+        "id": "a1",
+        "role": "assistant",
+        "parts": [
+            {"type": "step-start"},
+            {"type": "reasoning", "text": "look it up", "state": "done"},
+            {
+                "type": "tool-get_weather",
+                "toolCallId": "call_0",
+                "state": "output-available",
+                "input": {"city": "Paris"},
+                "output": {"tempC": 21},
+            },
+        ],
+    }
+    user = {"id": "u1", "role": "user", "parts": [{"type": "text", "text": "Weather?"}]}
+    seen: list[GenerateParams] = []
+
+    def record(params: GenerateParams) -> Script:
+        seen.append(params)
+        return Script(tokens=3)
+
+    app, provider = scripted_app()
+    provider.script_for = record
+    with serve(app) as server:
+        out = run_node("send", api=server.base_url + "/api/chat", messages=[user, assistant])
+    assert out["chunks"][0] == {"type": "start", "messageId": "a1"}
+    assert out["message"]["parts"][-1]["text"] == scripted_text(3)
+    sent = [message.to_openai() for message in seen[0].messages]
+    assert sent == [
+        {"role": "user", "content": "Weather?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_0",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "content": '{"tempC":21}', "tool_call_id": "call_0"},
+    ]
+
+
 def test_an_aborted_fetch_is_a_disconnect_and_the_resume_gives_the_exact_text():
     with chat_server() as server:
         out = run_node("resume", api=server.base_url + "/api/chat", prompt="long")

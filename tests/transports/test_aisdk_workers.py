@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import RedisServer, ServerProcess
+from tests.helpers import RedisServer, two_workers
 from tests.transports.test_aisdk_node import run_node
 from tests.transports.test_aisdk_ws import node
 from tokenwire.providers.scripted import scripted_text
@@ -23,21 +23,14 @@ TOKENS = 300
 @pytest.fixture(scope="module")
 def workers(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> Iterator[Any]:
     tmp_path = tmp_path_factory.mktemp("aisdk-workers")
-    settings = {
-        "provider": "scripted",
-        "stream_log": redis_server.url,
-        "scripted_tokens": TOKENS,
-        "scripted_interval": 0.01,
-    }
-    a = ServerProcess(tmp_path, "a", **settings).start()
-    try:
-        b = ServerProcess(tmp_path, "b", **settings).start()
-        try:
-            yield a, b
-        finally:
-            b.stop()
-    finally:
-        a.stop()
+    with two_workers(
+        tmp_path,
+        redis_server.url,
+        provider="scripted",
+        scripted_tokens=TOKENS,
+        scripted_interval=0.01,
+    ) as both:
+        yield both
 
 
 def test_sent_on_a_aborted_and_resumed_on_b_exactly(workers):

@@ -10,7 +10,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.helpers import RedisServer, ServerProcess
+from tests.helpers import RedisServer, ServerProcess, two_workers
 from tokenwire.providers.scripted import scripted_text
 
 TOKENS = 150
@@ -19,21 +19,14 @@ TOKENS = 150
 @pytest.fixture(scope="module")
 def workers(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> Iterator[Any]:
     tmp_path = tmp_path_factory.mktemp("responses-workers")
-    settings = {
-        "provider": "scripted",
-        "stream_log": redis_server.url,
-        "scripted_tokens": TOKENS,
-        "scripted_interval": 0.01,
-    }
-    a = ServerProcess(tmp_path, "a", **settings).start()
-    try:
-        b = ServerProcess(tmp_path, "b", **settings).start()
-        try:
-            yield a, b
-        finally:
-            b.stop()
-    finally:
-        a.stop()
+    with two_workers(
+        tmp_path,
+        redis_server.url,
+        provider="scripted",
+        scripted_tokens=TOKENS,
+        scripted_interval=0.01,
+    ) as both:
+        yield both
 
 
 def sdk(server: ServerProcess) -> openai.OpenAI:

@@ -73,7 +73,7 @@ from tokenwire.protocol.events import (
     ToolCallStart,
     Usage,
 )
-from tokenwire.protocol.requests import OPTIONAL_FIELDS, describe_validation_error
+from tokenwire.protocol.requests import OPTIONAL_FIELDS, invalid_request
 
 HEADERS = {
     # packages/ai/src/ui-message-stream/ui-message-stream-headers.ts (content-type is the SSE
@@ -328,9 +328,7 @@ class ChatRequest(BaseModel):
         try:
             body = cls.model_validate(data)
         except ValidationError as exc:
-            first = exc.errors(include_url=False)[0]
-            param = ".".join(str(part) for part in first["loc"]) or None
-            raise InvalidRequest(describe_validation_error(exc), param=param) from exc
+            raise invalid_request(exc) from exc
         for key in body.model_extra or {}:
             if key not in PASSED_ON:
                 raise InvalidRequest(

@@ -488,3 +488,11 @@ def describe_validation_error(exc: ValidationError, *, limit: int = 3) -> str:
     if more > 0:
         parts.append(f"and {more} more")
     return "; ".join(parts)
+
+
+def invalid_request(exc: ValidationError) -> InvalidRequest:
+    """A 400 for a body that failed validation: :func:`describe_validation_error`'s text, and
+    ``param`` the first failing field's path (``messages.0.role``; ``None`` for the body)."""
+    first = exc.errors(include_url=False)[0]
+    param = ".".join(str(part) for part in first["loc"]) or None
+    return InvalidRequest(describe_validation_error(exc), param=param)
