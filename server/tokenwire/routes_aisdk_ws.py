@@ -25,8 +25,10 @@ On one socket, many requests at once, each named by the client's ``requestId``:
 
 A socket that drops detaches its streams: a chat's generation runs on (detach policy) for a
 resume on any worker. A bad frame (not JSON, an unknown ``type``, a missing field) gets
-``error{requestId, errorText}`` (``requestId`` ``""`` when the frame had none) and the socket
-stays open, with every other request going on. Authentication (``Authorization``, the
+``error{requestId, errorText}`` (``requestId`` ``""`` when the frame had none; ``errorText``
+is ``"<code>: <message>"``, the code one of tokenwire's: ``invalid_request``,
+``rate_limited``, ``unavailable``...) and the socket stays open, with every other request
+going on. Authentication (``Authorization``, the
 ``token`` query parameter, a token offered as a subprotocol beside ``tokenwire``, or the
 ``tokenwire_token`` cookie), the Origin allowlist, the connection and message limits and the
 close codes (1000, 1009, 1012, 1013, 4008) are the edge's and :class:`WebSocketSession`'s, as
@@ -105,9 +107,9 @@ class ChatSocketSession(WebSocketSession):
             else:
                 await self._resume_chat(frame)
         except frames.FrameError as exc:
-            await self._reply(frames.error_frame(exc.request_id, exc.message))
-        except TokenwireError as exc:
-            await self._reply(frames.error_frame(request_id, exc.message))
+            await self._reply(frames.error_frame(exc.request_id, f"{exc.code}: {exc.message}"))
+        except TokenwireError as exc:  # refused, a limit, the log unavailable
+            await self._reply(frames.error_frame(request_id, f"{exc.code}: {exc.message}"))
 
     async def _send_chat(self, frame: frames.SendFrame) -> None:
         body = ChatRequest.parse(frame.chat_request())
