@@ -22,6 +22,10 @@ FILES = (
     "vendor/marked.LICENSE",
     "vendor/purify.es.mjs",
     "vendor/dompurify.LICENSE",
+    "aisdk.html",
+    "aisdk.js",
+    "vendor/ai.mjs",
+    "vendor/ai.LICENSE",
 )
 
 
@@ -38,6 +42,20 @@ async def test_page_and_its_modules_are_served():
     assert "export class TokenwireClient" in module.text
     assert style.status_code == 200 and style.headers["content-type"].startswith("text/css")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+async def test_the_ai_sdk_page_imports_the_bundled_sdk():
+    app, _ = scripted_app()
+    async with asgi_client(app) as http:
+        page = await http.get("/aisdk")
+        script = await http.get("/web/aisdk.js")
+        bundle = await http.get("/web/vendor/ai.mjs")
+    assert page.status_code == 200 and '<script type="module" src="web/aisdk.js">' in page.text
+    assert 'from "./vendor/ai.mjs"' in script.text
+    assert bundle.headers["content-type"].startswith(("text/javascript", "application/javascript"))
+    exported = bundle.text.rsplit("export{", 1)[1]
+    for name in ("DefaultChatTransport", "WebSocketChatTransport", "readUIMessageStream"):
+        assert f" as {name}" in exported
 
 
 async def test_a_directory_without_the_page_is_a_clear_404(tmp_path):

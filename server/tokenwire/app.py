@@ -22,8 +22,10 @@ Routes (wire protocol v1, see README):
     POST /api/chat                      the AI SDK's useChat: a UI message stream (SSE)
     GET  /api/chat/{chat_id}/stream     resume the chat's active stream (204: none)
     POST /api/chat/{chat_id}/stop       cancel it on whichever worker runs it; see routes_aisdk
+    GET  /api/chat/ws                   the AI SDK's WebSocketChatTransport, see routes_aisdk_ws
     GET  /healthz                       liveness and live stream count (never behind auth)
     GET  /                              the demo chat page (and /web/* its files; see web.py)
+    GET  /aisdk                         the demo page on the AI SDK's own chat transports
     POST /v1/tokens                     201 {token, expires_at, expires_in}: a short-lived token
     GET  /metrics                       Prometheus metrics (settings.metrics)
 
@@ -45,6 +47,7 @@ from tokenwire.logs import configure_logging, install_log_filters
 from tokenwire.providers import ProviderSpec, as_provider, create_provider
 from tokenwire.routes import TokenwireApp
 from tokenwire.routes_aisdk import ChatRoutes
+from tokenwire.routes_aisdk_ws import ChatSocketRoute
 from tokenwire.routes_responses import ResponsesRoutes
 from tokenwire.settings import Settings
 from tokenwire.streams.log import create_stream_log
@@ -82,6 +85,7 @@ def create_app(
     state = TokenwireApp(settings, backend, stream_log)
     responses = ResponsesRoutes(state)
     chats = ChatRoutes(state)
+    chat_socket = ChatSocketRoute(chats)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -116,6 +120,7 @@ def create_app(
         Route("/api/chat", chats.chat, methods=["POST"]),
         Route("/api/chat/{chat_id:path}/stream", chats.resume, methods=["GET"]),
         Route("/api/chat/{chat_id:path}/stop", chats.stop, methods=["POST"]),
+        WebSocketRoute("/api/chat/ws", chat_socket.websocket),
         Route("/healthz", state.healthz, methods=["GET"]),
         *web_routes(settings.web_dir),
         *state.guards.routes(),  # POST /v1/tokens, GET /metrics

@@ -1,8 +1,11 @@
-"""The demo chat page and the browser client, served at ``GET /`` and ``GET /web/<file>``.
+"""The demo chat pages and the browser client, served at ``GET /``, ``GET /aisdk`` and
+``GET /web/<file>``.
 
 The files live in the repository's ``clients/web/`` (``index.html``, ``app.js``,
-``tokenwire.js``, ``style.css``; plain ES modules, no build step). A wheel carries them inside
-the package as ``tokenwire/web/`` (``force-include`` in pyproject.toml); a source checkout or
+``tokenwire.js``, ``style.css``; plain ES modules, no build step; ``aisdk.html`` and
+``aisdk.js``, the page on the AI SDK's own chat transports, import ``vendor/ai.mjs``, a bundle
+that ``tests/node/vendor_web.py`` builds from the pinned ``ai`` package). A wheel carries them
+inside the package as ``tokenwire/web/`` (``force-include`` in pyproject.toml); a source checkout or
 an editable install, whose package is ``server/tokenwire``, finds them at ``clients/web``
 two levels up. :func:`web_root` tries the two in that order; ``TOKENWIRE_WEB_DIR`` (the
 ``web_dir`` setting) overrides both, e.g. to serve a customised page.
@@ -51,4 +54,11 @@ def web_routes(override: str | Path | None = None) -> list[BaseRoute]:
     async def index(request: Request) -> Response:
         return FileResponse(root / "index.html", headers={"Cache-Control": "no-cache"})
 
-    return [Route("/", index, methods=["GET"]), Mount("/web", StaticFiles(directory=root))]
+    async def aisdk(request: Request) -> Response:
+        return FileResponse(root / "aisdk.html", headers={"Cache-Control": "no-cache"})
+
+    return [
+        Route("/", index, methods=["GET"]),
+        Route("/aisdk", aisdk, methods=["GET"]),
+        Mount("/web", StaticFiles(directory=root)),
+    ]

@@ -1,7 +1,8 @@
 """The AI SDK chat routes across two ``tokenwire serve`` processes sharing one Redis, driven by
 the SDK's own DefaultChatTransport (tests/node/aisdk_chat.mjs): a chat sent on A, its fetch
 aborted, resumed on B with the exact text; a chat sent on A stopped through B; bad input on
-one chat leaves another's stream undisturbed."""
+one chat leaves another's stream undisturbed; the SDK's WebSocketChatTransport sent on A, its
+socket dropped, resumed on B."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 from tests.helpers import RedisServer, two_workers
 from tests.transports.test_aisdk_node import run_node
+from tests.transports.test_aisdk_ws import node
 from tokenwire.providers.scripted import scripted_text
 
 TOKENS = 300
@@ -64,3 +66,12 @@ def test_a_bad_request_on_b_leaves_a_chat_on_a_streaming(workers):
         assert http.get(b.base_url + "/api/chat/no-such-chat/stream").status_code == 204
     out = run_node("send", api=a.base_url + "/api/chat")
     assert out["message"]["parts"][1]["text"] == scripted_text(TOKENS)
+
+
+def test_websocket_sent_on_a_dropped_resumed_on_b(workers):
+    a, b = workers
+    out = node("drop", a.base_url, "hi", "5", b.base_url)
+    assert out["before"] and scripted_text(TOKENS).startswith(out["before"])
+    assert out["text"] == scripted_text(TOKENS)
+    assert out["messageId"] == out["firstMessageId"]
+    assert out["afterEnd"] is None

@@ -14,7 +14,9 @@ limit (setting)                HTTP                            WebSocket
 ``max_streams_per_key``,       429 rate_limited + Retry-After   ``error`` rate_limited
 ``max_streams``                                                 (the socket stays open)
 ``ws_messages_per_minute``     --                              ``error`` rate_limited, the
-                                                                message is dropped
+                                                                message is dropped (on
+                                                                ``/api/chat/ws``: the AI SDK's
+                                                                ``error{requestId,errorText}``)
 ``max_ws_connections``,        --                              accept, then close 1013
 ``max_ws_connections_per_key``
 ``max_ws_unauthenticated``     --                              accept, then close 1013
@@ -39,6 +41,7 @@ import asyncio
 import time
 import weakref
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Unpack
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -54,6 +57,7 @@ from tokenwire.errors import (
     Unauthorized,
 )
 from tokenwire.lifecycle import route_path
+from tokenwire.protocol import aisdk_ws
 from tokenwire.protocol import websocket as ws_codec
 from tokenwire.protocol.events import ErrorEvent
 from tokenwire.protocol.requests import GenerateParams
@@ -122,7 +126,12 @@ class LimitsMiddleware:
         elif scope["type"] == "websocket":
             budget = MessageBudget(self.messages_per_minute)
             guard = _MessageGuard(
-                self.max_message_size, budget, receive, send, send_timeout=self.send_timeout
+                self.max_message_size,
+                budget,
+                receive,
+                send,
+                send_timeout=self.send_timeout,
+                refusal=refusal_frame_of(route_path(scope)),
             )
             await self.app(scope, guard, send)
         else:
@@ -176,9 +185,11 @@ class _MessageGuard:
         send: Send,
         *,
         send_timeout: float | None = None,
+        refusal: Refusal | None = None,
     ) -> None:
         self.limit = limit
         self.budget = budget
+        self.refusal = refusal or _v1_refusal
         self.send_timeout = send_timeout
         self._receive = receive
         self._send = send
@@ -196,7 +207,7 @@ class _MessageGuard:
             elif self.budget.allow():
                 return message
             else:
-                await self._refuse(rate_limited_message(self.budget))
+                await self._refuse(self.refusal(message, rate_limited_message(self.budget)))
         return self._closed
 
     async def _close_too_big(self) -> None:
@@ -212,11 +223,10 @@ class _MessageGuard:
         except (OSError, RuntimeError):
             pass  # the peer is gone already
 
-    async def _refuse(self, exc: RateLimited) -> None:
-        event = ErrorEvent(code=exc.code, message=exc.message, retryable=exc.retryable)
+    async def _refuse(self, frame: str) -> None:
         try:
             async with asyncio.timeout(self.send_timeout):
-                await self._send({"type": "websocket.send", "text": ws_codec.encode_event(event)})
+                await self._send({"type": "websocket.send", "text": frame})
         except TimeoutError:  # sends, never reads: let go of it
             self._closed = {"type": "websocket.disconnect", "code": CloseCode.SLOW_CONSUMER}
         except (OSError, RuntimeError):
@@ -253,6 +263,31 @@ class MessageBudget:
         if self.capacity is None:
             return 0.0
         return max(0.0, (1 - self.tokens) * 60 / self.capacity)
+
+
+Refusal = Callable[[Message, RateLimited], str]
+"""The frame that answers a dropped WebSocket message, in its route's protocol."""
+
+
+def _v1_refusal(message: Message, exc: RateLimited) -> str:
+    """Wire protocol v1's ``error`` frame (no stream_id)."""
+    event = ErrorEvent(code=exc.code, message=exc.message, retryable=exc.retryable)
+    return ws_codec.encode_event(event)
+
+
+def _chat_socket_refusal(message: Message, exc: RateLimited) -> str:
+    """The AI SDK WebSocketChatTransport's ``error`` frame for the dropped request (its
+    ``requestId``, so that the SDK errors that request's stream instead of waiting for it)."""
+    data = message.get("text")
+    if data is None:
+        data = message.get("bytes") or b""
+    return aisdk_ws.error_frame(aisdk_ws.request_id_of(data), f"{exc.code}: {exc.message}")
+
+
+def refusal_frame_of(path: str) -> Refusal:
+    """How the socket of route ``path`` answers a dropped message: ``/api/chat/ws`` in the
+    AI SDK's frames, any other in wire protocol v1's."""
+    return _chat_socket_refusal if path == "/api/chat/ws" else _v1_refusal
 
 
 def rate_limited_message(budget: MessageBudget) -> RateLimited:

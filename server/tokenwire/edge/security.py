@@ -20,7 +20,9 @@ Both transports pass through :class:`SecurityMiddleware` (pure ASGI), before any
    Starlette's ``CORSMiddleware`` never looks at WebSocket scopes, so this check is our own.
 2. Credentials, when authentication is on: ``Authorization: Bearer <API key or signed token>``
    on every route; the signed token also as the ``token`` query parameter on GET requests and the
-   WebSocket handshake (browsers' ``EventSource`` and ``WebSocket`` cannot set headers); or, on a
+   WebSocket handshake (browsers' ``EventSource`` and ``WebSocket`` cannot set headers); on a
+   WebSocket handshake also as an offered subprotocol (beside ``tokenwire``, which the server
+   selects) or the ``tokenwire_token`` cookie; or, on a
    WebSocket that presented nothing, a first message ``{"type": "auth", "token": ...}`` within
    ``auth_timeout`` seconds. Failures: HTTP 401 (``WWW-Authenticate: Bearer``), the WebSocket
    handshake denied with 401 before accept, or close 1008 after a bad or missing ``auth`` message.
@@ -40,6 +42,7 @@ import logging
 import re
 import secrets
 from dataclasses import dataclass
+from http.cookies import CookieError, SimpleCookie
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlsplit
 
@@ -67,10 +70,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tokenwire.edge.security")
 
-PUBLIC_PATHS = frozenset({"/healthz", "/"})  # never behind auth: liveness, the demo page
-PUBLIC_PREFIXES = ("/web/",)  # the demo page's static files (no secrets; its streams need auth)
-STATIC_PATHS = frozenset({"/"})  # with PUBLIC_PREFIXES: GET needs no Origin match
+PUBLIC_PATHS = frozenset({"/healthz", "/", "/aisdk"})  # never behind auth: liveness, the pages
+PUBLIC_PREFIXES = ("/web/",)  # the demo pages' static files (no secrets; their streams need auth)
+STATIC_PATHS = frozenset({"/", "/aisdk"})  # with PUBLIC_PREFIXES: GET needs no Origin match
 REQUEST_ID_HEADER = "x-request-id"
+TOKEN_COOKIE = "tokenwire_token"  # a signed token for WebSocket handshakes (see below)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
@@ -312,7 +316,35 @@ class Authenticator:
                     if not value.startswith(TOKEN_PREFIX + "."):
                         raise Unauthorized("the token query parameter takes a signed token")
                     return value
+        if scope["type"] == "websocket":
+            return _handshake_token(scope)
         return None
+
+
+def _handshake_token(scope: Scope) -> str | None:
+    """A signed token that a browser's WebSocket handshake carries where a page can put one
+    (the AI SDK's ``WebSocketChatTransport`` reference, "Authentication and Deployment":
+    "secure cookies, short-lived query tokens, or subprotocols"): an offered subprotocol that
+    is a token (offered beside :data:`~tokenwire.protocol.websocket.SUBPROTOCOL`, which the
+    server selects, so the token is never echoed), else the :data:`TOKEN_COOKIE` cookie. Only
+    signed tokens, never API keys; a cookie is read on WebSocket handshakes only, whose Origin
+    is always checked first (no cross-site use of the cookie)."""
+    for offered in scope.get("subprotocols") or ():
+        if offered.startswith(TOKEN_PREFIX + "."):
+            return str(offered)
+    cookie = Headers(scope=scope).get("cookie")
+    if cookie:
+        jar = SimpleCookie()
+        try:
+            jar.load(cookie)
+        except CookieError:
+            return None
+        morsel = jar.get(TOKEN_COOKIE)
+        if morsel is not None and morsel.value:
+            if not morsel.value.startswith(TOKEN_PREFIX + "."):
+                raise Unauthorized(f"the {TOKEN_COOKIE} cookie takes a signed token")
+            return morsel.value
+    return None
 
 
 @dataclass

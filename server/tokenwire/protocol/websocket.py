@@ -19,6 +19,11 @@ from tokenwire.protocol.requests import (
     describe_validation_error,
 )
 
+SUBPROTOCOL = "tokenwire"
+"""The subprotocol a server socket selects when the client offers it (RFC 6455 section 1.9):
+a browser offers it beside a signed token (``new WebSocket(url, ["tokenwire", token])``), the
+token authenticates the handshake (:mod:`tokenwire.edge.security`) and is never echoed."""
+
 
 class CloseCode:
     """WebSocket close codes (RFC 6455 section 7.4.1; 1012 and 1013 from the IANA registry;

@@ -42,6 +42,10 @@ class Transport(ABC):
     """Writes events of one or more streams to one client connection."""
 
     name: ClassVar[str]
+    merges_deltas: ClassVar[bool] = True
+    """Whether the pump may merge a batch's adjacent deltas into one event before writing it
+    (fewer, larger writes). A wire that numbers what each log event stands for, and so must
+    see every event as the log holds it, says no (the AI SDK's WebSocket chunks)."""
 
     @abstractmethod
     async def send_events(self, events: list[Event]) -> None:

@@ -195,7 +195,7 @@ class Pump:
                 await subscription.wait_full(hold)
                 batch += subscription.take()
                 state.text_written_at(self.loop.time())
-            if len(batch) > 1:
+            if len(batch) > 1 and self.transport.merges_deltas:
                 batch = merge_deltas(batch)
             await self._write(batch)
             self._written(batch)

@@ -136,7 +136,10 @@ class WebSocketSession:
         """Accept, serve messages until the client disconnects or is cut off, then detach
         every stream (each follows its disconnect policy). Reading happens in the calling
         task; a cut-off (slow consumer, drain) cancels that read."""
-        await self.websocket.accept()
+        offered = self.websocket.scope.get("subprotocols") or ()
+        await self.websocket.accept(
+            subprotocol=codec.SUBPROTOCOL if codec.SUBPROTOCOL in offered else None
+        )
         if self.connections is not None:
             self.connections.inc()
         try:
@@ -220,17 +223,23 @@ class WebSocketSession:
             return
         self._deliver_in_task(attachment)
 
-    def _deliver_in_task(self, attachment: Attachment, transport: Transport | None = None) -> None:
+    def _deliver_in_task(
+        self, attachment: Attachment, transport: Transport | None = None, *, key: str | None = None
+    ) -> asyncio.Task[None]:
         """Deliver ``attachment`` in a task of its own, through ``transport`` (default: this
-        socket's wire protocol v1 frames)."""
-        task = asyncio.create_task(self._deliver(attachment, transport or self.transport))
-        self._streams[attachment.stream_id] = task
+        socket's wire protocol v1 frames); the task is this socket's delivery ``key`` (default:
+        the stream id; a protocol that may deliver one stream twice on a socket, to two of its
+        requests, keys by request) until it is over."""
+        key = attachment.stream_id if key is None else key
+        task = asyncio.create_task(self._deliver(attachment, transport or self.transport, key))
+        self._streams[key] = task
+        return task
 
     def _delivered(self, attachment: Attachment) -> None:
         """Called once a stream's delivery is over (ended, evicted, or the socket is gone),
         after its detach; a hook for sessions of other protocols. Must not raise."""
 
-    async def _deliver(self, attachment: Attachment, transport: Transport) -> None:
+    async def _deliver(self, attachment: Attachment, transport: Transport, key: str) -> None:
         outcome: Detach = "disconnected"
         try:
             delivery = await pump(
@@ -245,7 +254,7 @@ class WebSocketSession:
         except (WebSocketDisconnect, OSError, RuntimeError):
             pass  # the socket is gone; the reader sees the disconnect and cleans up
         finally:
-            self._streams.pop(attachment.stream_id, None)
+            self._streams.pop(key, None)
             attachment.detach(outcome)
             self._delivered(attachment)
         if outcome == "evicted":
