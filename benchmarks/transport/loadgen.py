@@ -74,7 +74,9 @@ from tokenwire.providers.scripted import scripted_text
 from transport.control import Follow, StopWatch, http_request
 from transport.source import Schedule, request_fields
 
-# The client side of each server under test: protocol, path, SSE event separator, flavour.
+# The client side of each server under test: protocol, path, SSE event separator, flavour
+# ("json": tokenwire's events; "usage": JSON deltas, then an ``event: usage`` that the tokens
+# counted must match; neither: one raw token per frame).
 CLIENTS: dict[str, dict[str, Any]] = {
     "tokenwire-sse": {"protocol": "sse", "path": "/v1/streams", "sep": b"\n\n", "json": True},
     "tokenwire-ws": {"protocol": "ws", "path": "/v1/ws", "json": True},
@@ -86,6 +88,13 @@ CLIENTS: dict[str, dict[str, Any]] = {
         "json": False,
     },
     "baseline-websocket": {"protocol": "ws", "path": "/ws", "json": False},
+    "baseline-fastapi-sse": {
+        "protocol": "sse",
+        "path": "/fastapi-sse",
+        "sep": b"\n\n",
+        "json": False,
+        "usage": True,
+    },
 }
 
 IDLE_TTFT = 3600.0  # seconds: an "idle" SSE stream waits this long for its first token
@@ -259,6 +268,7 @@ class SSEStream(Stream):
         self.parser = httptools.HttpResponseParser(self)
         self.sep: bytes = self.gen.client["sep"]
         self.tokenwire: bool = self.gen.client["json"]
+        self.usage: bool = self.gen.client.get("usage", False)
         self.now = 0.0
 
     def send_request(self) -> None:
@@ -298,13 +308,31 @@ class SSEStream(Stream):
                     self.end()
                 elif b"event: error" in event:
                     self.fail(event.decode(errors="replace"))
+        elif self.usage:
+            for event in events:
+                if event.startswith(b"data: "):  # a delta (one or more tokens, counted)
+                    delta = json.loads(event[6:])["delta"]
+                    self.deliver(self.now, self.count_of(delta), delta)
+                elif event.startswith(b"event: usage\n"):
+                    self.check_usage(json.loads(event[event.index(b"data: ") + 6 :]))
         else:
             for event in events:
                 if event.startswith(b"data:"):
                     self.deliver(self.now, 1, event[6:].decode() if self.text is not None else None)
 
+    def check_usage(self, usage: dict[str, Any]) -> None:
+        """The server's count of the tokens it streamed (the last event) must be the tokens
+        counted in the deltas received; then the stream has ended."""
+        if usage.get("completion_tokens") != self.received:
+            self.fail(f"usage says {usage.get('completion_tokens')} tokens, got {self.received}")
+        else:
+            self.end()
+
     def on_message_complete(self) -> None:
-        if not self.tokenwire:
+        if self.usage:
+            if not self.ended:
+                self.fail("the response ended without its usage event")
+        elif not self.tokenwire:
             self.end()
 
 

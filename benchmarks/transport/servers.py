@@ -1,4 +1,4 @@
-"""The five servers under test: tokenwire (serving both transports) and three baselines.
+"""The six servers under test: tokenwire (serving both transports) and four baselines.
 
 Each is an app factory for ``uvicorn --factory``; the harness runs every server in its own
 uvicorn process with the same flags (uvloop, httptools, the ``websockets`` WebSocket
@@ -13,7 +13,14 @@ The baselines are written the way most projects stream tokens today, with nothin
   ``{"data": token}`` dicts (``POST /sse``; its defaults: ``\\r\\n`` line ends, a ping comment
   every 15 s, a disconnect listener);
 - ``baseline_websocket``: a plain Starlette WebSocket endpoint that reads one JSON message and
-  calls ``send_text(token)`` once per token, then closes 1000 (``/ws``).
+  calls ``send_text(token)`` once per token, then closes 1000 (``/ws``);
+- ``baseline_fastapi_sse``: FastAPI's native SSE (``fastapi.sse.EventSourceResponse``, FastAPI
+  >= 0.135) as its documentation shows it: a path operation with
+  ``response_class=EventSourceResponse`` whose async generator yields a pydantic model per
+  token (``{"delta": token}``, validated and serialized by FastAPI), and at the end a
+  ``ServerSentEvent`` ``event: usage`` with the completion tokens (``POST /fastapi-sse``). The
+  load generator counts tokens from the deltas' text and checks them against that usage, not
+  from frames.
 
 tokenwire itself runs its real app (:func:`tokenwire.app.create_app`, settings from the
 ``TOKENWIRE_*`` environment) with :class:`ScheduledScriptedProvider`, the scripted provider on
@@ -28,9 +35,14 @@ stopped.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import aclosing
+from typing import Annotated
 
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.sse import EventSourceResponse as FastAPIEventSourceResponse
+from fastapi.sse import ServerSentEvent
+from pydantic import BaseModel
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -193,6 +205,62 @@ def baseline_sse_starlette() -> Starlette:
 def baseline_websocket() -> Starlette:
     """Baseline (c): WebSocket ``/ws``: one JSON request, then one ``send_text`` per token."""
     return Starlette(routes=[WebSocketRoute("/ws", _websocket), _health_route(), _active_route()])
+
+
+class ChatMessage(BaseModel):
+    """A message of baseline (d)'s request body."""
+
+    role: str
+    content: str
+
+
+class StreamRequest(BaseModel):
+    """Baseline (d)'s request body: the same fields every server reads (the schedule is the
+    last message's content, see :mod:`transport.source`)."""
+
+    messages: list[ChatMessage]
+    max_tokens: int
+
+
+class TokenChunk(BaseModel):
+    """Baseline (d)'s event per token: ``data: {"delta": "<token>"}``."""
+
+    delta: str
+
+
+class CompletionUsage(BaseModel):
+    """Baseline (d)'s last event (``event: usage``): the tokens it streamed."""
+
+    completion_tokens: int
+
+
+def _fastapi_schedule(body: StreamRequest) -> Schedule:
+    """Baseline (d)'s dependency: the request's schedule, or a 400 naming the problem."""
+    try:
+        return Schedule.from_json(body.messages[-1].content)
+    except (IndexError, ValueError) as exc:
+        raise HTTPException(400, f"invalid_request: {exc}") from exc
+
+
+def baseline_fastapi_sse() -> FastAPI:
+    """Baseline (d): ``POST /fastapi-sse`` -> FastAPI's own ``EventSourceResponse`` over an
+    async generator of :class:`TokenChunk` models, then ``event: usage``
+    (:class:`CompletionUsage`); a bad schedule is a 400."""
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+
+    @app.post("/fastapi-sse", response_class=FastAPIEventSourceResponse)
+    async def stream(
+        schedule: Annotated[Schedule, Depends(_fastapi_schedule)],
+    ) -> AsyncIterable[TokenChunk]:
+        produced = 0
+        async for token in scheduled_tokens(schedule):
+            produced += 1
+            yield TokenChunk(delta=token)
+        usage = CompletionUsage(completion_tokens=produced)
+        yield ServerSentEvent(event="usage", data=usage)  # FastAPI sends it as it is
+
+    app.router.routes.extend([_health_route(), _active_route()])
+    return app
 
 
 def _health_route() -> Route:

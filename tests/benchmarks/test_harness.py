@@ -1,5 +1,5 @@
 """The transport benchmark harness end to end, through ``tokenwire bench``: the quick profile
-(under 2 minutes, the issue's CI run) runs all five servers and writes well-formed JSON,
+(under 2 minutes, the issue's CI run) runs all six servers and writes well-formed JSON,
 Markdown and PNG files. Its numbers
 are not checked (timing targets belong in the benchmark's own output, not in tests)."""
 
@@ -24,6 +24,7 @@ SERVERS = [
     "baseline-streaming",
     "baseline-sse-starlette",
     "baseline-websocket",
+    "baseline-fastapi-sse",
 ]
 TOKENWIRE_SERVERS = {"tokenwire-sse", "tokenwire-ws"}  # servers with an explicit cancel and resume
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
