@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import aclosing
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi.sse import EventSourceResponse as FastAPIEventSourceResponse
@@ -55,7 +55,15 @@ from tokenwire.errors import ProviderError
 from tokenwire.logs import configure_logging
 from tokenwire.protocol.events import FinishReason, Usage
 from tokenwire.protocol.requests import GenerateParams
-from tokenwire.providers.base import Delta, Finish, Prompt, ProviderEvent, Reasoning
+from tokenwire.providers.base import (
+    Delta,
+    Finish,
+    Prompt,
+    ProviderEvent,
+    Reasoning,
+    ToolArguments,
+    ToolCall,
+)
 from tokenwire.providers.scripted import ScriptedProvider
 from tokenwire.settings import Settings
 from transport.source import LIVE, Schedule, scheduled_tokens
@@ -75,7 +83,14 @@ class ScheduledScriptedProvider(ScriptedProvider):
     text tokens comes right after a reasoning delta, at its deadline; after the last text
     token, the scripted tool calls' events at once. The text tokens and their timing stay the
     schedule's, so the load generator measures them as in the text workload.
+
+    ``per_token`` (for ``benchmarks/hot_path.py``'s rich pair): what each of the schedule's
+    tokens is made into: ``text`` (a :class:`Delta`, the default), ``reasoning`` (a
+    :class:`Reasoning`) or ``tool_call`` (the arguments of one call, :class:`ToolArguments`,
+    after its :class:`ToolCall`), so that the CPU per event of each kind can be compared.
     """
+
+    per_token: Literal["text", "reasoning", "tool_call"] = "text"
 
     def stream(self, params: GenerateParams, model: str) -> AsyncIterator[ProviderEvent]:
         return self._scheduled(params)
@@ -92,6 +107,10 @@ class ScheduledScriptedProvider(ScriptedProvider):
         rich = self.script.items(0)  # reasoning, then tool calls (no text): the rich workload
         reasoning = [item for item in rich if isinstance(item, Reasoning)]
         calls = [item for item in rich if not isinstance(item, Reasoning)]
+        per_token = self.per_token
+        index = sum(isinstance(item, ToolCall) for item in calls)  # after the scripted calls'
+        if per_token == "tool_call":
+            yield ToolCall(index, f"call_{index}", "lookup")
         # aclosing: when tokenwire closes this provider stream, the token source stops with it
         # (the Provider contract), not later when the garbage collector finds it.
         async with aclosing(scheduled_tokens(schedule)) as tokens:
@@ -99,19 +118,30 @@ class ScheduledScriptedProvider(ScriptedProvider):
                 if produced < len(reasoning):
                     yield reasoning[produced]
                 produced += 1
-                yield Delta(text)
+                if per_token == "text":
+                    yield Delta(text)
+                elif per_token == "reasoning":
+                    yield Reasoning(text)
+                else:
+                    yield ToolArguments(index, text)
         for item in calls:
             yield item
-        reason = FinishReason.TOOL_CALLS if calls else FinishReason.STOP
+        tool_calls = calls or per_token == "tool_call"
+        reason = FinishReason.TOOL_CALLS if tool_calls else FinishReason.STOP
         yield Finish(reason, Usage.of(1, produced))
 
 
-def tokenwire_app() -> Starlette:
-    """tokenwire's app, settings from ``TOKENWIRE_*``, on :class:`ScheduledScriptedProvider`;
-    plus the benchmark's ``GET /active`` (:func:`active`), ahead of tokenwire's own routes."""
+def tokenwire_app(
+    per_token: Literal["text", "reasoning", "tool_call"] = "text",
+) -> Starlette:
+    """tokenwire's app, settings from ``TOKENWIRE_*``, on :class:`ScheduledScriptedProvider`
+    (making each token a ``per_token`` event); plus the benchmark's ``GET /active``
+    (:func:`active`), ahead of tokenwire's own routes."""
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
-    app = create_app(settings, provider=ScheduledScriptedProvider.from_settings(settings))
+    provider = ScheduledScriptedProvider.from_settings(settings)
+    provider.per_token = per_token
+    app = create_app(settings, provider=provider)
     app.router.routes.insert(0, _active_route())
     return app
 

@@ -168,15 +168,25 @@ class StreamRecord:
         seq = getattr(event, "seq", None)
         if seq != self.last_seq + 1:
             raise ValueError(f"seq {seq} does not follow {self.last_seq}")
-        entry: Event | str = event
-        if isinstance(event, TextDelta):
+        entries = self._entries
+        if isinstance(event, TextDelta):  # the per-token path: kept_size of a str, inlined
             if event.stream_id != self.stream_id:
                 raise ValueError(f"a delta of {event.stream_id} in {self.stream_id}'s log")
-            entry = event.delta
-        entries = self._entries
-        entries.append(entry)
-        self.size += kept_size(entry)
+            text = event.delta
+            entries.append(text)
+            self.size = size = self.size + len(text) * 4 + EVENT_OVERHEAD
+        else:
+            entries.append(event)
+            self.size = size = self.size + kept_size(event)
+            if isinstance(event, StreamEnd):
+                self.ended_at = time.monotonic()
         self.last_seq = seq
+        if size > max_bytes or len(entries) - self._first > max_events:
+            self._drop_oldest(max_events, max_bytes)
+
+    def _drop_oldest(self, max_events: int, max_bytes: int) -> None:
+        """Drop the oldest events beyond the bounds (the newest one stays), and compact."""
+        entries = self._entries
         while len(entries) - self._first > max_events or (
             self.size > max_bytes and len(entries) - self._first > 1
         ):
@@ -186,8 +196,6 @@ class StreamRecord:
         if self._first > 32 and self._first * 2 > len(entries):
             del entries[: self._first]
             self._first = 0
-        if isinstance(event, StreamEnd):
-            self.ended_at = time.monotonic()
 
     def after(self, stream_id: str, after_seq: int) -> list[Event]:
         """The kept events with seq > ``after_seq``.
@@ -215,7 +223,7 @@ class StreamRecord:
         for entry in entries:
             seq += 1
             if isinstance(entry, str):
-                events.append(TextDelta(stream_id=self.stream_id, seq=seq, delta=entry))
+                events.append(TextDelta(self.stream_id, seq, entry))
             elif entry is not None:  # never: slots from _first on are kept
                 events.append(entry)
         return events
