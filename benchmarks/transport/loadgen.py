@@ -64,6 +64,7 @@ from common import (
     cdf,
     quantiles,
     redis_command_calls,
+    redis_traffic,
     slope,
     summary,
     ws_accept,
@@ -517,6 +518,11 @@ class Generator:
         self.read_every: float = job.get("read_every", 0.01)
         self.stalled_socket: tuple[int, int] | None = None  # stalled streams' (rcvbuf, mss)
         self.server = psutil.Process(job["server_pid"])
+        # with "server_pids" (a server of several processes: a supervisor and its workers),
+        # the server's CPU is theirs together
+        pids = job.get("server_pids") or [job["server_pid"]]
+        self.processes = [psutil.Process(pid) for pid in pids]
+        self.redis_port: int | None = job.get("redis_port")
         self.loop = asyncio.get_running_loop()
         self.stream_class = SSEStream if self.client["protocol"] == "sse" else WSStream
         host = f"127.0.0.1:{self.port}"
@@ -681,8 +687,16 @@ class Generator:
     # -- measurements ---------------------------------------------------------------------
 
     def server_cpu(self) -> float:
-        times = self.server.cpu_times()
-        return float(times.user + times.system)
+        return sum(self.process_cpu())
+
+    def process_cpu(self) -> list[float]:
+        """CPU seconds of each of the server's processes (one, or the job's
+        ``server_pids``), user and system."""
+        cpu = []
+        for process in self.processes:
+            times = process.cpu_times()
+            cpu.append(float(times.user + times.system))
+        return cpu
 
     async def server_rss(self) -> int:
         samples = []
@@ -704,15 +718,28 @@ class Generator:
     async def measure(self, seconds: float) -> dict[str, Any]:
         """Open the window for ``seconds`` and return CPU, counts and client lag within it."""
         self.lag = array("d")
-        cpu0, own0 = self.server_cpu(), time.process_time()
+        redis0 = await redis_traffic(self.redis_port) if self.redis_port else None
+        each0, own0 = self.process_cpu(), time.process_time()
         emit({"type": "window", "server": self.name, "phase": self.phase, "seconds": seconds})
         self.recorder.open_window(seconds)
         await asyncio.sleep(seconds)
-        cpu1, own1 = self.server_cpu(), time.process_time()
+        each1, own1 = self.process_cpu(), time.process_time()
+        redis1 = await redis_traffic(self.redis_port) if self.redis_port else None
         delivered = self.recorder.delivered
         self.recorder.w0 = self.recorder.w1 = math.inf
-        server_cpu, client_cpu = cpu1 - cpu0, own1 - own0
+        each = [after - before for before, after in zip(each0, each1, strict=True)]
+        server_cpu, client_cpu = sum(each), own1 - own0
+        extra: dict[str, Any] = {}
+        if len(each) > 1:  # as the job's server_pids: e.g. the supervisor, then its workers
+            extra["process_cpu_s"] = each
+        if redis0 is not None and redis1 is not None:
+            traffic = {key: redis1[key] - redis0.get(key, 0) for key in redis1}
+            extra["redis"] = traffic
+            extra["redis_per_token"] = (
+                {key: value / delivered for key, value in traffic.items()} if delivered else None
+            )
         return {
+            **extra,
             "window_s": seconds,
             "tokens": delivered,
             "tokens_per_s": delivered / seconds,

@@ -60,8 +60,9 @@ def _id_json(stream_id: str) -> bytes:
 def encode_event(event: Event) -> bytes:
     """Frame one event: ``id:`` (numbered events only), ``event:``, ``data:``, blank line."""
     if isinstance(event, TextDelta):  # the frame of nearly every event: no model, one format
-        seq = event.seq
-        return _TEXT_DELTA_FRAME % (seq, _id_json(event.stream_id), seq, to_json(event.delta))
+        seq, stream_id = event.seq, event.stream_id
+        sid = _ID_JSON.get(stream_id) or _id_json(stream_id)
+        return _TEXT_DELTA_FRAME % (seq, sid, seq, to_json(event.delta))
     if isinstance(event, ReasoningDelta):  # the same for the other per-token events
         seq = event.seq
         return _REASONING_FRAME % (seq, _id_json(event.stream_id), seq, to_json(event.delta))
