@@ -87,7 +87,7 @@ def test_quick_profile_writes_results_for_every_server(tmp_path: Path) -> None:
         assert {"server_cpu_us_per_token", "max_streams", "idle_kib_per_connection"} <= set(row)
         assert {"disconnect_stop_ms", "isolation_p99_ratio", "resume_gap_ms"} <= set(row)
         assert (row["resume_lost_tokens"] is None) == (name not in TOKENWIRE_SERVERS), name
-    assert len(results["summary"]["ratios"]) == 3
+    assert len(results["summary"]["ratios"]) == 7
 
     table = (out / "results.md").read_text()
     main, control_table = table.split("| server | disconnect -> stopped", 1)
