@@ -177,6 +177,17 @@ def command_counts(commandstats: bytes) -> dict[str, int]:
     return counts
 
 
+def command_usec(commandstats: bytes) -> int:
+    """Microseconds Redis spent running commands, by an ``INFO commandstats`` answer (its
+    ``usec`` fields; ``info`` left out): the server's own CPU for them."""
+    total = 0
+    for line in commandstats.decode().splitlines():
+        name, _, fields = line.partition(":")
+        if name.startswith("cmdstat_") and name != "cmdstat_info":
+            total += int(dict(f.split("=", 1) for f in fields.split(","))["usec"])
+    return total
+
+
 def info_fields(info: bytes) -> dict[str, str]:
     """The ``name:value`` lines of an ``INFO`` answer."""
     fields = {}
@@ -213,13 +224,16 @@ async def redis_command_calls(port: int) -> int:
 
 async def redis_traffic(port: int) -> dict[str, int]:
     """What the redis-server on 127.0.0.1:``port`` has done so far: its commands by name
-    (``cmd:xadd``, ...; ``commands``: all of them, ``info`` left out) and the bytes it
+    (``cmd:xadd``, ...; ``commands``: all of them, ``info`` left out), the microseconds it
+    spent running them (``command_usec``) and the bytes it
     received and sent over the network (``net_input_bytes``, ``net_output_bytes``,
     including the ``INFO`` queries' own few hundred bytes)."""
-    counts = command_counts(await redis_info(port, "commandstats"))
+    commandstats = await redis_info(port, "commandstats")
+    counts = command_counts(commandstats)
     stats = info_fields(await redis_info(port, "stats"))
     return {
         "commands": sum(counts.values()),
+        "command_usec": command_usec(commandstats),
         **{f"cmd:{name}": calls for name, calls in counts.items()},
         "net_input_bytes": int(stats["total_net_input_bytes"]),
         "net_output_bytes": int(stats["total_net_output_bytes"]),

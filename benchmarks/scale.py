@@ -115,13 +115,15 @@ def measure(
 
 def model(per_token: dict[str, float]) -> dict[str, float]:
     """Redis load of :data:`MODEL_STREAMS` streams at :data:`MODEL_RATE` tokens/s from the
-    measured per-token figures: operations/s, and network bytes/s into and out of Redis."""
+    measured per-token figures: operations/s, network bytes/s into and out of Redis, and the
+    share of a core Redis spends running the commands (its own ``usec`` counts)."""
     tokens_per_s = MODEL_STREAMS * MODEL_RATE
     return {
         "tokens_per_s": tokens_per_s,
         "redis_ops_per_s": tokens_per_s * per_token["commands"],
         "redis_in_bytes_per_s": tokens_per_s * per_token["net_input_bytes"],
         "redis_out_bytes_per_s": tokens_per_s * per_token["net_output_bytes"],
+        "redis_busy": tokens_per_s * per_token["command_usec"] / 1e6,
     }
 
 
@@ -167,7 +169,8 @@ def report(console: Console, results: dict[str, Any]) -> None:
             f"model from {label}: {MODEL_STREAMS:,} streams x {MODEL_RATE:g} tokens/s = "
             f"{sizing['tokens_per_s']:,.0f} tokens/s -> {sizing['redis_ops_per_s']:,.0f} Redis "
             f"ops/s, {sizing['redis_in_bytes_per_s'] / 1e6:.2f} MB/s into Redis, "
-            f"{sizing['redis_out_bytes_per_s'] / 1e6:.2f} MB/s out"
+            f"{sizing['redis_out_bytes_per_s'] / 1e6:.2f} MB/s out, Redis busy "
+            f"{sizing['redis_busy']:.2f} of a core"
         )
 
 

@@ -215,8 +215,9 @@ class _Delivery(DeliveryObserver):
         # waits in the queue, and so is written by the pump, in a batch that sent() counts.
         tally = self._tally
         tally.lone += 1  # a batch of one event (folded into the histogram when scraped)
-        if not isinstance(delta, TextDelta):
-            tally.delivered(delta.type)
+        if not isinstance(delta, TextDelta):  # tally.delivered(delta.type), inlined
+            counts, kind = tally.other_events, delta.type
+            counts[kind] = counts.get(kind, 0) + 1
             return
         tally.deltas += 1
         now = time.monotonic()

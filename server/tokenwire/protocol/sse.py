@@ -64,12 +64,13 @@ def encode_event(event: Event) -> bytes:
         sid = _ID_JSON.get(stream_id) or _id_json(stream_id)
         return _TEXT_DELTA_FRAME % (seq, sid, seq, to_json(event.delta))
     if isinstance(event, ReasoningDelta):  # the same for the other per-token events
-        seq = event.seq
-        return _REASONING_FRAME % (seq, _id_json(event.stream_id), seq, to_json(event.delta))
+        seq, stream_id = event.seq, event.stream_id
+        sid = _ID_JSON.get(stream_id) or _id_json(stream_id)
+        return _REASONING_FRAME % (seq, sid, seq, to_json(event.delta))
     if isinstance(event, ToolCallDelta):
-        seq = event.seq
-        sid, index, text = _id_json(event.stream_id), event.index, to_json(event.delta)
-        return _TOOL_CALL_FRAME % (seq, sid, seq, index, text)
+        seq, stream_id = event.seq, event.stream_id
+        sid = _ID_JSON.get(stream_id) or _id_json(stream_id)
+        return _TOOL_CALL_FRAME % (seq, sid, seq, event.index, to_json(event.delta))
     number: int | None = getattr(event, "seq", None)
     head = (
         f"id: {number}\nevent: {event.type}\n" if number is not None else f"event: {event.type}\n"

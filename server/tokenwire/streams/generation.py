@@ -380,8 +380,17 @@ class Generation:
                         self.reasoning_tokens += item.tokens
                         self.seq = seq = self.seq + 1
                         event = ReasoningDelta(stream_id, seq, item.text)
-                    elif isinstance(item, ToolArguments):
-                        event = self._tool_arguments(item)
+                    elif isinstance(item, ToolArguments):  # _tool_arguments(), inlined
+                        call = self.tool_calls.get(item.index)
+                        if call is None:
+                            raise ProviderError(
+                                f"provider sent arguments of tool call {item.index}, "
+                                "which never began"
+                            )
+                        self.completion_tokens += item.tokens
+                        call.arguments.append(item.text)
+                        self.seq = seq = self.seq + 1
+                        event = ToolCallDelta(stream_id, seq, item.index, item.text)
                     elif isinstance(item, Prompt):
                         self.prompt_tokens = item.tokens
                         continue
@@ -469,19 +478,6 @@ class Generation:
             )
         if external_cancel:
             raise asyncio.CancelledError
-
-    def _tool_arguments(self, item: ToolArguments) -> ToolCallDelta:
-        """The event of a piece of a tool call's arguments (counted and kept for its end).
-        Raises :class:`ProviderError` if the call never began."""
-        call = self.tool_calls.get(item.index)
-        if call is None:
-            raise ProviderError(
-                f"provider sent arguments of tool call {item.index}, which never began"
-            )
-        self.completion_tokens += item.tokens
-        call.arguments.append(item.text)
-        self.seq = seq = self.seq + 1
-        return ToolCallDelta(self.stream_id, seq, item.index, item.text)
 
     def _tool_call(self, item: ToolCall) -> ToolCallStart:
         """The event of a tool call's start. Raises :class:`ProviderError` if the call began
