@@ -9,8 +9,9 @@ token, ``asyncio.sleep(0)``, and no timer runs) and tokenwire's write window off
 streams of ``--short`` tokens and one of ``--long`` tokens are counted whole under callgrind;
 instructions per token = their difference / (streams x (long - short)), so start-up, imports
 and each stream's own set-up cancel out. It prints each app's figure and, per group of
-``hot_path.py`` (``--transport``), each app's over the group's last. It asserts nothing; each
-app takes about a minute (two runs under valgrind).
+``hot_path.py`` (``--transport``), each app's over the group's last. Figures repeat within
+~3% (the garbage collector's and the event loop's turns still vary a little). It asserts
+nothing; each app takes about a minute (two runs under valgrind).
 
 Run (from the repository root, with the dev extra installed and valgrind on PATH)::
 
@@ -80,7 +81,7 @@ def count(name: str, streams: int, tokens: int) -> int:
         raise RuntimeError("valgrind is not installed (apt-get install valgrind)")
     command = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable]
     command += [__file__, "--child", name, str(streams), str(tokens)]
-    env = {**os.environ, "TOKENWIRE_WRITE_DELAY": "0"}
+    env = {**os.environ, "TOKENWIRE_WRITE_DELAY": "0", "PYTHONHASHSEED": "0"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     found = re.search(r"Collected : (\d+)", done.stderr)
     if done.returncode != 0 or found is None:
