@@ -3,7 +3,8 @@
 - :func:`free_port`, :func:`launched` (a child process with its log, waited for until it is
   ready, stopped on exit), :func:`http_ready` and :func:`tokenwire_server` (``python -m uvicorn``
   on a free port, ready when ``GET /healthz`` answers 200), :func:`redis_server` (a
-  ``redis-server`` of the benchmark's own, no persistence) and :func:`redis_command_calls`.
+  ``redis-server`` of the benchmark's own, no persistence), :func:`redis_command_calls` and
+  :func:`redis_traffic` (its commands by name and its network bytes).
 - The client side of the wire, as bytes with no I/O: :func:`ws_frame` (a masked client frame),
   :func:`ws_key` and :func:`ws_accept` (the upgrade's key and the answer it expects).
 - Statistics: :func:`percentile` (lists of floats, NaN without samples), :func:`quantiles`,
@@ -160,28 +161,83 @@ def redis_server(log: Path) -> Iterator[int]:
 def command_calls(commandstats: bytes) -> int:
     """The commands counted in an ``INFO commandstats`` answer, ``info`` itself left out
     (lines ``cmdstat_<name>:calls=<n>,usec=...``)."""
+    return sum(command_counts(commandstats).values())
+
+
+def command_counts(commandstats: bytes) -> dict[str, int]:
+    """Calls per command in an ``INFO commandstats`` answer (``xadd``: 12, ...), ``info``
+    itself left out."""
+    counts = {}
+    for line in commandstats.decode().splitlines():
+        name, _, fields = line.partition(":")
+        if name.startswith("cmdstat_") and name != "cmdstat_info":
+            counts[name.removeprefix("cmdstat_")] = int(
+                fields.split(",", 1)[0].removeprefix("calls=")
+            )
+    return counts
+
+
+def command_usec(commandstats: bytes) -> int:
+    """Microseconds Redis spent running commands, by an ``INFO commandstats`` answer (its
+    ``usec`` fields; ``info`` left out): the server's own CPU for them."""
     total = 0
     for line in commandstats.decode().splitlines():
         name, _, fields = line.partition(":")
         if name.startswith("cmdstat_") and name != "cmdstat_info":
-            total += int(fields.split(",", 1)[0].removeprefix("calls="))
+            total += int(dict(f.split("=", 1) for f in fields.split(","))["usec"])
     return total
 
 
-async def redis_command_calls(port: int) -> int:
-    """Commands the redis-server on 127.0.0.1:``port`` has run so far (:func:`command_calls`);
-    this query itself is not counted (``INFO`` on a raw connection, no handshake)."""
+def info_fields(info: bytes) -> dict[str, str]:
+    """The ``name:value`` lines of an ``INFO`` answer."""
+    fields = {}
+    for line in info.decode().splitlines():
+        name, sep, value = line.partition(":")
+        if sep and not name.startswith("#"):
+            fields[name] = value.strip()
+    return fields
+
+
+async def redis_info(port: int, section: str) -> bytes:
+    """``INFO <section>`` of the redis-server on 127.0.0.1:``port`` (a raw connection, no
+    handshake: the only command it sends is this one, which :func:`command_calls` leaves
+    out)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        writer.write(b"*2\r\n$4\r\nINFO\r\n$12\r\ncommandstats\r\n")
+        name = section.encode()
+        writer.write(b"*2\r\n$4\r\nINFO\r\n$%d\r\n%b\r\n" % (len(name), name))
         head = await reader.readline()  # $<length>\r\n
         if not head.startswith(b"$"):
-            raise ValueError(f"INFO commandstats: {head!r}")
-        return command_calls(await reader.readexactly(int(head[1:]) + 2))
+            raise ValueError(f"INFO {section}: {head!r}")
+        return await reader.readexactly(int(head[1:]) + 2)
     finally:
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
+
+
+async def redis_command_calls(port: int) -> int:
+    """Commands the redis-server on 127.0.0.1:``port`` has run so far (:func:`command_calls`);
+    this query itself is not counted."""
+    return command_calls(await redis_info(port, "commandstats"))
+
+
+async def redis_traffic(port: int) -> dict[str, int]:
+    """What the redis-server on 127.0.0.1:``port`` has done so far: its commands by name
+    (``cmd:xadd``, ...; ``commands``: all of them, ``info`` left out), the microseconds it
+    spent running them (``command_usec``) and the bytes it
+    received and sent over the network (``net_input_bytes``, ``net_output_bytes``,
+    including the ``INFO`` queries' own few hundred bytes)."""
+    commandstats = await redis_info(port, "commandstats")
+    counts = command_counts(commandstats)
+    stats = info_fields(await redis_info(port, "stats"))
+    return {
+        "commands": sum(counts.values()),
+        "command_usec": command_usec(commandstats),
+        **{f"cmd:{name}": calls for name, calls in counts.items()},
+        "net_input_bytes": int(stats["total_net_input_bytes"]),
+        "net_output_bytes": int(stats["total_net_output_bytes"]),
+    }
 
 
 # -- the raw wire (RFC 6455) ----------------------------------------------------------------

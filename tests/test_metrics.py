@@ -245,7 +245,7 @@ def test_delivered_events_are_counted_by_type():
 
 
 async def test_a_lone_delta_s_write_counts_as_a_batch_of_one():
-    """``sent_text()`` (the pump's write of one delta in the producer's step) must export
+    """``sent_delta()`` (the pump's write of one delta in the producer's step) must export
     exactly what ``sent([delta])`` does: deltas, batch sizes and inter-token times."""
     counted: list[Samples] = []
     for lone in (True, False):
@@ -256,7 +256,7 @@ async def test_a_lone_delta_s_write_counts_as_a_batch_of_one():
         observer = metrics.delivery("sse", generation.started_at, resumed=False)
         for seq in range(2, 6):
             if lone:
-                observer.sent_text()
+                observer.sent_delta(TextDelta(generation.stream_id, seq, "x"))
             else:
                 observer.sent([TextDelta(stream_id=generation.stream_id, seq=seq, delta="x")], 0)
         samples = parse(metrics.render().decode())
@@ -274,3 +274,32 @@ async def test_a_lone_delta_s_write_counts_as_a_batch_of_one():
     assert value(lone, "tokenwire_inter_token_seconds_count", transport="sse") == 3
     assert value(lone, "tokenwire_events_delivered_total", transport="sse", type="text.delta") == 4
     assert value(lone, "tokenwire_ttft_seconds_count", transport="sse") == 1
+
+
+async def test_rich_deltas_are_counted_by_their_own_type_whichever_way_they_are_written():
+    """A reasoning or tool-call delta written alone, in the producer's step, is counted as
+    what it is, as a merged write counts it: ``tokenwire_events_delivered_total`` matches what
+    the client received, type by type; only text deltas time the first token."""
+    script = Script(tokens=6, interval=0.01, reasoning_tokens=5, tool_calls=1, tool_call_pieces=4)
+    app, _ = scripted_app(script)
+    with serve(app) as server:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
+            for transport in ("sse", "websocket"):
+                if transport == "sse":
+                    response = await http.post("/v1/streams", json={"messages": USER})
+                    events = sse_events(response.text)
+                else:
+                    async with ws_connect(server.base_url) as ws:
+                        await ws.send(json.dumps(GENERATE))
+                        events = await ws_events(ws)
+                received: dict[str, int] = {}
+                for event in events:
+                    received[event["type"]] = received.get(event["type"], 0) + 1
+                assert received["reasoning.delta"] >= 1 and received["tool_call.delta"] >= 1
+                await wait_for(lambda: len(app.state.tokenwire.guards.streams.live()) == 0)
+                samples = await scrape(http)
+                for event_type, count in received.items():
+                    labels = {"transport": transport, "type": event_type}
+                    counted = value(samples, "tokenwire_events_delivered_total", **labels)
+                    assert counted == count, (transport, event_type, counted, count)
+                assert value(samples, "tokenwire_ttft_seconds_count", transport=transport) == 1

@@ -1,4 +1,4 @@
-"""The transport benchmark: tokenwire SSE and WebSocket against three common baselines.
+"""The transport benchmark: tokenwire SSE and WebSocket against four common baselines.
 
 Run it from the repository root with ``tokenwire bench`` (``--quick`` for the 2-minute profile,
 ``--help`` for the options), or ``PYTHONPATH=benchmarks python -m transport``.
@@ -7,7 +7,8 @@ Servers under test (:mod:`transport.servers`), each alone in its own uvicorn pro
 httptools, the same flags for all) on a free loopback port: tokenwire's SSE route, tokenwire's
 WebSocket route, and baselines written the way most projects do it: (a) Starlette
 ``StreamingResponse`` yielding ``data: {token}\\n\\n``, (b) sse-starlette ``EventSourceResponse``,
-(c) a Starlette WebSocket with one ``send_text`` per token.
+(c) a Starlette WebSocket with one ``send_text`` per token, (d) FastAPI's native SSE
+(``fastapi.sse.EventSourceResponse``), a pydantic model per token, then its usage.
 
 Fairness: every server streams from the same token source (:mod:`transport.source`): the
 scripted provider's text on an absolute schedule that the client sends with the request

@@ -153,7 +153,8 @@ def missing_packages() -> list[str]:
     missing = []
     for module, package in (("sse_starlette", "sse-starlette"), ("psutil", "psutil"),
                             ("matplotlib", "matplotlib"), ("uvloop", "uvloop"),
-                            ("httptools", "httptools")):  # fmt: skip
+                            ("httptools", "httptools"),
+                            ("fastapi.sse", "fastapi>=0.135")):  # fmt: skip
         if importlib.util.find_spec(module) is None:
             missing.append(package)
     return missing

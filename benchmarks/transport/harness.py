@@ -83,6 +83,11 @@ SERVERS = [
         "transport.servers:baseline_websocket",
         "(c) Starlette WebSocket, one send_text per token",
     ),
+    ServerUnderTest(
+        "baseline-fastapi-sse",
+        "transport.servers:baseline_fastapi_sse",
+        "(d) FastAPI EventSourceResponse, a pydantic model per token",
+    ),
 ]
 
 UVICORN_FLAGS = [
@@ -389,7 +394,7 @@ def machine() -> dict[str, Any]:
                 break
     versions = {}
     for package in ("tokenwire", "starlette", "uvicorn", "uvloop", "httptools", "websockets",
-                    "sse-starlette"):  # fmt: skip
+                    "sse-starlette", "fastapi"):  # fmt: skip
         with contextlib.suppress(Exception):
             from importlib.metadata import version
 

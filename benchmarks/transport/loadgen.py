@@ -64,6 +64,7 @@ from common import (
     cdf,
     quantiles,
     redis_command_calls,
+    redis_traffic,
     slope,
     summary,
     ws_accept,
@@ -74,7 +75,9 @@ from tokenwire.providers.scripted import scripted_text
 from transport.control import Follow, StopWatch, http_request
 from transport.source import Schedule, request_fields
 
-# The client side of each server under test: protocol, path, SSE event separator, flavour.
+# The client side of each server under test: protocol, path, SSE event separator, flavour
+# ("json": tokenwire's events; "usage": JSON deltas, then an ``event: usage`` that the tokens
+# counted must match; neither: one raw token per frame).
 CLIENTS: dict[str, dict[str, Any]] = {
     "tokenwire-sse": {"protocol": "sse", "path": "/v1/streams", "sep": b"\n\n", "json": True},
     "tokenwire-ws": {"protocol": "ws", "path": "/v1/ws", "json": True},
@@ -86,6 +89,13 @@ CLIENTS: dict[str, dict[str, Any]] = {
         "json": False,
     },
     "baseline-websocket": {"protocol": "ws", "path": "/ws", "json": False},
+    "baseline-fastapi-sse": {
+        "protocol": "sse",
+        "path": "/fastapi-sse",
+        "sep": b"\n\n",
+        "json": False,
+        "usage": True,
+    },
 }
 
 IDLE_TTFT = 3600.0  # seconds: an "idle" SSE stream waits this long for its first token
@@ -259,6 +269,7 @@ class SSEStream(Stream):
         self.parser = httptools.HttpResponseParser(self)
         self.sep: bytes = self.gen.client["sep"]
         self.tokenwire: bool = self.gen.client["json"]
+        self.usage: bool = self.gen.client.get("usage", False)
         self.now = 0.0
 
     def send_request(self) -> None:
@@ -298,13 +309,31 @@ class SSEStream(Stream):
                     self.end()
                 elif b"event: error" in event:
                     self.fail(event.decode(errors="replace"))
+        elif self.usage:
+            for event in events:
+                if event.startswith(b"data: "):  # a delta (one or more tokens, counted)
+                    delta = json.loads(event[6:])["delta"]
+                    self.deliver(self.now, self.count_of(delta), delta)
+                elif event.startswith(b"event: usage\n"):
+                    self.check_usage(json.loads(event[event.index(b"data: ") + 6 :]))
         else:
             for event in events:
                 if event.startswith(b"data:"):
                     self.deliver(self.now, 1, event[6:].decode() if self.text is not None else None)
 
+    def check_usage(self, usage: dict[str, Any]) -> None:
+        """The server's count of the tokens it streamed (the last event) must be the tokens
+        counted in the deltas received; then the stream has ended."""
+        if usage.get("completion_tokens") != self.received:
+            self.fail(f"usage says {usage.get('completion_tokens')} tokens, got {self.received}")
+        else:
+            self.end()
+
     def on_message_complete(self) -> None:
-        if not self.tokenwire:
+        if self.usage:
+            if not self.ended:
+                self.fail("the response ended without its usage event")
+        elif not self.tokenwire:
             self.end()
 
 
@@ -489,6 +518,11 @@ class Generator:
         self.read_every: float = job.get("read_every", 0.01)
         self.stalled_socket: tuple[int, int] | None = None  # stalled streams' (rcvbuf, mss)
         self.server = psutil.Process(job["server_pid"])
+        # with "server_pids" (a server of several processes: a supervisor and its workers),
+        # the server's CPU is theirs together
+        pids = job.get("server_pids") or [job["server_pid"]]
+        self.processes = [psutil.Process(pid) for pid in pids]
+        self.redis_port: int | None = job.get("redis_port")
         self.loop = asyncio.get_running_loop()
         self.stream_class = SSEStream if self.client["protocol"] == "sse" else WSStream
         host = f"127.0.0.1:{self.port}"
@@ -653,8 +687,16 @@ class Generator:
     # -- measurements ---------------------------------------------------------------------
 
     def server_cpu(self) -> float:
-        times = self.server.cpu_times()
-        return float(times.user + times.system)
+        return sum(self.process_cpu())
+
+    def process_cpu(self) -> list[float]:
+        """CPU seconds of each of the server's processes (one, or the job's
+        ``server_pids``), user and system."""
+        cpu = []
+        for process in self.processes:
+            times = process.cpu_times()
+            cpu.append(float(times.user + times.system))
+        return cpu
 
     async def server_rss(self) -> int:
         samples = []
@@ -676,15 +718,28 @@ class Generator:
     async def measure(self, seconds: float) -> dict[str, Any]:
         """Open the window for ``seconds`` and return CPU, counts and client lag within it."""
         self.lag = array("d")
-        cpu0, own0 = self.server_cpu(), time.process_time()
+        redis0 = await redis_traffic(self.redis_port) if self.redis_port else None
+        each0, own0 = self.process_cpu(), time.process_time()
         emit({"type": "window", "server": self.name, "phase": self.phase, "seconds": seconds})
         self.recorder.open_window(seconds)
         await asyncio.sleep(seconds)
-        cpu1, own1 = self.server_cpu(), time.process_time()
+        each1, own1 = self.process_cpu(), time.process_time()
+        redis1 = await redis_traffic(self.redis_port) if self.redis_port else None
         delivered = self.recorder.delivered
         self.recorder.w0 = self.recorder.w1 = math.inf
-        server_cpu, client_cpu = cpu1 - cpu0, own1 - own0
+        each = [after - before for before, after in zip(each0, each1, strict=True)]
+        server_cpu, client_cpu = sum(each), own1 - own0
+        extra: dict[str, Any] = {}
+        if len(each) > 1:  # as the job's server_pids: e.g. the supervisor, then its workers
+            extra["process_cpu_s"] = each
+        if redis0 is not None and redis1 is not None:
+            traffic = {key: redis1[key] - redis0.get(key, 0) for key in redis1}
+            extra["redis"] = traffic
+            extra["redis_per_token"] = (
+                {key: value / delivered for key, value in traffic.items()} if delivered else None
+            )
         return {
+            **extra,
             "window_s": seconds,
             "tokens": delivered,
             "tokens_per_s": delivered / seconds,

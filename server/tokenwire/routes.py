@@ -127,7 +127,7 @@ class TokenwireApp:
             send_timeout=self.settings.send_timeout,
             write_delay=self.settings.write_delay,
             draining=self.registry.draining,
-            connections=self.guards.metrics.connections_open.labels("sse"),
+            connections=self.guards.metrics.connections("sse"),
             **options,
         )
 
@@ -220,7 +220,7 @@ class TokenwireApp:
             self.scoped(websocket),
             self.settings,
             limit_params=self.limit_params,
-            connections=self.guards.metrics.connections_open.labels("websocket"),
+            connections=self.guards.metrics.connections("websocket"),
         )
         await session.run()
 

@@ -1,5 +1,5 @@
 """The transport benchmark harness end to end, through ``tokenwire bench``: the quick profile
-(under 2 minutes, the issue's CI run) runs all five servers and writes well-formed JSON,
+(under 2 minutes, the issue's CI run) runs all six servers and writes well-formed JSON,
 Markdown and PNG files. Its numbers
 are not checked (timing targets belong in the benchmark's own output, not in tests)."""
 
@@ -24,6 +24,7 @@ SERVERS = [
     "baseline-streaming",
     "baseline-sse-starlette",
     "baseline-websocket",
+    "baseline-fastapi-sse",
 ]
 TOKENWIRE_SERVERS = {"tokenwire-sse", "tokenwire-ws"}  # servers with an explicit cancel and resume
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -86,7 +87,7 @@ def test_quick_profile_writes_results_for_every_server(tmp_path: Path) -> None:
         assert {"server_cpu_us_per_token", "max_streams", "idle_kib_per_connection"} <= set(row)
         assert {"disconnect_stop_ms", "isolation_p99_ratio", "resume_gap_ms"} <= set(row)
         assert (row["resume_lost_tokens"] is None) == (name not in TOKENWIRE_SERVERS), name
-    assert len(results["summary"]["ratios"]) == 3
+    assert len(results["summary"]["ratios"]) == 7
 
     table = (out / "results.md").read_text()
     main, control_table = table.split("| server | disconnect -> stopped", 1)

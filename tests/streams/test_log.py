@@ -75,3 +75,28 @@ def test_the_byte_bound_counts_the_text_of_reasoning_and_tool_call_events():
     assert snapshot is not None and snapshot[0] == [end]
     with pytest.raises(CursorExpired):
         log.snapshot("s", 0)
+
+
+def test_every_kind_of_delta_reads_back_as_it_was_appended():
+    """Deltas are kept as their text (and a tool call's index), not as events: a snapshot
+    rebuilds each as it was appended, in order, whatever its kind."""
+    log = MemoryStreamLog(max_events=1000, max_bytes=1 << 20, ttl=60)
+    log.begin("s")
+    events = [
+        ReasoningDelta("s", 1, "thinking"),
+        ReasoningDelta("s", 2, " more"),
+        ToolCallStart(stream_id="s", seq=3, index=1, call_id="c", name="f"),
+        ToolCallDelta("s", 4, 1, '{"a":'),
+        ToolCallDelta("s", 5, 1, "1}"),
+        delta(6, "answer"),
+        ToolCallEnd(stream_id="s", seq=7, index=1, call_id="c", name="f", arguments='{"a":1}'),
+    ]
+    for event in events:
+        log.append("s", event)
+    snapshot = log.snapshot("s", 0)
+    assert snapshot is not None
+    assert snapshot[0] == events
+    assert [type(event) for event in snapshot[0]] == [type(event) for event in events]
+    assert log.snapshot("s", 3) == (events[3:], False)
+    with pytest.raises(ValueError, match="a delta of other"):
+        log.append("s", ReasoningDelta("other", 8, "x"))

@@ -45,7 +45,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -54,7 +54,7 @@ from prometheus_client.utils import floatToGoString
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tokenwire.protocol.events import Event, TextDelta
+from tokenwire.protocol.events import AnyDelta, Event, TextDelta
 from tokenwire.streams.observe import DeliveryObserver, StreamEnded, StreamObserver
 
 if TYPE_CHECKING:
@@ -79,6 +79,7 @@ class Metrics(StreamObserver):
         self.registry = CollectorRegistry()
         self.live = live or (lambda: [])
         self.provider_stats = provider_stats or (lambda: {})
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}  # see labelled()
         r = self.registry
         self.connections_open = Gauge(
             "tokenwire_connections_open", "Open client connections.", ["transport"], registry=r
@@ -141,25 +142,38 @@ class Metrics(StreamObserver):
 
     # -- the stream layer's observer ----------------------------------------------------------
 
+    def labelled(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, kept: prometheus_client checks the labels and takes a
+        lock on every ``labels()`` call, and every stream asks for a few of them."""
+        key = (metric, values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
+    def connections(self, transport: str) -> Any:
+        """The ``tokenwire_connections_open`` gauge of ``transport``."""
+        return self.labelled(self.connections_open, transport)
+
     def stream_started(self, transport: str) -> None:
-        self.streams_started.labels(transport).inc()
-        self.streams_active.labels(transport).inc()
+        self.labelled(self.streams_started, transport).inc()
+        self.labelled(self.streams_active, transport).inc()
 
     def stream_ended(self, ended: StreamEnded) -> None:
-        self.streams_active.labels(ended.transport).dec()
-        self.streams_ended.labels(ended.transport, ended.finish_reason).inc()
-        self.tokens.labels(ended.transport).inc(ended.completion_tokens)
+        self.labelled(self.streams_active, ended.transport).dec()
+        self.labelled(self.streams_ended, ended.transport, ended.finish_reason).inc()
+        self.labelled(self.tokens, ended.transport).inc(ended.completion_tokens)
         if ended.error_code is not None:
-            self.provider_errors.labels(ended.error_code).inc()
+            self.labelled(self.provider_errors, ended.error_code).inc()
 
     def delivery(self, transport: str, started_at: float, *, resumed: bool) -> DeliveryObserver:
         return _Delivery(self, transport, started_at, resumed=resumed)
 
     def cancel_requested(self, transport: str) -> None:
-        self.cancels.labels(transport).inc()
+        self.labelled(self.cancels, transport).inc()
 
     def resumed(self, transport: str) -> None:
-        self.resumes.labels(transport).inc()
+        self.labelled(self.resumes, transport).inc()
 
     # -- the edge's own counts --------------------------------------------------------------
 
@@ -194,7 +208,7 @@ class _Delivery(DeliveryObserver):
         self.last_text: float | None = time.monotonic() if resumed else None
         self.coalesced = 0
         self._tally = metrics.tallies.of(transport)
-        self._ttft = metrics.ttft.labels(transport)
+        self._ttft = metrics.labelled(metrics.ttft, transport)
 
     def sent(self, events: Sequence[Event], coalesced: int) -> None:
         tally = self._tally
@@ -212,13 +226,25 @@ class _Delivery(DeliveryObserver):
             self.metrics.coalesced.labels(self.transport).inc(coalesced - self.coalesced)
             self.coalesced = coalesced
 
-    def sent_text(self) -> None:
-        # No look at coalescing: a coalesced delta waits in the queue, and so is written by
-        # the pump, in a batch that sent() counts.
+    def sent_delta(self, delta: AnyDelta) -> None:
+        # Once per token: a few additions, no call. No look at coalescing: a coalesced delta
+        # waits in the queue, and so is written by the pump, in a batch that sent() counts.
         tally = self._tally
-        tally.batch.observe_one()
+        tally.lone += 1  # a batch of one event (folded into the histogram when scraped)
+        if not isinstance(delta, TextDelta):  # tally.delivered(delta.type), inlined
+            counts, kind = tally.other_events, delta.type
+            counts[kind] = counts.get(kind, 0) + 1
+            return
         tally.deltas += 1
-        self._text_written()
+        now = time.monotonic()
+        last = self.last_text
+        self.last_text = now
+        if last is None:
+            self._ttft.observe(now - self.started_at)
+        else:  # tally.inter_token.observe(now - last), inlined
+            buckets, seconds = tally.inter_token, now - last
+            buckets.counts[bisect_left(buckets.bounds, seconds)] += 1
+            buckets.sum += seconds
 
     def _text_written(self) -> None:
         now = time.monotonic()
@@ -246,14 +272,12 @@ class _Buckets:
         self.counts[bisect_left(self.bounds, value)] += 1  # the first bound >= value
         self.sum += value
 
-    def observe_one(self) -> None:
-        """``observe(1)`` for bounds that start at 1 (a batch of one event)."""
-        self.counts[0] += 1
-        self.sum += 1
-
-    def cumulative(self) -> list[tuple[str, float]]:
+    def cumulative(self, ones: int = 0) -> list[tuple[str, float]]:
+        """The ``le`` buckets, cumulative, with ``ones`` more observations of 1 (counted
+        apart, :attr:`_Tally.lone`; bounds that start at 1)."""
         total, buckets = 0, list[tuple[str, float]]()
-        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+        counts = [self.counts[0] + ones, *self.counts[1:]]
+        for bound, count in zip((*self.bounds, float("inf")), counts, strict=True):
             total += count
             bound_text: str = floatToGoString(bound)  # type: ignore[no-untyped-call]  # prometheus_client.utils is unannotated
             buckets.append((bound_text, total))
@@ -263,12 +287,13 @@ class _Buckets:
 class _Tally:
     """One transport's per-write numbers."""
 
-    __slots__ = ("deltas", "other_events", "batch", "inter_token")
+    __slots__ = ("deltas", "other_events", "batch", "lone", "inter_token")
 
     def __init__(self) -> None:
         self.deltas = 0  # text deltas written
         self.other_events: dict[str, int] = {}  # other events written, by type
-        self.batch = _Buckets(BATCH_BUCKETS)
+        self.batch = _Buckets(BATCH_BUCKETS)  # events per write, but for...
+        self.lone = 0  # ...the writes of one delta at once: counted here, one addition each
         self.inter_token = _Buckets(INTER_TOKEN_BUCKETS)
 
     def delivered(self, event_type: str) -> None:
@@ -319,8 +344,11 @@ class _Tallies:
             delivered.add_metric([transport, "text.delta"], tally.deltas)
             for event_type, count in sorted(tally.other_events.items()):
                 delivered.add_metric([transport, event_type], count)
-            for family, buckets in ((batch, tally.batch), (inter_token, tally.inter_token)):
-                family.add_metric([transport], buckets.cumulative(), sum_value=buckets.sum)
+            lone = tally.lone
+            batches = tally.batch.cumulative(lone)
+            batch.add_metric([transport], batches, sum_value=tally.batch.sum + lone)
+            spacing = tally.inter_token
+            inter_token.add_metric([transport], spacing.cumulative(), sum_value=spacing.sum)
         yield delivered
         yield batch
         yield inter_token

@@ -15,7 +15,16 @@ from __future__ import annotations
 
 from pydantic_core import to_json
 
-from tokenwire.protocol.events import TEXT_DELTA_JSON, Event, TextDelta, event_json
+from tokenwire.protocol.events import (
+    REASONING_DELTA_JSON,
+    TEXT_DELTA_JSON,
+    TOOL_CALL_DELTA_JSON,
+    Event,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallDelta,
+    event_json,
+)
 
 MEDIA_TYPE = "text/event-stream"
 
@@ -28,13 +37,40 @@ HEADERS = {
 PING = b": ping\n\n"
 
 _TEXT_DELTA_FRAME = b"id: %d\nevent: text.delta\ndata: " + TEXT_DELTA_JSON + b"\n\n"
+_REASONING_FRAME = b"id: %d\nevent: reasoning.delta\ndata: " + REASONING_DELTA_JSON + b"\n\n"
+_TOOL_CALL_FRAME = b"id: %d\nevent: tool_call.delta\ndata: " + TOOL_CALL_DELTA_JSON + b"\n\n"
+
+
+_ID_JSON: dict[str, bytes] = {}
+"""Stream ids as JSON strings, the same for every frame of a stream (see :func:`_id_json`)."""
+_ID_JSON_KEPT = 4096
+
+
+def _id_json(stream_id: str) -> bytes:
+    """``to_json(stream_id)``, remembered for the last few thousand streams (~0.1 µs a
+    frame saved)."""
+    encoded = _ID_JSON.get(stream_id)
+    if encoded is None:
+        if len(_ID_JSON) >= _ID_JSON_KEPT:
+            _ID_JSON.clear()
+        encoded = _ID_JSON[stream_id] = to_json(stream_id)
+    return encoded
 
 
 def encode_event(event: Event) -> bytes:
     """Frame one event: ``id:`` (numbered events only), ``event:``, ``data:``, blank line."""
     if isinstance(event, TextDelta):  # the frame of nearly every event: no model, one format
-        seq = event.seq
-        return _TEXT_DELTA_FRAME % (seq, to_json(event.stream_id), seq, to_json(event.delta))
+        seq, stream_id = event.seq, event.stream_id
+        sid = _ID_JSON.get(stream_id) or _id_json(stream_id)
+        return _TEXT_DELTA_FRAME % (seq, sid, seq, to_json(event.delta))
+    if isinstance(event, ReasoningDelta):  # the same for the other per-token events
+        seq, stream_id = event.seq, event.stream_id
+        sid = _ID_JSON.get(stream_id) or _id_json(stream_id)
+        return _REASONING_FRAME % (seq, sid, seq, to_json(event.delta))
+    if isinstance(event, ToolCallDelta):
+        seq, stream_id = event.seq, event.stream_id
+        sid = _ID_JSON.get(stream_id) or _id_json(stream_id)
+        return _TOOL_CALL_FRAME % (seq, sid, seq, event.index, to_json(event.delta))
     number: int | None = getattr(event, "seq", None)
     head = (
         f"id: {number}\nevent: {event.type}\n" if number is not None else f"event: {event.type}\n"

@@ -8,11 +8,21 @@ the messages of :mod:`tokenwire.protocol.requests`.
 from __future__ import annotations
 
 import json
+from json.encoder import encode_basestring
 
 from pydantic import ValidationError
 
 from tokenwire.errors import InvalidRequest
-from tokenwire.protocol.events import Event, event_json
+from tokenwire.protocol.events import (
+    REASONING_DELTA_JSON,
+    TEXT_DELTA_JSON,
+    TOOL_CALL_DELTA_JSON,
+    Event,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallDelta,
+    event_json,
+)
 from tokenwire.protocol.requests import (
     CLIENT_MESSAGE_ADAPTER,
     ClientMessage,
@@ -38,8 +48,27 @@ class CloseCode:
     SLOW_CONSUMER = 4008  # the client did not keep up: reconnect and resume (retryable)
 
 
+_TEXT_DELTA_TEXT = TEXT_DELTA_JSON.decode().replace("%b", "%s")
+_REASONING_TEXT = REASONING_DELTA_JSON.decode().replace("%b", "%s")
+_TOOL_CALL_TEXT = TOOL_CALL_DELTA_JSON.decode().replace("%b", "%s")
+
+
 def encode_event(event: Event) -> str:
-    """The JSON text frame of one event."""
+    """The JSON text frame of one event (:func:`~tokenwire.protocol.events.event_json`).
+
+    A delta (text, reasoning, a tool call's arguments), the frame of nearly every event, is
+    formatted as text at once: the standard library's C JSON string encoder gives the same
+    text as pydantic's for any valid string, and this skips the UTF-8 round trip (~0.5 µs
+    per token)."""
+    if isinstance(event, TextDelta):
+        sid, text = encode_basestring(event.stream_id), encode_basestring(event.delta)
+        return _TEXT_DELTA_TEXT % (sid, event.seq, text)
+    if isinstance(event, ReasoningDelta):
+        sid, text = encode_basestring(event.stream_id), encode_basestring(event.delta)
+        return _REASONING_TEXT % (sid, event.seq, text)
+    if isinstance(event, ToolCallDelta):
+        sid, text = encode_basestring(event.stream_id), encode_basestring(event.delta)
+        return _TOOL_CALL_TEXT % (sid, event.seq, event.index, text)
     return event_json(event)
 
 

@@ -366,21 +366,37 @@ class Generation:
                 aclosing(self.provider.stream(self.params, self.model)) as events,
                 asyncio.timeout_at(_earliest(first_by, end_by)) as deadline,
             ):
+                stream_id = self.stream_id
                 async for item in events:
+                    # The per-token path: a delta of each kind costs the same (one isinstance
+                    # more per kind), built positionally, offered without a coroutine.
+                    event: Event
                     if isinstance(item, Delta):
-                        if self.first_token_at is None:
-                            self.first_token_at = time.monotonic()
-                            deadline.reschedule(end_by)
                         self.completion_tokens += item.tokens
-                        self.seq += 1
-                        delta = TextDelta(stream_id=self.stream_id, seq=self.seq, delta=item.text)
-                        waiting = self._offer(delta)  # _publish, inlined: the per-token path
-                        if waiting:
-                            await _put(waiting, delta)
+                        self.seq = seq = self.seq + 1
+                        event = TextDelta(stream_id, seq, item.text)
+                    elif isinstance(item, Reasoning):
+                        self.completion_tokens += item.tokens
+                        self.reasoning_tokens += item.tokens
+                        self.seq = seq = self.seq + 1
+                        event = ReasoningDelta(stream_id, seq, item.text)
+                    elif isinstance(item, ToolArguments):  # _tool_arguments(), inlined
+                        call = self.tool_calls.get(item.index)
+                        if call is None:
+                            raise ProviderError(
+                                f"provider sent arguments of tool call {item.index}, "
+                                "which never began"
+                            )
+                        self.completion_tokens += item.tokens
+                        call.arguments.append(item.text)
+                        self.seq = seq = self.seq + 1
+                        event = ToolCallDelta(stream_id, seq, item.index, item.text)
                     elif isinstance(item, Prompt):
                         self.prompt_tokens = item.tokens
+                        continue
                     elif isinstance(item, Finish):
                         finish, provider_usage = item.reason, item.usage
+                        continue
                     elif isinstance(item, Queued):
                         if item.position:  # waiting for a slot: no first-token deadline
                             first_by = None
@@ -388,15 +404,19 @@ class Generation:
                         elif self.first_token_timeout is not None:  # admitted: count from now
                             first_by = loop.time() + self.first_token_timeout
                             deadline.reschedule(_earliest(first_by, end_by))
-                        queued = StreamQueued(
-                            stream_id=self.stream_id, seq=self._next_seq(), position=item.position
+                        event = StreamQueued(
+                            stream_id=stream_id, seq=self._next_seq(), position=item.position
                         )
-                        await self._publish(queued)
+                        await self._publish(event)
+                        continue
                     else:
-                        if self.first_token_at is None:
-                            self.first_token_at = time.monotonic()
-                            deadline.reschedule(end_by)
-                        await self._publish(self._rich_event(item))
+                        event = self._tool_call(item)
+                    if self.first_token_at is None:
+                        self.first_token_at = time.monotonic()
+                        deadline.reschedule(end_by)
+                    waiting = self._offer(event)  # _publish, inlined
+                    if waiting:
+                        await _put(waiting, event)
                     if self._cancel_requested:  # a provider that never awaits: let it land
                         await asyncio.sleep(0)
                 for call in sorted(self.tool_calls.values(), key=_index):
@@ -459,24 +479,9 @@ class Generation:
         if external_cancel:
             raise asyncio.CancelledError
 
-    def _rich_event(self, item: Reasoning | ToolCall | ToolArguments) -> Event:
-        """The event of a provider's reasoning or tool-call item (counted and checked).
-        Raises :class:`ProviderError` when the item breaks the provider contract."""
-        if isinstance(item, Reasoning):
-            self.completion_tokens += item.tokens
-            self.reasoning_tokens += item.tokens
-            return ReasoningDelta(stream_id=self.stream_id, seq=self._next_seq(), delta=item.text)
-        if isinstance(item, ToolArguments):
-            call = self.tool_calls.get(item.index)
-            if call is None:
-                raise ProviderError(
-                    f"provider sent arguments of tool call {item.index}, which never began"
-                )
-            self.completion_tokens += item.tokens
-            call.arguments.append(item.text)
-            return ToolCallDelta(
-                stream_id=self.stream_id, seq=self._next_seq(), index=item.index, delta=item.text
-            )
+    def _tool_call(self, item: ToolCall) -> ToolCallStart:
+        """The event of a tool call's start. Raises :class:`ProviderError` if the call began
+        before."""
         if item.index in self.tool_calls:
             raise ProviderError(f"provider began tool call {item.index} twice")
         self.tool_calls[item.index] = _Call(item.index, item.call_id, item.name)

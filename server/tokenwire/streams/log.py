@@ -105,15 +105,20 @@ def check_cursor(after_seq: int) -> None:
         raise InvalidRequest(f"the cursor must be a seq in [0, {MAX_SEQ}], got {after_seq}")
 
 
-def kept_size(entry: Event | str | None) -> int:
-    """Bytes a kept event counts for in ``max_bytes``: a text delta (kept as its text) counts
-    its text's UTF-8 upper bound plus :data:`EVENT_OVERHEAD`; so do a reasoning or tool-call
-    delta (its ``delta``) and a ``tool_call.end`` (its ``arguments``); any other event,
+Entry = Event | str | tuple[str] | tuple[int, str] | None
+"""A slot of a :class:`StreamRecord`: a text delta's text, a reasoning delta's ``(text,)``, a
+tool call's arguments delta's ``(index, text)``, any other event as it is, or a cleared slot."""
+
+
+def kept_size(entry: Entry) -> int:
+    """Bytes a kept event counts for in ``max_bytes``: a delta (text, reasoning, a tool
+    call's arguments; kept as its text) counts its text's UTF-8 upper bound plus
+    :data:`EVENT_OVERHEAD`; so does a ``tool_call.end`` (its ``arguments``); any other event,
     :data:`EVENT_OVERHEAD` (a cleared slot: nothing)."""
     if isinstance(entry, str):
         return len(entry) * 4 + EVENT_OVERHEAD
-    if isinstance(entry, ReasoningDelta | ToolCallDelta):
-        return len(entry.delta) * 4 + EVENT_OVERHEAD
+    if isinstance(entry, tuple):
+        return len(entry[-1]) * 4 + EVENT_OVERHEAD
     if isinstance(entry, ToolCallEnd):
         return len(entry.arguments) * 4 + EVENT_OVERHEAD
     return 0 if entry is None else EVENT_OVERHEAD
@@ -128,7 +133,10 @@ class StreamRecord:
     list is compacted once the cleared slots outnumber the kept ones, so appending and
     dropping cost amortized O(1).
 
-    A text delta is kept as its text alone: its stream id is the record's and its seq is its
+    A delta is kept as its text alone (a reasoning delta as ``(text,)``, a tool call's
+    arguments as ``(index, text)``, see :data:`Entry`; a tuple of strings and ints leaves the
+    garbage collector's view at its first collection): its stream id is the record's and its
+    seq is its
     place in the window, so the event is rebuilt when it is read (a resume; rare) rather than
     kept alive for as long as the stream is. That matters beyond memory: a string is not
     tracked by Python's cyclic garbage collector, an event object is, and thousands of streams
@@ -140,8 +148,8 @@ class StreamRecord:
 
     def __init__(self, stream_id: str) -> None:
         self.stream_id = stream_id
-        # [_first:] are kept (a str is a text delta's text); before it, cleared slots
-        self._entries: list[Event | str | None] = []
+        # [_first:] are kept (see Entry); before it, cleared slots
+        self._entries: list[Entry] = []
         self._first = 0
         self.size = 0  # bytes, as counted by kept_size
         self.last_seq = 0  # the seq of the newest event ever appended
@@ -168,15 +176,37 @@ class StreamRecord:
         seq = getattr(event, "seq", None)
         if seq != self.last_seq + 1:
             raise ValueError(f"seq {seq} does not follow {self.last_seq}")
-        entry: Event | str = event
-        if isinstance(event, TextDelta):
+        entries = self._entries
+        if isinstance(event, TextDelta):  # the per-token path: kept_size of a str, inlined
             if event.stream_id != self.stream_id:
                 raise ValueError(f"a delta of {event.stream_id} in {self.stream_id}'s log")
-            entry = event.delta
-        entries = self._entries
-        entries.append(entry)
-        self.size += kept_size(entry)
+            text = event.delta
+            entries.append(text)
+            self.size = size = self.size + len(text) * 4 + EVENT_OVERHEAD
+        elif isinstance(event, ToolCallDelta):  # per token too: the same, as a tuple
+            if event.stream_id != self.stream_id:
+                raise ValueError(f"a delta of {event.stream_id} in {self.stream_id}'s log")
+            text = event.delta
+            entries.append((event.index, text))
+            self.size = size = self.size + len(text) * 4 + EVENT_OVERHEAD
+        elif isinstance(event, ReasoningDelta):
+            if event.stream_id != self.stream_id:
+                raise ValueError(f"a delta of {event.stream_id} in {self.stream_id}'s log")
+            text = event.delta
+            entries.append((text,))
+            self.size = size = self.size + len(text) * 4 + EVENT_OVERHEAD
+        else:
+            entries.append(event)
+            self.size = size = self.size + kept_size(event)
+            if isinstance(event, StreamEnd):
+                self.ended_at = time.monotonic()
         self.last_seq = seq
+        if size > max_bytes or len(entries) - self._first > max_events:
+            self._drop_oldest(max_events, max_bytes)
+
+    def _drop_oldest(self, max_events: int, max_bytes: int) -> None:
+        """Drop the oldest events beyond the bounds (the newest one stays), and compact."""
+        entries = self._entries
         while len(entries) - self._first > max_events or (
             self.size > max_bytes and len(entries) - self._first > 1
         ):
@@ -186,8 +216,6 @@ class StreamRecord:
         if self._first > 32 and self._first * 2 > len(entries):
             del entries[: self._first]
             self._first = 0
-        if isinstance(event, StreamEnd):
-            self.ended_at = time.monotonic()
 
     def after(self, stream_id: str, after_seq: int) -> list[Event]:
         """The kept events with seq > ``after_seq``.
@@ -215,7 +243,12 @@ class StreamRecord:
         for entry in entries:
             seq += 1
             if isinstance(entry, str):
-                events.append(TextDelta(stream_id=self.stream_id, seq=seq, delta=entry))
+                events.append(TextDelta(self.stream_id, seq, entry))
+            elif isinstance(entry, tuple):
+                if len(entry) == 1:
+                    events.append(ReasoningDelta(self.stream_id, seq, entry[0]))
+                else:
+                    events.append(ToolCallDelta(self.stream_id, seq, entry[0], entry[1]))
             elif entry is not None:  # never: slots from _first on are kept
                 events.append(entry)
         return events

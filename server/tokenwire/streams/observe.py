@@ -8,7 +8,7 @@ then reports there, and every delivery loop of such a generation asks it for a
 without an edge (tests, a library user's own wiring) pays nothing but a method call.
 
 Methods are called on the event loop's thread, from the hot path for
-:meth:`DeliveryObserver.sent_text`: an implementation must not block or take locks.
+:meth:`DeliveryObserver.sent_delta`: an implementation must not block or take locks.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tokenwire.protocol.events import Event
+from tokenwire.protocol.events import AnyDelta, Event
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,9 +38,10 @@ class DeliveryObserver:
         """``events`` were just written to the client; ``coalesced`` is the subscription's
         running count of deltas merged under ``overflow=coalesce`` so far."""
 
-    def sent_text(self) -> None:
-        """One text delta, alone, was just written (``sent([delta], ...)``, the common write,
-        which never follows a merge: a coalesced delta waits in the queue)."""
+    def sent_delta(self, delta: AnyDelta) -> None:
+        """One delta (of any kind), alone, was just written: what ``sent([delta], ...)``
+        counts, for the common write, which never follows a merge (a coalesced delta waits
+        in the queue). Called once per token: keep it to a few additions."""
 
     def evicted(self) -> None:
         """The subscriber was cut off as a slow consumer."""

@@ -41,7 +41,6 @@ from tokenwire.protocol.events import (
     AnyDelta,
     Event,
     StreamEnd,
-    TextDelta,
     join_run,
     same_run,
 )
@@ -156,12 +155,7 @@ class Subscription:
         if pending is None:
             self._pending = event
             return
-        if isinstance(event, TextDelta):  # the common case: no dataclasses.replace
-            self._pending = TextDelta(
-                stream_id=event.stream_id, seq=event.seq, delta=pending.delta + event.delta
-            )
-        else:
-            self._pending = join_run([pending, event])
+        self._pending = join_run([pending, event])
         self.coalesced += 1
 
     async def _wait_for_room(self) -> None:

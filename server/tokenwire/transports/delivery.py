@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from enum import StrEnum
+from typing import TypeGuard
 
 from tokenwire.errors import ErrorCode
 from tokenwire.protocol.events import (
@@ -38,7 +39,6 @@ from tokenwire.protocol.events import (
     Event,
     FinishReason,
     StreamEnd,
-    TextDelta,
     Usage,
     join_run,
     same_run,
@@ -123,7 +123,7 @@ class DeliveryState:
         """The held batch's write began at ``now`` (after :meth:`hold` waited)."""
         self.last_delta_write = now
 
-    def may_write_at_once(self, event: Event, now: float) -> bool:
+    def may_write_at_once(self, event: Event, now: float) -> TypeGuard[AnyDelta]:
         """Whether ``event``, offered while the loop waits, may be written at once, outside
         the loop: a text delta outside the write window, with no write under way. When it
         may, its write is counted as begun at ``now``."""
@@ -179,28 +179,14 @@ def merge_deltas(batch: list[Event]) -> list[Event]:
     for event in batch:
         if isinstance(event, DELTA_TYPES):
             if run and not same_run(run[-1], event):
-                merged.append(_joined(run))
+                merged.append(join_run(run))
                 run = []
             run.append(event)
             continue
         if run:
-            merged.append(_joined(run))
+            merged.append(join_run(run))
             run = []
         merged.append(event)
     if run:
-        merged.append(_joined(run))
+        merged.append(join_run(run))
     return merged
-
-
-def _joined(run: list[AnyDelta]) -> Event:
-    if len(run) == 1:
-        return run[0]
-    first = run[0]
-    if isinstance(first, TextDelta):  # the common run: no dataclasses.replace
-        last = run[-1]
-        return TextDelta(
-            stream_id=last.stream_id,
-            seq=last.seq,
-            delta="".join(event.delta for event in run),
-        )
-    return join_run(run)

@@ -223,8 +223,8 @@ class Pump:
         try:
             waiting_for = write.send(None)
         except StopIteration:
-            self.state.written((event,))
-            self._observer.sent_text()
+            self.state.cursor = event.seq  # state.written((event,)), for the one delta
+            self._observer.sent_delta(event)
             return True
         except Exception as exc:  # the client is gone (or a transport bug): the pump raises it
             self._handoff = exc
