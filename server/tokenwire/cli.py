@@ -40,7 +40,9 @@ HELP = (
     "'serve' flag mirrors a TOKENWIRE_* setting; a flag wins over the environment."
 )
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=HELP, rich_markup_mode="markdown")
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help=HELP, rich_markup_mode="markdown"
+)
 
 
 def _version(value: bool) -> None:
