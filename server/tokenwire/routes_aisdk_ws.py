@@ -86,7 +86,7 @@ class ChatSocketSession(WebSocketSession):
             scoped,
             app.settings,
             limit_params=app.limit_params,
-            connections=app.guards.metrics.connections_open.labels("websocket"),
+            connections=app.guards.metrics.connections("websocket"),
         )
         self.routes = routes
         self.scoped: ScopedRegistry = scoped
